@@ -1,0 +1,282 @@
+"""Every SQL statement convostore runs, as named constants.
+
+Templates refer to tables as ``{s}.name``; :func:`render` substitutes the schema once, after
+:func:`quote_ident` has validated and quoted it. Values always travel as ``$n`` parameters.
+
+Shapes are chosen so that the tables can later be distributed by ``session_id`` (Citus):
+every message statement filters by ``session_id``, every key on messages includes it, and
+ordering uses a per-session counter kept on the session row, never a global sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+from .errors import ConfigurationError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote_ident(name: str) -> str:
+    """Validate a schema name and return it double-quoted."""
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise ConfigurationError(
+            f"invalid schema name {name!r}: use 1-63 letters, digits or underscores, not starting with a digit"
+        )
+    return f'"{name}"'
+
+
+_MESSAGE_COLUMNS = "id, session_id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
+_SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at"
+
+# Appending: one statement. The session row's UPDATE both allocates the batch's seq range
+# (last_seq) and serialises appends per session, so seq is strictly increasing in commit
+# order. `prior` makes a retried batch (same client-generated ids) a no-op that returns the
+# rows stored the first time; a batch is atomic, so one id found means all were stored.
+_APPEND_HEAD = """
+WITH new AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[])
+        WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, ord)
+), prior AS (
+    SELECT m.id, m.seq, m.created_at FROM {s}.conversation_messages m
+    WHERE m.session_id = $1 AND m.id = ANY($2::text[])
+), bump AS (
+"""
+_APPEND_TAIL = """
+), ins AS (
+    INSERT INTO {s}.conversation_messages
+        (session_id, seq, id, role, content, tool_calls, tool_call_id, raw)
+    SELECT $1, bump.base + new.ord, new.id, new.role, new.content, new.tool_calls,
+           new.tool_call_id, new.raw
+    FROM bump CROSS JOIN new
+    ON CONFLICT (session_id, id) DO NOTHING
+    RETURNING id, seq, created_at
+)
+SELECT id, seq, created_at, false AS replayed FROM ins
+UNION ALL
+SELECT id, seq, created_at, true AS replayed FROM prior
+"""
+
+APPEND = (
+    _APPEND_HEAD
+    + """
+    UPDATE {s}.agent_sessions
+       SET last_seq = last_seq + cardinality($2::text[]),
+           updated_at = now(),
+           expires_at = CASE WHEN ttl IS NULL THEN expires_at ELSE now() + ttl END
+     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING last_seq - cardinality($2::text[]) AS base
+"""
+    + _APPEND_TAIL
+)
+
+# The same, creating the session on first write (the Agents SDK adapter's case). A session
+# that exists under another user is neither written nor returned ($8 is the owner).
+APPEND_OR_CREATE = (
+    _APPEND_HEAD
+    + """
+    INSERT INTO {s}.agent_sessions AS s (id, user_id, agent_name, last_seq)
+    SELECT $1, $8, $9, cardinality($2::text[])
+     WHERE NOT EXISTS (SELECT 1 FROM prior)
+    ON CONFLICT (id) DO UPDATE
+       SET last_seq = s.last_seq + excluded.last_seq,
+           updated_at = now(),
+           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+     WHERE s.user_id = excluded.user_id
+    RETURNING s.last_seq - cardinality($2::text[]) AS base
+"""
+    + _APPEND_TAIL
+)
+
+SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE id = $1"
+
+MESSAGES_BY_ID = f"""
+SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+WHERE session_id = $1 AND id = ANY($2::text[]) ORDER BY seq
+"""
+
+CREATE_SESSION = f"""
+INSERT INTO {{s}}.agent_sessions (id, user_id, agent_name, metadata, ttl, expires_at)
+VALUES ($1, $2, $3, $4::jsonb, $5::interval, now() + COALESCE($6::interval, $5::interval))
+RETURNING {_SESSION_COLUMNS}
+"""
+
+# One round trip: the session row joined to its messages (NULLs when it has none).
+GET_SESSION = """
+SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.expires_at,
+       m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+       m.created_at AS m_created_at
+FROM {s}.agent_sessions s
+LEFT JOIN {s}.conversation_messages m ON m.session_id = s.id
+WHERE s.id = $1
+ORDER BY m.seq
+"""
+
+GET_ALL_MESSAGES = f"""
+SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+WHERE session_id = $1 AND seq < COALESCE($2::bigint, 9223372036854775807)
+ORDER BY seq
+"""
+
+# The latest $3 messages (below seq $2), read backwards through the primary key and
+# returned in chronological order.
+GET_LATEST_MESSAGES = f"""
+SELECT {_MESSAGE_COLUMNS} FROM (
+    SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+    WHERE session_id = $1 AND seq < COALESCE($2::bigint, 9223372036854775807)
+    ORDER BY seq DESC
+    LIMIT $3
+) latest
+ORDER BY seq
+"""
+
+# Locking the newest row with LIMIT 1 FOR UPDATE: a pop that loses the race for it skips
+# the row its rival deleted and takes the next one, so each message is popped once.
+POP_MESSAGE = """
+WITH victim AS (
+    SELECT session_id, seq FROM {s}.conversation_messages
+    WHERE session_id = $1 ORDER BY seq DESC LIMIT 1 FOR UPDATE
+)
+DELETE FROM {s}.conversation_messages m USING victim
+WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
+RETURNING m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+          m.created_at
+"""
+
+CLEAR_SESSION = "DELETE FROM {s}.conversation_messages WHERE session_id = $1"
+SESSION_EXISTS = "SELECT EXISTS (SELECT 1 FROM {s}.agent_sessions WHERE id = $1)"
+DELETE_SESSION = "DELETE FROM {s}.agent_sessions WHERE id = $1"
+
+UPDATE_METADATA = f"""
+UPDATE {{s}}.agent_sessions SET metadata = metadata || $2::jsonb, updated_at = now()
+WHERE id = $1
+RETURNING {_SESSION_COLUMNS}
+"""
+
+SET_EXPIRY = f"""
+UPDATE {{s}}.agent_sessions
+   SET ttl = $2::interval, expires_at = CASE WHEN $3 THEN NULL ELSE now() + COALESCE($4::interval, $2::interval) END
+WHERE id = $1
+RETURNING {_SESSION_COLUMNS}
+"""
+
+# A user's sessions, newest first, keyset-paginated by (updated_at, id) on
+# idx_sessions_user_id; with up to $6 latest messages each, in the same round trip.
+_USER_PAGE = """
+WITH page AS (
+    SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at
+    FROM {s}.agent_sessions
+    WHERE user_id = $1
+      AND (updated_at, id) < (COALESCE($2::timestamptz, 'infinity'), COALESCE($3::text, ''))
+      AND ($5::text IS NULL OR agent_name = $5)
+    ORDER BY updated_at DESC, id DESC
+    LIMIT $4
+)
+"""
+
+USER_SESSIONS_WITH_MESSAGES = (
+    _USER_PAGE
+    + """
+SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at,
+       m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+       m.created_at AS m_created_at
+FROM page p
+LEFT JOIN LATERAL (
+    SELECT * FROM {s}.conversation_messages x
+    WHERE x.session_id = p.id
+    ORDER BY x.seq DESC
+    LIMIT $6
+) m ON true
+ORDER BY p.updated_at DESC, p.id DESC, m.seq
+"""
+)
+
+USER_SESSIONS = (
+    _USER_PAGE
+    + """
+SELECT p.*, (SELECT count(*) FROM {s}.conversation_messages x WHERE x.session_id = p.id)
+       AS message_count
+FROM page p
+ORDER BY p.updated_at DESC, p.id DESC
+"""
+)
+
+# Bounded batch deletes for retention: SKIP LOCKED leaves sessions that live writers hold
+# to a later batch instead of waiting on them; each batch is its own short transaction.
+DELETE_IDLE_BATCH = """
+WITH victims AS (
+    SELECT id FROM {s}.agent_sessions
+    WHERE updated_at < now() - $1::interval
+      AND ($2::text IS NULL OR user_id = $2)
+      AND ($3::text IS NULL OR agent_name = $3)
+    ORDER BY updated_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+RETURNING s.id
+"""
+
+COUNT_IDLE = """
+SELECT count(*) FROM {s}.agent_sessions
+WHERE updated_at < now() - $1::interval
+  AND ($2::text IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR agent_name = $3)
+"""
+
+DELETE_EXPIRED_BATCH = """
+WITH victims AS (
+    SELECT id FROM {s}.agent_sessions
+    WHERE expires_at <= now()
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+RETURNING s.id
+"""
+
+DELETE_USER_BATCH = """
+WITH victims AS (
+    SELECT id FROM {s}.agent_sessions WHERE user_id = $1 LIMIT $2 FOR UPDATE
+), gone AS (
+    DELETE FROM {s}.conversation_messages m USING victims v WHERE m.session_id = v.id
+    RETURNING 1
+)
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+RETURNING s.id, (SELECT count(*) FROM gone) AS messages
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """The statements above with the schema substituted; built once per store."""
+
+    append: str
+    append_or_create: str
+    session_owner: str
+    messages_by_id: str
+    create_session: str
+    get_session: str
+    get_all_messages: str
+    get_latest_messages: str
+    pop_message: str
+    clear_session: str
+    session_exists: str
+    delete_session: str
+    update_metadata: str
+    set_expiry: str
+    user_sessions_with_messages: str
+    user_sessions: str
+    delete_idle_batch: str
+    count_idle: str
+    delete_expired_batch: str
+    delete_user_batch: str
+
+
+def render(schema: str) -> Queries:
+    """Return the statements for *schema* (validated and quoted here, once)."""
+    quoted = quote_ident(schema)
+    templates = globals()
+    return Queries(**{f.name: templates[f.name.upper()].replace("{s}", quoted) for f in fields(Queries)})

@@ -1,0 +1,83 @@
+"""The convostore exception hierarchy.
+
+Every error the library raises on purpose derives from :class:`ConvostoreError`.
+Misuse errors also derive from the matching built-in (``ValueError``, ``LookupError``)
+so existing ``except`` clauses keep working. Driver errors are wrapped with
+``raise ... from exc``: the cause stays on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class ConvostoreError(Exception):
+    """Base class of every error raised by convostore."""
+
+
+class ConfigurationError(ConvostoreError, ValueError):
+    """The store was configured with an invalid option."""
+
+
+class InvalidInput(ConvostoreError, ValueError):
+    """An argument was rejected before anything was written."""
+
+
+class InvalidIdentifier(InvalidInput):
+    """A session, user, agent, message or tool-call id is empty, too long or malformed."""
+
+
+class InvalidMessage(InvalidInput):
+    """A message has an unknown role, non-text content or non-JSON tool calls."""
+
+
+class InvalidMetadata(InvalidInput):
+    """Session metadata is not a JSON object of serialisable values."""
+
+
+class SessionNotFound(ConvostoreError, LookupError):
+    """The session does not exist (or was deleted)."""
+
+
+class SessionOwnershipError(ConvostoreError, PermissionError):
+    """The session exists but belongs to another user."""
+
+
+class DuplicateMessageId(ConvostoreError, ValueError):
+    """A message id was reused in the same session for a different message."""
+
+
+class StoreClosed(ConvostoreError, RuntimeError):
+    """The store is not connected (call ``connect()`` or use ``async with``)."""
+
+
+class MigrationError(ConvostoreError):
+    """A schema migration failed or the schema is newer than this library."""
+
+
+class StoreUnavailable(ConvostoreError, ConnectionError):
+    """The database could not be reached, or kept failing, within the retry policy."""
+
+
+class StoreTimeout(StoreUnavailable, TimeoutError):
+    """A call did not finish within its deadline."""
+
+
+class DatabaseError(ConvostoreError):
+    """The database refused an operation for a reason that is not the caller's input."""
+
+
+__all__ = [
+    "ConfigurationError",
+    "ConvostoreError",
+    "DatabaseError",
+    "DuplicateMessageId",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "InvalidMessage",
+    "InvalidMetadata",
+    "MigrationError",
+    "SessionNotFound",
+    "SessionOwnershipError",
+    "StoreClosed",
+    "StoreTimeout",
+    "StoreUnavailable",
+]

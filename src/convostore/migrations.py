@@ -1,0 +1,175 @@
+"""Versioned schema migrations, applied under a PostgreSQL advisory lock.
+
+Each migration runs in its own transaction that first takes a transaction-level advisory
+lock keyed by the schema name, then re-reads what is applied. Processes that start
+together therefore queue on the lock and the later ones find nothing left to do; the lock
+is released with the transaction, so this also works behind a transaction-pooling
+pgbouncer. Applied versions are recorded with their name and time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from ._sql import quote_ident
+from ._types import Connection
+from .errors import MigrationError
+
+logger = logging.getLogger("convostore.migrations")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change. ``sql`` uses ``{s}`` for the quoted schema."""
+
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """A known migration and when it was applied (``None`` while pending)."""
+
+    version: int
+    name: str
+    applied_at: datetime | None
+
+
+# The seed's tables and index names, plus: a per-session `last_seq` counter that assigns
+# message order (no global sequence, no timestamp ties), client-chosen message ids unique
+# per session (retries are recognised), a role check, and `raw` for a framework's own item.
+# Session ids are text so that frameworks' own ids ("conversation_123") fit as they are.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "sessions_and_messages",
+        """
+CREATE TABLE IF NOT EXISTS {s}.agent_sessions (
+    id varchar(255) PRIMARY KEY CHECK (id <> ''),
+    user_id varchar(255) NOT NULL CHECK (user_id <> ''),
+    agent_name varchar(255) NOT NULL CHECK (agent_name <> ''),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    metadata jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+    last_seq bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS {s}.conversation_messages (
+    session_id varchar(255) NOT NULL
+        REFERENCES {s}.agent_sessions (id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    id varchar(255) NOT NULL CHECK (id <> ''),
+    role varchar(50) NOT NULL
+        CHECK (role IN ('system', 'developer', 'user', 'assistant', 'tool')),
+    content text NOT NULL,
+    tool_calls jsonb,
+    tool_call_id varchar(255),
+    raw jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, seq)
+);
+
+-- A user's sessions by recency (listing, keyset pagination).
+CREATE INDEX IF NOT EXISTS idx_sessions_user_id
+    ON {s}.agent_sessions (user_id, updated_at DESC, id DESC);
+-- Idle-session cleanup.
+CREATE INDEX IF NOT EXISTS idx_sessions_updated_at ON {s}.agent_sessions (updated_at);
+-- Message ids are unique per session: the idempotency key of appends.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_session_id
+    ON {s}.conversation_messages (session_id, id);
+-- Time-range scans over messages; BRIN costs almost nothing on append-only rows.
+CREATE INDEX IF NOT EXISTS idx_messages_created_at
+    ON {s}.conversation_messages USING brin (created_at);
+""",
+    ),
+    Migration(
+        2,
+        "session_expiry",
+        """
+ALTER TABLE {s}.agent_sessions ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+ALTER TABLE {s}.agent_sessions ADD COLUMN IF NOT EXISTS ttl interval;
+CREATE INDEX IF NOT EXISTS idx_sessions_expires_at
+    ON {s}.agent_sessions (expires_at) WHERE expires_at IS NOT NULL;
+""",
+    ),
+)
+
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS {s}.convostore_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _lock_key(schema: str) -> str:
+    return f"convostore.migrations.{schema}"
+
+
+async def _applied(conn: Connection, quoted: str) -> dict[int, asyncpg.Record]:
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{quoted}.convostore_migrations")
+    if not exists:
+        return {}
+    rows = await conn.fetch(f"SELECT version, name, applied_at FROM {quoted}.convostore_migrations ORDER BY version")
+    return {r["version"]: r for r in rows}
+
+
+def _check_known(applied: dict[int, asyncpg.Record]) -> None:
+    known = {m.version: m.name for m in MIGRATIONS}
+    for version, row in applied.items():
+        if version not in known:
+            raise MigrationError(
+                f"the schema has migration {version} ({row['name']}), which this convostore does not "
+                f"know; it knows up to {max(known)}: upgrade convostore"
+            )
+        if known[version] != row["name"]:
+            raise MigrationError(
+                f"migration {version} is recorded as {row['name']!r} but this convostore calls it {known[version]!r}"
+            )
+
+
+async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
+    """Apply every pending migration to *schema*; return those this call applied."""
+    quoted = quote_ident(schema)
+    done: list[Migration] = []
+    try:
+        applied = await _applied(conn, quoted)
+        _check_known(applied)
+        if all(m.version in applied for m in MIGRATIONS):
+            return done
+        for migration in MIGRATIONS:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(schema))
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+                await conn.execute(_LEDGER.replace("{s}", quoted))
+                applied = await _applied(conn, quoted)
+                _check_known(applied)
+                if migration.version in applied:
+                    continue
+                await conn.execute(migration.sql.replace("{s}", quoted))
+                await conn.execute(
+                    f"INSERT INTO {quoted}.convostore_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            logger.info("applied migration %04d_%s to schema %s", migration.version, migration.name, schema)
+            done.append(migration)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
+    return done
+
+
+async def migration_status(conn: Connection, schema: str) -> list[MigrationStatus]:
+    """Every known migration with its ``applied_at`` (``None`` if pending)."""
+    applied = await _applied(conn, quote_ident(schema))
+    _check_known(applied)
+    return [
+        MigrationStatus(m.version, m.name, applied[m.version]["applied_at"] if m.version in applied else None)
+        for m in MIGRATIONS
+    ]

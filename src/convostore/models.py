@@ -1,0 +1,71 @@
+"""Result and input types: frozen dataclasses, timezone-aware UTC times from the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message of a session.
+
+    ``seq`` is assigned by the database in the append statement: unique within the session
+    and strictly increasing in commit order, so ordering by it never ties. ``raw`` keeps a
+    framework's original item verbatim (the Agents SDK adapter stores its items there).
+    """
+
+    id: str
+    session_id: str
+    seq: int
+    role: str
+    content: str
+    tool_calls: list[Any] | None
+    tool_call_id: str | None
+    raw: Any | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append. ``id`` is generated on the client when omitted, so that a
+    retried append is recognised and never stored twice."""
+
+    role: str
+    content: str
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    id: str | None = None
+    raw: Any | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """Position in a newest-first listing of sessions, for keyset pagination."""
+
+    updated_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A conversation: its owner, its agent, its metadata and (when asked for) its messages."""
+
+    id: str
+    user_id: str
+    agent_name: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+    expires_at: datetime | None = None
+    messages: tuple[Message, ...] = field(default=())
+
+    @property
+    def cursor(self) -> SessionCursor:
+        """Pass as ``before=`` to list the sessions that come after this one."""
+        return SessionCursor(self.updated_at, self.id)

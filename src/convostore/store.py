@@ -1,0 +1,672 @@
+"""``PostgresSessionStore``: sessions and their messages in PostgreSQL, on an asyncpg pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from . import _validate as check
+from ._codec import decode_text, load_json
+from ._sql import Queries, render
+from ._types import Connection
+from .errors import (
+    ConvostoreError,
+    DatabaseError,
+    DuplicateMessageId,
+    InvalidInput,
+    InvalidMessage,
+    SessionNotFound,
+    SessionOwnershipError,
+    StoreClosed,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from .migrations import Migration, MigrationStatus, apply_migrations, migration_status
+from .models import Message, NewMessage, Session, SessionCursor
+from .retry import RetryPolicy, is_transient, surely_not_applied
+
+logger = logging.getLogger("convostore")
+
+T = TypeVar("T")
+Record = asyncpg.Record
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    """What :meth:`PostgresSessionStore.delete_user` removed."""
+
+    user_id: str
+    sessions: int
+    messages: int
+
+
+def redact(url: str) -> str:
+    """*url* with its password replaced by ``***`` (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _AcquireFailed(Exception):
+    """Internal: no connection could be had, so nothing was sent (always safe to retry)."""
+
+
+def _message(row: Record, session_id: str) -> Message:
+    return Message(
+        id=row["id"],
+        session_id=session_id,
+        seq=row["seq"],
+        role=row["role"],
+        content=decode_text(row["content"]),
+        tool_calls=load_json(row["tool_calls"]),
+        tool_call_id=row["tool_call_id"],
+        raw=load_json(row["raw"]),
+        created_at=row["created_at"],
+    )
+
+
+def _joined_message(row: Record) -> Message:
+    return Message(
+        id=row["m_id"],
+        session_id=row["id"],
+        seq=row["seq"],
+        role=row["role"],
+        content=decode_text(row["content"]),
+        tool_calls=load_json(row["tool_calls"]),
+        tool_call_id=row["tool_call_id"],
+        raw=load_json(row["raw"]),
+        created_at=row["m_created_at"],
+    )
+
+
+def _session(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
+    return Session(
+        id=row["id"],
+        user_id=row["user_id"],
+        agent_name=row["agent_name"],
+        metadata=load_json(row["metadata"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        message_count=len(messages) if count is None else count,
+        messages=messages,
+    )
+
+
+def _sessions_with_messages(rows: Sequence[Record]) -> list[Session]:
+    """Fold session-joined-to-messages rows (ordered by session, then seq) into Sessions."""
+    sessions: list[Session] = []
+    current: Record | None = None
+    messages: list[Message] = []
+    for row in rows:
+        if current is None or row["id"] != current["id"]:
+            if current is not None:
+                sessions.append(_session(current, tuple(messages)))
+            current, messages = row, []
+        if row["m_id"] is not None:
+            messages.append(_joined_message(row))
+    if current is not None:
+        sessions.append(_session(current, tuple(messages)))
+    return sessions
+
+
+def _translate(exc: BaseException, what: str) -> ConvostoreError:
+    """Map a driver error to our hierarchy (the caller raises it ``from exc``)."""
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return SessionNotFound(f"{what}: the session does not exist")
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return DuplicateMessageId(f"{what}: {exc}")
+    if isinstance(exc, asyncpg.CheckViolationError):
+        return InvalidInput(f"{what}: rejected by the schema ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.DataError):  # class 22: too long, bad encoding, bad escape...
+        return InvalidInput(f"{what}: {exc}")
+    if isinstance(exc, (asyncpg.QueryCanceledError, asyncio.TimeoutError)):
+        return StoreTimeout(f"{what}: timed out")
+    if is_transient(exc) or isinstance(exc, _AcquireFailed):
+        return StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+    return DatabaseError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+async def _keep_session_state(conn: Connection) -> None:
+    """Pool ``reset`` hook. asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore never
+    sets session state (its advisory locks are transaction-scoped), and asyncpg still rolls
+    back an open transaction before calling this hook, so there is nothing to reset."""
+
+
+_RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError, _AcquireFailed)
+
+
+class PostgresSessionStore:
+    """Agent sessions and their messages in PostgreSQL.
+
+    Construction does no I/O; :meth:`connect` (or ``async with``) opens the pool and applies
+    pending migrations. The URL is *database_url*, else ``$DATABASE_URL``, else an embedded
+    PostgreSQL started on demand (see :mod:`convostore.embedded`).
+
+    Every method is one round trip unless its docstring says otherwise, raises only
+    :class:`~convostore.errors.ConvostoreError` subclasses, and retries transient failures
+    according to *retry* (writes are idempotent, so a retry never stores twice).
+
+    Options (durations are float seconds):
+
+    * ``schema``: where the tables live (default ``$CONVOSTORE_SCHEMA`` or ``public``).
+    * ``min_size`` / ``max_size``: pool bounds.
+    * ``command_timeout``: per-statement deadline; ``acquire_timeout``: wait for a pooled
+      connection; both raise or retry as described in the README's Reliability section.
+    * ``pgbouncer=True``: no server-side prepared statement cache (transaction pooling).
+    * ``apply_migrations=False``: do not migrate in ``connect()`` (run ``convostore migrate``).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        apply_migrations: bool = True,
+        command_timeout: float | None = 30.0,
+        acquire_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        pgbouncer: bool = False,
+        max_inactive_connection_lifetime: float = 300.0,
+        connect_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._url = database_url
+        self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
+        self._q: Queries = render(self._schema)  # validates the schema name now
+        self._min_size = min_size
+        self._max_size = max_size
+        self._apply_migrations = apply_migrations
+        self._command_timeout = command_timeout
+        self._acquire_timeout = acquire_timeout
+        self._retry = retry or RetryPolicy()
+        self._pgbouncer = pgbouncer
+        self._max_inactive = max_inactive_connection_lifetime
+        self._connect_kwargs = dict(connect_kwargs or {})
+        self._pool: asyncpg.Pool | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the tables."""
+        return self._schema
+
+    @property
+    def database_url(self) -> str | None:
+        """The URL in use once connected (``None`` before ``connect()`` resolves it)."""
+        return self._url
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool (raises :class:`StoreClosed` when not connected)."""
+        if self._pool is None:
+            raise StoreClosed("the store is not connected: call connect() or use 'async with'")
+        return self._pool
+
+    async def connect(self) -> Self:
+        """Open the pool (starting the embedded server if no URL is configured) and migrate."""
+        if self._pool is not None:
+            return self
+        if self._url is None:
+            self._url = os.environ.get("DATABASE_URL") or None
+        if self._url is None:
+            from .embedded import embedded_url
+
+            self._url = await asyncio.to_thread(embedded_url)
+        url = self._url
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._pool = await asyncpg.create_pool(
+                    url,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    command_timeout=self._command_timeout,
+                    statement_cache_size=0 if self._pgbouncer else 1024,
+                    max_inactive_connection_lifetime=self._max_inactive,
+                    reset=_keep_session_state,
+                    **self._connect_kwargs,
+                )
+                break
+            except Exception as exc:
+                if not is_transient(exc) or attempt >= self._retry.attempts:
+                    raise StoreUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
+                delay = self._retry.backoff(attempt)
+                logger.warning("connect to %s failed (%s); retry %d in %.2fs", redact(url), exc, attempt, delay)
+                await asyncio.sleep(delay)
+        logger.debug("connected to %s (schema %s)", redact(url), self._schema)
+        if self._apply_migrations:
+            try:
+                await self.migrate()
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def close(self) -> None:
+        """Close the pool; waits for connections in use to be released."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def migrate(self) -> list[Migration]:
+        """Apply pending migrations (safe to run from many processes at once)."""
+        return await self._run("migrate", lambda conn: apply_migrations(conn, self._schema))
+
+    async def migration_status(self) -> list[MigrationStatus]:
+        """Every known migration with the time it was applied, or ``None`` if pending."""
+        return await self._run("migration status", lambda conn: migration_status(conn, self._schema))
+
+    # -- the one place that talks to the pool ------------------------------------------------
+
+    async def _run(
+        self,
+        what: str,
+        fn: Callable[[Connection], Awaitable[T]],
+        *,
+        session_id: str | None = None,
+        idempotent: bool = True,
+    ) -> T:
+        """Run *fn* on a pooled connection, retrying transient failures.
+
+        A non-idempotent *fn* (``pop_message``) is retried only when the failure proves it
+        had no effect: no connection was acquired, or the server rolled it back.
+        """
+        pool = self.pool
+        policy = self._retry
+        loop = asyncio.get_running_loop()
+        give_up_at = None if policy.deadline is None else loop.time() + policy.deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                try:
+                    conn = await pool.acquire(timeout=self._acquire_timeout)
+                except _RETRYABLE as exc:
+                    raise _AcquireFailed(f"{type(exc).__name__}: {exc}") from exc
+                try:
+                    return await fn(conn)
+                finally:
+                    # Shielded so that a cancelled caller cannot leak the connection.
+                    await asyncio.shield(pool.release(conn))
+            except _RETRYABLE as exc:
+                retryable = isinstance(exc, _AcquireFailed) or (
+                    is_transient(exc) and (idempotent or surely_not_applied(exc))
+                )
+                out_of_time = give_up_at is not None and loop.time() >= give_up_at
+                if not retryable or attempt >= policy.attempts or out_of_time:
+                    if retryable:
+                        logger.error(
+                            "%s failed after %d attempts (session %s): %s: %s",
+                            what,
+                            attempt,
+                            session_id,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    raise _translate(exc, what) from exc
+                delay = policy.backoff(attempt)
+                if give_up_at is not None:
+                    delay = max(0.0, min(delay, give_up_at - loop.time()))
+                logger.warning(
+                    "%s: transient %s (session %s); retry %d in %.3fs",
+                    what,
+                    type(exc).__name__,
+                    session_id,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        user_id: str,
+        agent_name: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        ttl: timedelta | float | None = None,
+        expires_in: timedelta | float | None = None,
+    ) -> Session:
+        """Create a session and return it (id generated unless *session_id* is given).
+
+        *ttl* gives the session a sliding expiry, renewed by every append; *expires_in* a
+        fixed one. Expired sessions are removed by :meth:`delete_expired_sessions`.
+        """
+        import uuid
+
+        sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
+        args = (
+            sid,
+            check.identifier(user_id, "user_id"),
+            check.identifier(agent_name, "agent_name"),
+            check.metadata(metadata),
+            check.duration(ttl, "ttl"),
+            check.duration(expires_in, "expires_in"),
+        )
+        row = await self._run("create_session", lambda c: c.fetchrow(self._q.create_session, *args), session_id=sid)
+        assert row is not None
+        return _session(row)
+
+    async def get_session(self, session_id: str) -> Session | None:
+        """The session with all its messages in order, or ``None`` if it does not exist."""
+        sid = check.identifier(session_id, "session_id")
+        rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, sid), session_id=sid)
+        found = _sessions_with_messages(rows)
+        return found[0] if found else None
+
+    async def update_metadata(self, session_id: str, patch: Mapping[str, Any]) -> Session:
+        """Merge *patch* into the session's metadata (top-level keys; JSONB ``||``)."""
+        sid = check.identifier(session_id, "session_id")
+        data = check.metadata(patch)
+        row = await self._run(
+            "update_metadata", lambda c: c.fetchrow(self._q.update_metadata, sid, data), session_id=sid
+        )
+        if row is None:
+            raise SessionNotFound(f"session {sid!r} does not exist")
+        return _session(row)
+
+    async def set_expiry(
+        self,
+        session_id: str,
+        *,
+        ttl: timedelta | float | None = None,
+        expires_in: timedelta | float | None = None,
+    ) -> Session:
+        """Set (or with neither argument, remove) a session's expiry; see :meth:`create_session`."""
+        sid = check.identifier(session_id, "session_id")
+        sliding, fixed = check.duration(ttl, "ttl"), check.duration(expires_in, "expires_in")
+        clear = sliding is None and fixed is None
+        row = await self._run(
+            "set_expiry", lambda c: c.fetchrow(self._q.set_expiry, sid, sliding, clear, fixed), session_id=sid
+        )
+        if row is None:
+            raise SessionNotFound(f"session {sid!r} does not exist")
+        return _session(row)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete the session and its messages; ``False`` if it did not exist."""
+        sid = check.identifier(session_id, "session_id")
+        status = await self._run("delete_session", lambda c: c.execute(self._q.delete_session, sid), session_id=sid)
+        return status != "DELETE 0"
+
+    async def get_user_sessions(
+        self,
+        user_id: str,
+        limit: int = 10,
+        *,
+        before: Session | SessionCursor | None = None,
+        with_messages: bool = True,
+        messages_limit: int | None = None,
+        agent_name: str | None = None,
+    ) -> list[Session]:
+        """A user's sessions, most recently updated first, in one query.
+
+        Pass the last session of a page as *before* for the next page (keyset pagination:
+        as fast on page 1,000 as on page 1). With *with_messages*, each session carries its
+        messages (the latest *messages_limit* of them, if given); without, only their count.
+        """
+        uid = check.identifier(user_id, "user_id")
+        page = check.limit(limit)
+        per_session = check.limit(messages_limit, "messages_limit")
+        agent = check.optional_identifier(agent_name, "agent_name")
+        cursor = before.cursor if isinstance(before, Session) else before
+        after_time = cursor.updated_at if cursor else None
+        after_id = cursor.id if cursor else None
+        if with_messages:
+            args = (uid, after_time, after_id, page, agent, per_session)
+            rows = await self._run("get_user_sessions", lambda c: c.fetch(self._q.user_sessions_with_messages, *args))
+            return _sessions_with_messages(rows)
+        rows = await self._run(
+            "get_user_sessions",
+            lambda c: c.fetch(self._q.user_sessions, uid, after_time, after_id, page, agent),
+        )
+        return [_session(r, count=r["message_count"]) for r in rows]
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        tool_calls: list[Any] | None = None,
+        tool_call_id: str | None = None,
+        *,
+        message_id: str | None = None,
+        raw: Any | None = None,
+    ) -> Message:
+        """Append one message; see :meth:`add_messages`."""
+        message = NewMessage(role, content, tool_calls, tool_call_id, message_id, raw)
+        return (await self.add_messages(session_id, [message]))[0]
+
+    async def add_messages(self, session_id: str, messages: Sequence[NewMessage | Mapping[str, Any]]) -> list[Message]:
+        """Append *messages* atomically in one statement and return them as stored.
+
+        The batch gets consecutive ``seq`` numbers after every message committed before it,
+        and the session's ``updated_at`` (and sliding expiry) move in the same statement.
+        Appending a batch whose ids are already stored (a retry) returns the stored rows and
+        writes nothing. Raises :class:`SessionNotFound` for an unknown session.
+        """
+        sid = check.identifier(session_id, "session_id")
+        return await self._append(sid, messages, None)
+
+    async def _append(
+        self,
+        sid: str,
+        messages: Sequence[NewMessage | Mapping[str, Any]],
+        create_as: tuple[str, str] | None,
+    ) -> list[Message]:
+        """Shared by :meth:`add_messages` and the Agents SDK adapter (which passes
+        ``create_as=(user_id, agent_name)`` to create the session on first write)."""
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+            raise InvalidMessage("messages must be a sequence of NewMessage or mappings")
+        rows = [check.message_row(m, i) for i, m in enumerate(messages)]
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        if len(set(ids)) != len(ids):
+            raise InvalidMessage("message ids must be unique within a batch")
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        if create_as is None:
+            sql, args = self._q.append, (sid, *columns)
+        else:
+            sql, args = self._q.append_or_create, (sid, *columns, *create_as)
+
+        async def append(conn: Connection) -> list[Record]:
+            stored = await conn.fetch(sql, *args)
+            if not stored:
+                # Nothing inserted and nothing found: unknown session, another owner, or an
+                # identical batch racing us (rare: then it is stored, so read it back).
+                owner = await conn.fetchval(self._q.session_owner, sid)
+                if owner is None:
+                    raise SessionNotFound(f"session {sid!r} does not exist")
+                if create_as is not None and owner != create_as[0]:
+                    raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+                stored = await conn.fetch(self._q.messages_by_id, sid, ids)
+            return stored
+
+        stored = await self._run("add_messages", append, session_id=sid)
+        if len(stored) != len(rows):
+            raise DuplicateMessageId(
+                f"session {sid!r} already holds messages with some of these ids: "
+                f"{sorted({r['id'] for r in stored})[:5]}"
+            )
+        by_id = {r["id"]: r for r in stored}
+        result = []
+        for row, original in zip(rows, messages, strict=True):
+            rec = by_id[row[0]]
+            src = original if isinstance(original, NewMessage) else NewMessage(**original)
+            result.append(
+                Message(
+                    id=row[0],
+                    session_id=sid,
+                    seq=rec["seq"],
+                    role=src.role,
+                    content=src.content,
+                    tool_calls=src.tool_calls,
+                    tool_call_id=src.tool_call_id,
+                    raw=src.raw,
+                    created_at=rec["created_at"],
+                )
+            )
+        result.sort(key=lambda m: m.seq)
+        return result
+
+    async def get_messages(
+        self, session_id: str, *, limit: int | None = None, before_seq: int | None = None
+    ) -> list[Message]:
+        """Messages in chronological order: all of them, or the latest *limit*.
+
+        *before_seq* pages backwards: pass the ``seq`` of the oldest message you hold to get
+        the *limit* messages before it. An unknown session has no messages (``[]``).
+        """
+        sid = check.identifier(session_id, "session_id")
+        n = check.limit(limit)
+        below = check.limit(before_seq, "before_seq")
+        if n is None:
+            rows = await self._run(
+                "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
+            )
+        else:
+            rows = await self._run(
+                "get_messages", lambda c: c.fetch(self._q.get_latest_messages, sid, below, n), session_id=sid
+            )
+        return [_message(r, sid) for r in rows]
+
+    async def pop_message(self, session_id: str) -> Message | None:
+        """Remove and return the newest message (``None`` if there is none).
+
+        Atomic: concurrent pops each get a different message. Not retried after a failure
+        that may have taken effect, since a retry could pop a second message.
+        """
+        sid = check.identifier(session_id, "session_id")
+        row = await self._run(
+            "pop_message", lambda c: c.fetchrow(self._q.pop_message, sid), session_id=sid, idempotent=False
+        )
+        return None if row is None else _message(row, sid)
+
+    async def clear_session(self, session_id: str) -> int:
+        """Delete every message of the session (the session stays); return how many."""
+        sid = check.identifier(session_id, "session_id")
+        status = await self._run("clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid)
+        return int(status.split()[-1])
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def _delete_in_batches(
+        self,
+        what: str,
+        sql: str,
+        args: tuple[Any, ...],
+        on_batch: Callable[[int], None] | None,
+    ) -> int:
+        total = 0
+        while True:
+            rows = await self._run(what, lambda c: c.fetch(sql, *args))
+            total += len(rows)
+            if on_batch is not None and rows:
+                on_batch(len(rows))
+            if not rows:
+                return total
+
+    async def delete_idle_sessions(
+        self,
+        older_than: timedelta | float,
+        *,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        batch_size: int = 1000,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete sessions not updated for *older_than*; return how many were deleted.
+
+        Works in batches of *batch_size*, each its own short transaction, skipping sessions
+        that a live writer holds locked (they are not idle). *on_batch* is called with each
+        batch's count (progress bars).
+        """
+        age = check.duration(older_than, "older_than")
+        args = (
+            age,
+            check.optional_identifier(user_id, "user_id"),
+            check.optional_identifier(agent_name, "agent_name"),
+            self._batch(batch_size),
+        )
+        return await self._delete_in_batches("delete_idle_sessions", self._q.delete_idle_batch, args, on_batch)
+
+    async def count_idle_sessions(
+        self, older_than: timedelta | float, *, user_id: str | None = None, agent_name: str | None = None
+    ) -> int:
+        """How many sessions :meth:`delete_idle_sessions` would delete now."""
+        args = (
+            check.duration(older_than, "older_than"),
+            check.optional_identifier(user_id, "user_id"),
+            check.optional_identifier(agent_name, "agent_name"),
+        )
+        count = await self._run("count_idle_sessions", lambda c: c.fetchval(self._q.count_idle, *args))
+        return int(count)
+
+    async def delete_expired_sessions(
+        self, *, batch_size: int = 1000, on_batch: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete sessions whose expiry has passed; safe to run from several processes at once."""
+        args = (self._batch(batch_size),)
+        return await self._delete_in_batches("delete_expired_sessions", self._q.delete_expired_batch, args, on_batch)
+
+    async def delete_user(
+        self, user_id: str, *, batch_size: int = 500, on_batch: Callable[[int], None] | None = None
+    ) -> ErasureReport:
+        """Erase every session and message of *user_id* (right to erasure).
+
+        Batched: each batch of sessions is deleted with its messages in one statement, so a
+        failure never leaves a session without some of its messages; re-running finishes
+        the job.
+        """
+        uid = check.identifier(user_id, "user_id")
+        size = self._batch(batch_size)
+        sessions = messages = 0
+        while True:
+            rows = await self._run(
+                "delete_user", lambda c: c.fetch(self._q.delete_user_batch, uid, size), session_id=None
+            )
+            if not rows:
+                return ErasureReport(uid, sessions, messages)
+            sessions += len(rows)
+            messages += int(rows[0]["messages"])
+            if on_batch is not None:
+                on_batch(len(rows))
+
+    @staticmethod
+    def _batch(size: object) -> int:
+        n = check.limit(size, "batch_size")
+        if not n:
+            raise InvalidInput("batch_size must be a positive int")
+        return n

@@ -1,0 +1,92 @@
+"""Migrations: idempotent, recorded, and safe when several processes start together."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from convostore import MIGRATIONS, MigrationError, PostgresSessionStore
+
+
+async def test_migrations_are_recorded_and_rerun_is_a_no_op(store: PostgresSessionStore) -> None:
+    status = await store.migration_status()
+    assert [(s.version, s.name) for s in status] == [(m.version, m.name) for m in MIGRATIONS]
+    assert all(s.applied_at is not None and s.applied_at.tzinfo is not None for s in status)
+    assert await store.migrate() == []
+    assert await store.migrate() == []
+    assert await store.migration_status() == status
+
+
+async def test_migration_sql_itself_can_be_applied_twice(store: PostgresSessionStore) -> None:
+    # Each migration is written idempotently (IF NOT EXISTS), so re-applying it, for
+    # instance after a ledger was lost, is harmless.
+    quoted = f'"{store.schema}"'
+    async with store.pool.acquire() as conn:
+        for migration in MIGRATIONS:
+            await conn.execute(migration.sql.replace("{s}", quoted))
+
+
+async def test_status_reports_pending_before_migrating(database_url: str, schema_name: str) -> None:
+    async with PostgresSessionStore(database_url, schema=schema_name, apply_migrations=False) as s:
+        assert all(x.applied_at is None for x in await s.migration_status())
+        applied = await s.migrate()
+        assert [m.version for m in applied] == [m.version for m in MIGRATIONS]
+
+
+async def test_a_schema_newer_than_the_library_is_refused(database_url: str, schema_name: str) -> None:
+    async with PostgresSessionStore(database_url, schema=schema_name):
+        pass
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            f'INSERT INTO "{schema_name}".convostore_migrations (version, name) VALUES (999, $1)', "future"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(MigrationError, match="upgrade convostore"):
+        async with PostgresSessionStore(database_url, schema=schema_name):
+            pass
+
+
+_MIGRATE_IN_CHILD = """
+import asyncio, sys
+from convostore import PostgresSessionStore
+
+async def main() -> None:
+    async with PostgresSessionStore(sys.argv[1], schema=sys.argv[2]) as store:
+        s = await store.create_session("u", "a")
+        await store.add_message(s.id, "user", "hi")
+
+asyncio.run(main())
+"""
+
+
+async def _count_migrations_and_sessions(database_url: str, schema_name: str) -> tuple[list[int], int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        versions = await conn.fetch(f'SELECT version FROM "{schema_name}".convostore_migrations ORDER BY 1')
+        sessions = await conn.fetchval(f'SELECT count(*) FROM "{schema_name}".agent_sessions')
+    finally:
+        await conn.close()
+    return [r["version"] for r in versions], sessions
+
+
+@pytest.mark.slow
+def test_four_processes_migrating_at_once(database_url: str, schema_name: str) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_IN_CHILD, database_url, schema_name],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    versions, sessions = asyncio.run(_count_migrations_and_sessions(database_url, schema_name))
+    assert versions == [m.version for m in MIGRATIONS]
+    assert sessions == 4
