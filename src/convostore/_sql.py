@@ -131,6 +131,22 @@ SELECT {_MESSAGE_COLUMNS} FROM (
 ORDER BY seq
 """
 
+# The same for a given owner ($4), in one round trip: no row means no such session; a row
+# whose owner differs means the session is someone else's (and carries no messages).
+GET_OWNED_MESSAGES = """
+SELECT s.user_id AS owner, m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls,
+       m.tool_call_id, m.raw, m.created_at
+FROM {s}.agent_sessions s
+LEFT JOIN LATERAL (
+    SELECT * FROM {s}.conversation_messages x
+    WHERE x.session_id = s.id AND x.seq < COALESCE($2::bigint, 9223372036854775807)
+    ORDER BY x.seq DESC
+    LIMIT $3
+) m ON s.user_id = $4
+WHERE s.id = $1
+ORDER BY m.seq
+"""
+
 # Locking the newest row with LIMIT 1 FOR UPDATE: a pop that loses the race for it skips
 # the row its rival deleted and takes the next one, so each message is popped once.
 POP_MESSAGE = """
@@ -144,7 +160,25 @@ RETURNING m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls, m.tool_cal
           m.created_at
 """
 
+POP_OWNED_MESSAGE = """
+WITH victim AS (
+    SELECT m.session_id, m.seq FROM {s}.conversation_messages m
+    WHERE m.session_id = $1
+      AND EXISTS (SELECT 1 FROM {s}.agent_sessions o WHERE o.id = $1 AND o.user_id = $2)
+    ORDER BY m.seq DESC LIMIT 1 FOR UPDATE OF m
+)
+DELETE FROM {s}.conversation_messages m USING victim
+WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
+RETURNING m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+          m.created_at
+"""
+
 CLEAR_SESSION = "DELETE FROM {s}.conversation_messages WHERE session_id = $1"
+CLEAR_OWNED_SESSION = """
+DELETE FROM {s}.conversation_messages
+WHERE session_id = $1
+  AND EXISTS (SELECT 1 FROM {s}.agent_sessions o WHERE o.id = $1 AND o.user_id = $2)
+"""
 SESSION_EXISTS = "SELECT EXISTS (SELECT 1 FROM {s}.agent_sessions WHERE id = $1)"
 DELETE_SESSION = "DELETE FROM {s}.agent_sessions WHERE id = $1"
 
@@ -261,8 +295,11 @@ class Queries:
     get_session: str
     get_all_messages: str
     get_latest_messages: str
+    get_owned_messages: str
     pop_message: str
+    pop_owned_message: str
     clear_session: str
+    clear_owned_session: str
     session_exists: str
     delete_session: str
     update_metadata: str

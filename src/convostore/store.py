@@ -315,6 +315,9 @@ class PostgresSessionStore:
                 finally:
                     # Shielded so that a cancelled caller cannot leak the connection.
                     await asyncio.shield(pool.release(conn))
+            except ConvostoreError:
+                # Ours, raised on purpose inside fn (some derive from OSError): never retried.
+                raise
             except _RETRYABLE as exc:
                 retryable = isinstance(exc, _AcquireFailed) or (
                     is_transient(exc) and (idempotent or surely_not_applied(exc))
@@ -468,16 +471,30 @@ class PostgresSessionStore:
         message = NewMessage(role, content, tool_calls, tool_call_id, message_id, raw)
         return (await self.add_messages(session_id, [message]))[0]
 
-    async def add_messages(self, session_id: str, messages: Sequence[NewMessage | Mapping[str, Any]]) -> list[Message]:
+    async def add_messages(
+        self,
+        session_id: str,
+        messages: Sequence[NewMessage | Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+        agent_name: str = "agent",
+    ) -> list[Message]:
         """Append *messages* atomically in one statement and return them as stored.
 
         The batch gets consecutive ``seq`` numbers after every message committed before it,
         and the session's ``updated_at`` (and sliding expiry) move in the same statement.
         Appending a batch whose ids are already stored (a retry) returns the stored rows and
-        writes nothing. Raises :class:`SessionNotFound` for an unknown session.
+        writes nothing.
+
+        Without *user_id*, an unknown session raises :class:`SessionNotFound`. With it, the
+        session is created on first write (owned by *user_id*, for *agent_name*) and a
+        session owned by another user raises :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        return await self._append(sid, messages, None)
+        create_as = None
+        if user_id is not None:
+            create_as = (check.identifier(user_id, "user_id"), check.identifier(agent_name, "agent_name"))
+        return await self._append(sid, messages, create_as)
 
     async def _append(
         self,
@@ -485,8 +502,6 @@ class PostgresSessionStore:
         messages: Sequence[NewMessage | Mapping[str, Any]],
         create_as: tuple[str, str] | None,
     ) -> list[Message]:
-        """Shared by :meth:`add_messages` and the Agents SDK adapter (which passes
-        ``create_as=(user_id, agent_name)`` to create the session on first write)."""
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
             raise InvalidMessage("messages must be a sequence of NewMessage or mappings")
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
@@ -542,16 +557,33 @@ class PostgresSessionStore:
         return result
 
     async def get_messages(
-        self, session_id: str, *, limit: int | None = None, before_seq: int | None = None
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        before_seq: int | None = None,
+        user_id: str | None = None,
     ) -> list[Message]:
         """Messages in chronological order: all of them, or the latest *limit*.
 
         *before_seq* pages backwards: pass the ``seq`` of the oldest message you hold to get
-        the *limit* messages before it. An unknown session has no messages (``[]``).
+        the *limit* messages before it. An unknown session has no messages (``[]``). With
+        *user_id*, a session owned by another user raises :class:`SessionOwnershipError`
+        (checked in the same query).
         """
         sid = check.identifier(session_id, "session_id")
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
+        if user_id is not None:
+            uid = check.identifier(user_id, "user_id")
+            rows = await self._run(
+                "get_messages",
+                lambda c: c.fetch(self._q.get_owned_messages, sid, below, n, uid),
+                session_id=sid,
+            )
+            if rows and rows[0]["owner"] != uid:
+                raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+            return [_message(r, sid) for r in rows if r["id"] is not None]
         if n is None:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
@@ -562,22 +594,50 @@ class PostgresSessionStore:
             )
         return [_message(r, sid) for r in rows]
 
-    async def pop_message(self, session_id: str) -> Message | None:
+    async def _check_owner(self, sid: str, uid: str) -> None:
+        owner = await self._run("check owner", lambda c: c.fetchval(self._q.session_owner, sid), session_id=sid)
+        if owner is not None and owner != uid:
+            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+
+    async def pop_message(self, session_id: str, *, user_id: str | None = None) -> Message | None:
         """Remove and return the newest message (``None`` if there is none).
 
         Atomic: concurrent pops each get a different message. Not retried after a failure
-        that may have taken effect, since a retry could pop a second message.
+        that may have taken effect, since a retry could pop a second message. With
+        *user_id*, another user's session raises :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        row = await self._run(
-            "pop_message", lambda c: c.fetchrow(self._q.pop_message, sid), session_id=sid, idempotent=False
-        )
+        if user_id is None:
+            row = await self._run(
+                "pop_message", lambda c: c.fetchrow(self._q.pop_message, sid), session_id=sid, idempotent=False
+            )
+        else:
+            uid = check.identifier(user_id, "user_id")
+            row = await self._run(
+                "pop_message",
+                lambda c: c.fetchrow(self._q.pop_owned_message, sid, uid),
+                session_id=sid,
+                idempotent=False,
+            )
+            if row is None:
+                await self._check_owner(sid, uid)
         return None if row is None else _message(row, sid)
 
-    async def clear_session(self, session_id: str) -> int:
-        """Delete every message of the session (the session stays); return how many."""
+    async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
+        """Delete every message of the session (the session stays); return how many.
+
+        With *user_id*, another user's session raises :class:`SessionOwnershipError`.
+        """
         sid = check.identifier(session_id, "session_id")
-        status = await self._run("clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid)
+        if user_id is None:
+            status = await self._run("clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid)
+        else:
+            uid = check.identifier(user_id, "user_id")
+            status = await self._run(
+                "clear_session", lambda c: c.execute(self._q.clear_owned_session, sid, uid), session_id=sid
+            )
+            if status == "DELETE 0":
+                await self._check_owner(sid, uid)
         return int(status.split()[-1])
 
     # -- retention ---------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""``SessionAgent``: the seed's agent wrapper, working: history reaches the model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agents import Agent, Runner
+from agents.result import RunResultStreaming
+from openai.types.responses import ResponseTextDeltaEvent
+
+from .. import _validate as check
+from ..store import PostgresSessionStore
+from ._session import PostgresSession
+
+
+class SessionAgent:
+    """Runs an ``Agent`` with its conversation kept in a :class:`PostgresSessionStore`.
+
+    History reaches the model through the SDK's own session mechanism (``session=``), not
+    through ``context``, which the model never sees. ``current_session_id`` is the session
+    of the latest run, so a conversation continues with ``run(text, session_id=agent.current_session_id)``.
+    """
+
+    def __init__(self, agent: Agent[Any], store: PostgresSessionStore, **runner_kwargs: Any) -> None:
+        self.agent = agent
+        self.store = store
+        self.current_session_id: str | None = None
+        self._runner_kwargs = runner_kwargs
+
+    def session(self, session_id: str | None = None, user_id: str = "default") -> PostgresSession:
+        """The SDK session for *session_id* (a new id when ``None``); sets ``current_session_id``."""
+        sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
+        self.current_session_id = sid
+        return PostgresSession(sid, store=self.store, user_id=user_id, agent_name=self.agent.name)
+
+    async def run(self, user_input: str, session_id: str | None = None, user_id: str = "default") -> str:
+        """Run one turn and return the final output as text."""
+        session = self.session(session_id, user_id)
+        result = await Runner.run(self.agent, user_input, session=session, **self._runner_kwargs)
+        return str(result.final_output)
+
+    def run_streamed(
+        self, user_input: str, session_id: str | None = None, user_id: str = "default"
+    ) -> RunResultStreaming:
+        """Start a streamed turn; consume ``stream_events()`` on the result."""
+        session = self.session(session_id, user_id)
+        return Runner.run_streamed(self.agent, user_input, session=session, **self._runner_kwargs)
+
+    async def stream_text(
+        self, user_input: str, session_id: str | None = None, user_id: str = "default"
+    ) -> AsyncIterator[str]:
+        """Run a streamed turn, yielding the answer's text as it arrives."""
+        result = self.run_streamed(user_input, session_id, user_id)
+        async for event in result.stream_events():
+            if event.type == "raw_response_event" and isinstance(event.data, ResponseTextDeltaEvent):
+                yield event.data.delta
