@@ -9,6 +9,7 @@ from .errors import (
     ConvostoreError,
     DatabaseError,
     DuplicateMessageId,
+    ImportFileError,
     InvalidIdentifier,
     InvalidInput,
     InvalidMessage,
@@ -21,19 +22,23 @@ from .errors import (
     StoreUnavailable,
 )
 from .migrations import MIGRATIONS, Migration, MigrationStatus
-from .models import Message, NewMessage, Role, Session, SessionCursor
+from .models import AgentStats, Message, NewMessage, Role, Session, SessionCursor, StoreStats, TableSize
 from .retry import RetryPolicy
 from .store import ErasureReport, PostgresSessionStore
+from .transfer import ImportReport, export_jsonl, import_jsonl
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MIGRATIONS",
+    "AgentStats",
     "ConfigurationError",
     "ConvostoreError",
     "DatabaseError",
     "DuplicateMessageId",
     "ErasureReport",
+    "ImportFileError",
+    "ImportReport",
     "InvalidIdentifier",
     "InvalidInput",
     "InvalidMessage",
@@ -51,9 +56,13 @@ __all__ = [
     "SessionNotFound",
     "SessionOwnershipError",
     "StoreClosed",
+    "StoreStats",
     "StoreTimeout",
     "StoreUnavailable",
     "Sweeper",
+    "TableSize",
     "__version__",
     "cleanup_old_sessions",
+    "export_jsonl",
+    "import_jsonl",
 ]

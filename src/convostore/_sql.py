@@ -282,6 +282,79 @@ DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
 RETURNING s.id, (SELECT count(*) FROM gone) AS messages
 """
 
+# -- export / import (convostore.transfer) --------------------------------------------------
+
+EXPORT_SESSIONS_PAGE = """
+SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
+       extract(epoch FROM ttl)::float8 AS ttl_seconds, last_seq
+FROM {s}.agent_sessions
+WHERE ($1::text IS NULL OR user_id = $1)
+  AND ($2::text IS NULL OR id = $2)
+  AND id > COALESCE($3::text, '')
+ORDER BY id
+LIMIT $4
+"""
+
+EXPORT_MESSAGES = f"""
+SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+WHERE session_id = $1
+ORDER BY seq
+"""
+
+IMPORT_SESSIONS = """
+INSERT INTO {s}.agent_sessions
+    (id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl, last_seq)
+SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
+       make_interval(secs => ttl_seconds), last_seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[],
+            $7::timestamptz[], $8::float8[], $9::bigint[])
+    AS t(id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl_seconds, last_seq)
+ON CONFLICT (id) DO NOTHING
+"""
+
+IMPORT_MESSAGES = """
+INSERT INTO {s}.conversation_messages
+    (session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                     $7::text[], $8::jsonb[], $9::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+# Keeps the counter ahead of imported seqs, so later appends continue after them.
+RAISE_LAST_SEQ = """
+UPDATE {s}.agent_sessions s SET last_seq = m.max_seq
+FROM (SELECT session_id, max(seq) AS max_seq FROM {s}.conversation_messages
+      WHERE session_id = ANY($1::text[]) GROUP BY session_id) m
+WHERE s.id = m.session_id AND s.last_seq < m.max_seq
+"""
+
+# -- stats ---------------------------------------------------------------------------------
+
+STATS = """
+SELECT (SELECT count(*) FROM {s}.agent_sessions) AS sessions,
+       (SELECT count(*) FROM {s}.conversation_messages) AS messages,
+       (SELECT count(DISTINCT user_id) FROM {s}.agent_sessions) AS users,
+       (SELECT min(created_at) FROM {s}.agent_sessions) AS oldest_session,
+       (SELECT max(updated_at) FROM {s}.agent_sessions) AS newest_activity,
+       (SELECT count(*) FROM {s}.agent_sessions WHERE expires_at IS NOT NULL) AS with_expiry
+"""
+
+STATS_BY_AGENT = """
+SELECT s.agent_name, count(*) AS sessions, COALESCE(sum(mc.n), 0)::bigint AS messages
+FROM {s}.agent_sessions s
+LEFT JOIN (SELECT session_id, count(*) AS n FROM {s}.conversation_messages GROUP BY session_id) mc
+       ON mc.session_id = s.id
+GROUP BY s.agent_name
+ORDER BY sessions DESC, s.agent_name
+"""
+
+STATS_SIZES = """
+SELECT c.relname AS name, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind = 'r'
+ORDER BY c.relname
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Queries:
@@ -310,6 +383,14 @@ class Queries:
     count_idle: str
     delete_expired_batch: str
     delete_user_batch: str
+    export_sessions_page: str
+    export_messages: str
+    import_sessions: str
+    import_messages: str
+    raise_last_seq: str
+    stats: str
+    stats_by_agent: str
+    stats_sizes: str
 
 
 def render(schema: str) -> Queries:

@@ -33,6 +33,14 @@ class InvalidMetadata(InvalidInput):
     """Session metadata is not a JSON object of serialisable values."""
 
 
+class ImportFileError(InvalidInput):
+    """A line of an import file is malformed; nothing was imported."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+
+
 class SessionNotFound(ConvostoreError, LookupError):
     """The session does not exist (or was deleted)."""
 
@@ -70,6 +78,7 @@ __all__ = [
     "ConvostoreError",
     "DatabaseError",
     "DuplicateMessageId",
+    "ImportFileError",
     "InvalidIdentifier",
     "InvalidInput",
     "InvalidMessage",

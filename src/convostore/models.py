@@ -69,3 +69,35 @@ class Session:
     def cursor(self) -> SessionCursor:
         """Pass as ``before=`` to list the sessions that come after this one."""
         return SessionCursor(self.updated_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """Sessions and messages of one agent."""
+
+    agent_name: str
+    sessions: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableSize:
+    """On-disk size of one table and of its indexes, in bytes."""
+
+    name: str
+    table_bytes: int
+    index_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What :meth:`PostgresSessionStore.stats` reports."""
+
+    sessions: int
+    messages: int
+    users: int
+    sessions_with_expiry: int
+    oldest_session: datetime | None
+    newest_activity: datetime | None
+    by_agent: tuple[AgentStats, ...]
+    tables: tuple[TableSize, ...]

@@ -10,6 +10,7 @@ acknowledgement was lost is recognised on the retry and not stored twice.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from dataclasses import dataclass
 
@@ -34,6 +35,22 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     deadline: float | None = 30.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The default policy, adjusted by ``CONVOSTORE_RETRY_ATTEMPTS`` and
+        ``CONVOSTORE_RETRY_DEADLINE`` (seconds; ``0`` means no deadline)."""
+        from .errors import ConfigurationError
+
+        policy = cls()
+        try:
+            if attempts := os.environ.get("CONVOSTORE_RETRY_ATTEMPTS"):
+                policy = cls(attempts=max(1, int(attempts)), deadline=policy.deadline)
+            if deadline := os.environ.get("CONVOSTORE_RETRY_DEADLINE"):
+                policy = cls(attempts=policy.attempts, deadline=float(deadline) or None)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid retry setting in the environment: {exc}") from exc
+        return policy
 
     def backoff(self, attempt: int) -> float:
         """Seconds to sleep before retry number *attempt* (1-based)."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -31,8 +31,11 @@ from .errors import (
     StoreUnavailable,
 )
 from .migrations import Migration, MigrationStatus, apply_migrations, migration_status
-from .models import Message, NewMessage, Session, SessionCursor
+from .models import AgentStats, Message, NewMessage, Session, SessionCursor, StoreStats, TableSize
 from .retry import RetryPolicy, is_transient, surely_not_applied
+
+if TYPE_CHECKING:
+    from .cleanup import Sweeper
 
 logger = logging.getLogger("convostore")
 
@@ -195,11 +198,12 @@ class PostgresSessionStore:
         self._apply_migrations = apply_migrations
         self._command_timeout = command_timeout
         self._acquire_timeout = acquire_timeout
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or RetryPolicy.from_env()
         self._pgbouncer = pgbouncer
         self._max_inactive = max_inactive_connection_lifetime
         self._connect_kwargs = dict(connect_kwargs or {})
         self._pool: asyncpg.Pool | None = None
+        self._sweeper: Sweeper | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -262,7 +266,8 @@ class PostgresSessionStore:
         return self
 
     async def close(self) -> None:
-        """Close the pool; waits for connections in use to be released."""
+        """Stop the sweeper, if any, and close the pool (waits for connections in use)."""
+        await self.stop_sweeper()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -723,6 +728,49 @@ class PostgresSessionStore:
             messages += int(rows[0]["messages"])
             if on_batch is not None:
                 on_batch(len(rows))
+
+    def start_sweeper(self, interval: float, *, batch_size: int = 1000) -> Sweeper:
+        """Delete expired sessions every *interval* seconds in a background task.
+
+        Returns the running :class:`~convostore.cleanup.Sweeper`; :meth:`stop_sweeper` (or
+        :meth:`close`) stops it. Safe with other processes sweeping the same database.
+        """
+        from .cleanup import Sweeper
+
+        if self._sweeper is None or not self._sweeper.running:
+            self._sweeper = Sweeper(self, interval, batch_size=batch_size)
+            self._sweeper.start()
+        return self._sweeper
+
+    async def stop_sweeper(self) -> None:
+        """Stop the background sweeper, if one runs."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            await sweeper.stop()
+
+    async def stats(self) -> StoreStats:
+        """Counts, per-agent totals, table and index sizes, oldest and newest activity.
+
+        Three statements; it scans both tables, so it is an operator's tool, not a hot path.
+        """
+
+        async def read(conn: Connection) -> StoreStats:
+            totals = await conn.fetchrow(self._q.stats)
+            agents = await conn.fetch(self._q.stats_by_agent)
+            sizes = await conn.fetch(self._q.stats_sizes, self._schema)
+            assert totals is not None
+            return StoreStats(
+                sessions=totals["sessions"],
+                messages=totals["messages"],
+                users=totals["users"],
+                sessions_with_expiry=totals["with_expiry"],
+                oldest_session=totals["oldest_session"],
+                newest_activity=totals["newest_activity"],
+                by_agent=tuple(AgentStats(r["agent_name"], r["sessions"], r["messages"]) for r in agents),
+                tables=tuple(TableSize(r["name"], r["table_bytes"], r["index_bytes"]) for r in sizes),
+            )
+
+        return await self._run("stats", read)
 
     @staticmethod
     def _batch(size: object) -> int:

@@ -1,0 +1,5 @@
+"""``python -m convostore``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,429 @@
+"""The ``convostore`` command: migrations, retention, inspection, export and erasure.
+
+Thin by design: it parses, calls the library, and renders. Exit codes: 0 success, 1 failure
+(a convostore error, shown as one line on stderr; ``--debug`` shows the traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import ConvostoreError
+from .models import Message, Session, SessionCursor
+from .store import PostgresSessionStore
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="convostore",
+    help="Operate convostore: AI agents' conversations in PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    # Plain click formatting: a usage error is one "Error: ..." line, as scripts expect.
+    rich_markup_mode=None,
+)
+sessions_app = typer.Typer(help="List and show sessions.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(sessions_app, name="sessions")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class _Options:
+    database_url: str | None
+    schema: str | None
+    debug: bool
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])", re.IGNORECASE)
+_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str, param: str = "--older-than") -> timedelta:
+    """``30d``, ``12h``, ``1d12h``, ``90m``, ``45s``, ``2w`` as a timedelta (usage error otherwise)."""
+    cleaned = text.strip()
+    matches = list(_DURATION.finditer(cleaned))
+    if not matches or "".join(m.group(0) for m in matches).replace(" ", "") != cleaned.replace(" ", ""):
+        raise typer.BadParameter(
+            f"cannot parse duration {text!r}: use e.g. 30d, 12h, 1d12h, 90m, 45s, 2w", param_hint=param
+        )
+    seconds = sum(float(m.group(1)) * _UNITS[m.group(2).lower()] for m in matches)
+    if seconds <= 0:
+        raise typer.BadParameter(f"duration {text!r} must be positive", param_hint=param)
+    return timedelta(seconds=seconds)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url", envvar="DATABASE_URL", show_envvar=True, help="PostgreSQL URL; unset means embedded."
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option("--schema", envvar="CONVOSTORE_SCHEMA", show_envvar=True, help="Schema of the tables."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Options(database_url, schema, debug)
+
+
+def _run(ctx: typer.Context, work: Callable[[PostgresSessionStore], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Open a store, run *work*, map our errors to one line and exit code 1."""
+    opts: _Options = ctx.obj
+
+    async def main() -> T:
+        async with PostgresSessionStore(opts.database_url, schema=opts.schema, apply_migrations=migrate) as store:
+            return await work(store)
+
+    try:
+        return asyncio.run(main())
+    except ConvostoreError as exc:
+        if opts.debug:
+            raise
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _progress(total: int | None, what: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn() if total is not None else TextColumn("{task.completed}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+        transient=True,
+    )
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+# -- migrate ----------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    status: Annotated[
+        bool, typer.Option("--status", help="List applied and pending migrations; change nothing.")
+    ] = False,
+) -> None:
+    """Apply pending schema migrations (safe to run from several processes at once)."""
+    if status:
+        rows = _run(ctx, lambda s: s.migration_status(), migrate=False)
+        table = Table("version", "name", "applied at")
+        for r in rows:
+            table.add_row(f"{r.version:04d}", r.name, _when(r.applied_at) if r.applied_at else "[yellow]pending[/]")
+        out.print(table)
+        return
+    applied = _run(ctx, lambda s: s.migrate(), migrate=False)
+    if applied:
+        for m in applied:
+            out.print(f"applied {m.version:04d}_{m.name}")
+    else:
+        out.print("schema is up to date")
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    older_than: Annotated[str, typer.Option("--older-than", metavar="DURATION", help="Idle time: 30d, 12h, 1d12h...")],
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete sessions not updated for --older-than, in batches that skip sessions in use."""
+    age = parse_duration(older_than)
+
+    async def work(store: PostgresSessionStore) -> tuple[int, int]:
+        total = await store.count_idle_sessions(age, user_id=user, agent_name=agent)
+        if dry_run or total == 0:
+            return total, 0
+        with _progress(total, "deleting") as progress:
+            task = progress.add_task("cleanup", total=total)
+            deleted = await store.delete_idle_sessions(
+                age,
+                user_id=user,
+                agent_name=agent,
+                batch_size=batch_size,
+                on_batch=lambda n: progress.advance(task, n),
+            )
+        return total, deleted
+
+    total, deleted = _run(ctx, work)
+    if dry_run:
+        out.print(f"would delete {total} sessions idle for more than {older_than}")
+    else:
+        out.print(f"deleted {deleted} sessions idle for more than {older_than}")
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
+) -> None:
+    """Delete sessions whose expiry (TTL) has passed; safe to run from several places at once."""
+    deleted = _run(ctx, lambda s: s.delete_expired_sessions(batch_size=batch_size))
+    out.print(f"deleted {deleted} expired sessions")
+
+
+@app.command("delete-user")
+def delete_user(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The user whose sessions and messages are erased.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase every session and message of one user (right to erasure), in batches."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("refusing to erase without --yes when not interactive", param_hint="--yes")
+        typer.confirm(f"Erase every session and message of {user!r}?", abort=True)
+
+    async def work(store: PostgresSessionStore) -> Any:
+        with _progress(None, "erasing") as progress:
+            task = progress.add_task("erase", total=None)
+            return await store.delete_user(user, on_batch=lambda n: progress.advance(task, n))
+
+    report = _run(ctx, work)
+    out.print(f"erased user {report.user_id}: {report.sessions} sessions, {report.messages} messages")
+
+
+# -- inspection -------------------------------------------------------------------------------
+
+
+def _parse_cursor(value: str | None) -> SessionCursor | None:
+    if value is None:
+        return None
+    try:
+        when, sid = value.split(",", 1)
+        return SessionCursor(datetime.fromisoformat(when), sid)
+    except ValueError:
+        raise typer.BadParameter(
+            "expected UPDATED_AT,SESSION_ID as printed by a previous page", param_hint="--before"
+        ) from None
+
+
+def _title(session: Session) -> str:
+    title = session.metadata.get("title")
+    if isinstance(title, str):
+        return title
+    return json.dumps(session.metadata, ensure_ascii=False)[:60] if session.metadata else ""
+
+
+@sessions_app.command("list")
+def sessions_list(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Option("--user", help="Whose sessions.")],
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="Sessions per page.")] = 20,
+    before: Annotated[str | None, typer.Option("--before", help="Cursor printed by the previous page.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """A user's sessions, most recently updated first (keyset-paginated)."""
+    cursor = _parse_cursor(before)
+    found = _run(
+        ctx,
+        lambda s: s.get_user_sessions(user, limit, before=cursor, with_messages=False, agent_name=agent),
+    )
+    if as_json:
+        rows = [{k: v for k, v in asdict(s).items() if k != "messages"} for s in found]
+        out.print_json(json.dumps(rows, default=_json_default, ensure_ascii=False))
+        return
+    table = Table(title=f"sessions of {user}")
+    table.add_column("id", no_wrap=True, min_width=min(36, max((len(s.id) for s in found), default=2)))
+    for column in ("agent", "messages", "updated", "title / metadata"):
+        table.add_column(column)
+    for s in found:
+        table.add_row(s.id, s.agent_name, str(s.message_count), _when(s.updated_at), escape(_title(s)))
+    out.print(table)
+    if len(found) == limit:
+        last = found[-1]
+        err.print(f"next page: --before '{last.updated_at.isoformat()},{last.id}'")
+
+
+_ROLE_STYLE = {"user": "cyan", "assistant": "green", "tool": "magenta", "system": "yellow", "developer": "yellow"}
+
+
+def _fold(text: str, lines: int, full: bool) -> str:
+    if full:
+        return text
+    parts = text.splitlines()
+    if len(parts) <= lines and len(text) <= 2000:
+        return text
+    kept = "\n".join(parts[:lines])[:2000]
+    return f"{kept}\n[dim]... ({len(text) - len(kept)} more characters; --full shows all)[/]"
+
+
+def _render(m: Message, full: bool) -> str:
+    style = _ROLE_STYLE.get(m.role, "white")
+    head = f"[{style} bold]{m.role}[/] [dim]#{m.seq} {_when(m.created_at)}[/]"
+    body = []
+    if m.content:
+        body.append(_fold(escape(m.content.replace("\x00", "\\0")), 12, full))
+    for call in m.tool_calls or []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            body.append(f"[magenta]-> call {escape(str(fn.get('name')))}({escape(str(fn.get('arguments')))})[/]"
+                        f" [dim]id={escape(str(call.get('id')))}[/]")  # fmt: skip
+        else:
+            body.append(f"[magenta]-> {escape(json.dumps(call, ensure_ascii=False))}[/]")
+    if m.tool_call_id:
+        head += f" [magenta]<- output of {escape(m.tool_call_id)}[/]"
+    return head + ("\n  " + "\n  ".join("\n".join(body).splitlines()) if body else "")
+
+
+@sessions_app.command("show")
+def sessions_show(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="The session to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Do not fold long content.")] = False,
+) -> None:
+    """Show one conversation: roles coloured, tool calls and outputs marked, long content folded."""
+    session = _run(ctx, lambda s: s.get_session(session_id))
+    if session is None:
+        err.print(f"[red]error:[/] no session {escape(session_id)!s}")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(json.dumps(asdict(session), default=_json_default, ensure_ascii=False))
+        return
+    out.print(
+        f"[bold]session {escape(session.id)}[/]  user {escape(session.user_id)}  agent {escape(session.agent_name)}"
+        f"  created {_when(session.created_at)}  updated {_when(session.updated_at)}"
+    )
+    if session.metadata:
+        out.print(f"[dim]metadata {escape(json.dumps(session.metadata, ensure_ascii=False))}[/]")
+    for m in session.messages:
+        out.print(_render(m, full))
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity."""
+    report = _run(ctx, lambda s: s.stats())
+    if as_json:
+        out.print_json(json.dumps(asdict(report), default=_json_default))
+        return
+    out.print(
+        f"sessions {report.sessions}  messages {report.messages}  users {report.users}  "
+        f"with expiry {report.sessions_with_expiry}\n"
+        f"oldest session {_when(report.oldest_session)}  newest activity {_when(report.newest_activity)}"
+    )
+    agents = Table("agent", "sessions", "messages", title="by agent")
+    for a in report.by_agent:
+        agents.add_row(escape(a.agent_name), str(a.sessions), str(a.messages))
+    out.print(agents)
+    sizes = Table("table", "table size", "index size", title="storage")
+    for t in report.tables:
+        sizes.add_row(t.name, _size(t.table_bytes), _size(t.index_bytes))
+    out.print(sizes)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- export / import --------------------------------------------------------------------------
+
+
+@app.command("export")
+def export_(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write sessions and messages as JSON Lines (streaming; lossless; see `import`)."""
+    if user is not None and session is not None:
+        raise typer.BadParameter("give --user or --session, not both", param_hint="--user/--session")
+    from .transfer import export_jsonl
+
+    async def work(store: PostgresSessionStore) -> int:
+        count = 0
+        target = output.open("w", encoding="utf-8") if output else sys.stdout
+        try:
+            async for line in export_jsonl(store, user_id=user, session_id=session):
+                target.write(line + "\n")
+                count += 1
+        finally:
+            if output:
+                target.close()
+            else:
+                target.flush()
+        return count
+
+    count = _run(ctx, work)
+    err.print(f"exported {count} lines", style="dim")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        yield from f
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A file from `export`.")],
+) -> None:
+    """Import a JSON Lines export in one transaction; already-present rows are skipped."""
+    from .transfer import import_jsonl
+
+    async def work(store: PostgresSessionStore) -> Any:
+        with _progress(None, "importing") as progress:
+            task = progress.add_task("import", total=None)
+            return await import_jsonl(store, _lines(path), on_line=lambda n: progress.update(task, completed=n))
+
+    report = _run(ctx, work)
+    out.print(
+        f"imported {report.sessions_added} of {report.sessions_read} sessions and "
+        f"{report.messages_added} of {report.messages_read} messages (the rest were already present)"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
