@@ -88,6 +88,9 @@ async def test_reusing_one_id_in_a_new_batch_is_an_error(store: PostgresSessionS
     await store.add_message(session.id, "user", "x", message_id="dup")
     with pytest.raises(DuplicateMessageId):
         await store.add_messages(session.id, [NewMessage("user", "y", id="new"), NewMessage("user", "z", id="dup")])
+    with pytest.raises(DuplicateMessageId):
+        await store.add_message(session.id, "user", "not x", message_id="dup")
+    assert (await store.add_message(session.id, "user", "x", message_id="dup")).seq == 1  # a true retry
     with pytest.raises(InvalidMessage):
         await store.add_messages(session.id, [NewMessage("user", "y", id="s"), NewMessage("user", "z", id="s")])
     assert [m.id for m in await store.get_messages(session.id)] == ["dup"]

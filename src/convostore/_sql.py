@@ -34,13 +34,16 @@ _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, e
 # (last_seq) and serialises appends per session, so seq is strictly increasing in commit
 # order. `prior` makes a retried batch (same client-generated ids) a no-op that returns the
 # rows stored the first time; a batch is atomic, so one id found means all were stored.
+# `conflict` flags an id already used for a different message (not a retry: an error).
 _APPEND_HEAD = """
 WITH new AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[])
         WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, ord)
 ), prior AS (
-    SELECT m.id, m.seq, m.created_at FROM {s}.conversation_messages m
-    WHERE m.session_id = $1 AND m.id = ANY($2::text[])
+    SELECT m.id, m.seq, m.created_at,
+           (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+               IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
+    FROM new n JOIN {s}.conversation_messages m ON m.session_id = $1 AND m.id = n.id
 ), bump AS (
 """
 _APPEND_TAIL = """
@@ -53,9 +56,9 @@ _APPEND_TAIL = """
     ON CONFLICT (session_id, id) DO NOTHING
     RETURNING id, seq, created_at
 )
-SELECT id, seq, created_at, false AS replayed FROM ins
+SELECT id, seq, created_at, false AS conflict FROM ins
 UNION ALL
-SELECT id, seq, created_at, true AS replayed FROM prior
+SELECT id, seq, created_at, conflict FROM prior
 """
 
 APPEND = (
@@ -89,10 +92,86 @@ APPEND_OR_CREATE = (
     + _APPEND_TAIL
 )
 
+# Coalesced appends: many callers' batches, for any sessions, in one statement and one
+# commit. $8 numbers the caller (request) of each row. A request whose ids are already
+# stored is a replay: it gets the stored rows and allocates nothing. Session rows are
+# locked in id order, so two such statements never deadlock each other.
+_MULTI_HEAD = """
+WITH new AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                         $7::jsonb[], $8::int[], $9::text[], $10::text[])
+        WITH ORDINALITY AS n(session_id, id, role, content, tool_calls, tool_call_id, raw, req, owner,
+                             agent, ord)
+), prior AS (
+    SELECT n.req, m.session_id, m.id, m.seq, m.created_at,
+           (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+               IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
+    FROM new n JOIN {s}.conversation_messages m ON m.session_id = n.session_id AND m.id = n.id
+), fresh AS (
+    SELECT * FROM new WHERE req NOT IN (SELECT req FROM prior)
+), counts AS (
+    SELECT session_id, min(owner) AS owner, min(agent) AS agent, count(*) AS n
+    FROM fresh GROUP BY session_id
+),
+"""
+_MULTI_TAIL = """
+), ins AS (
+    INSERT INTO {s}.conversation_messages
+        (session_id, seq, id, role, content, tool_calls, tool_call_id, raw)
+    SELECT f.session_id, b.base + row_number() OVER (PARTITION BY f.session_id ORDER BY f.ord),
+           f.id, f.role, f.content, f.tool_calls, f.tool_call_id, f.raw
+    FROM fresh f JOIN based b ON b.id = f.session_id
+    ON CONFLICT (session_id, id) DO NOTHING
+    RETURNING session_id, id, seq, created_at
+)
+SELECT session_id, id, seq, created_at, false AS conflict FROM ins
+UNION ALL
+SELECT session_id, id, seq, created_at, conflict FROM prior
+"""
+
+APPEND_MANY = (
+    _MULTI_HEAD
+    + """
+locked AS (
+    SELECT s.id FROM {s}.agent_sessions s
+    WHERE s.id IN (SELECT session_id FROM counts)
+    ORDER BY s.id
+    FOR UPDATE
+), based AS (
+    UPDATE {s}.agent_sessions s
+       SET last_seq = s.last_seq + c.n,
+           updated_at = now(),
+           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+      FROM counts c, locked l
+     WHERE s.id = c.session_id AND l.id = c.session_id
+    RETURNING s.id, s.last_seq - c.n AS base
+"""
+    + _MULTI_TAIL
+)
+
+APPEND_MANY_OR_CREATE = (
+    _MULTI_HEAD
+    + """
+bump AS (
+    INSERT INTO {s}.agent_sessions AS s (id, user_id, agent_name, last_seq)
+    SELECT session_id, owner, agent, n FROM counts ORDER BY session_id
+    ON CONFLICT (id) DO UPDATE
+       SET last_seq = s.last_seq + excluded.last_seq,
+           updated_at = now(),
+           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+     WHERE s.user_id = excluded.user_id
+    RETURNING s.id, s.last_seq
+), based AS (
+    SELECT b.id, b.last_seq - c.n AS base FROM bump b JOIN counts c ON c.session_id = b.id
+"""
+    + _MULTI_TAIL
+)
+
 SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE id = $1"
+SESSION_OWNERS = "SELECT id, user_id FROM {s}.agent_sessions WHERE id = ANY($1::text[])"
 
 MESSAGES_BY_ID = f"""
-SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+SELECT {_MESSAGE_COLUMNS}, false AS conflict FROM {{s}}.conversation_messages
 WHERE session_id = $1 AND id = ANY($2::text[]) ORDER BY seq
 """
 
@@ -362,7 +441,10 @@ class Queries:
 
     append: str
     append_or_create: str
+    append_many: str
+    append_many_or_create: str
     session_owner: str
+    session_owners: str
     messages_by_id: str
     create_session: str
     get_session: str

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from . import _validate as check
+from ._coalesce import AppendWriter
 from ._codec import decode_text, load_json
 from ._sql import Queries, render
 from ._types import Connection
@@ -173,6 +174,8 @@ class PostgresSessionStore:
       connection; both raise or retry as described in the README's Reliability section.
     * ``pgbouncer=True``: no server-side prepared statement cache (transaction pooling).
     * ``apply_migrations=False``: do not migrate in ``connect()`` (run ``convostore migrate``).
+    * ``coalesce_appends``: concurrent appends share statements and commits (see
+      :mod:`convostore._coalesce`); a lone append is sent at once either way.
     """
 
     def __init__(
@@ -187,6 +190,7 @@ class PostgresSessionStore:
         acquire_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         pgbouncer: bool = False,
+        coalesce_appends: bool = True,
         max_inactive_connection_lifetime: float = 300.0,
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
@@ -204,6 +208,8 @@ class PostgresSessionStore:
         self._connect_kwargs = dict(connect_kwargs or {})
         self._pool: asyncpg.Pool | None = None
         self._sweeper: Sweeper | None = None
+        self._coalesce = coalesce_appends
+        self._writer: AppendWriter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,6 +262,8 @@ class PostgresSessionStore:
                 delay = self._retry.backoff(attempt)
                 logger.warning("connect to %s failed (%s); retry %d in %.2fs", redact(url), exc, attempt, delay)
                 await asyncio.sleep(delay)
+        if self._coalesce:
+            self._writer = AppendWriter(self, self._append_statement)
         logger.debug("connected to %s (schema %s)", redact(url), self._schema)
         if self._apply_migrations:
             try:
@@ -268,6 +276,9 @@ class PostgresSessionStore:
     async def close(self) -> None:
         """Stop the sweeper, if any, and close the pool (waits for connections in use)."""
         await self.stop_sweeper()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.drain()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -515,29 +526,13 @@ class PostgresSessionStore:
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
-        columns = [list(col) for col in zip(*rows, strict=True)]
-        if create_as is None:
-            sql, args = self._q.append, (sid, *columns)
+        if self._writer is not None:
+            stored = await self._writer.submit(sid, rows, create_as)
         else:
-            sql, args = self._q.append_or_create, (sid, *columns, *create_as)
-
-        async def append(conn: Connection) -> list[Record]:
-            stored = await conn.fetch(sql, *args)
-            if not stored:
-                # Nothing inserted and nothing found: unknown session, another owner, or an
-                # identical batch racing us (rare: then it is stored, so read it back).
-                owner = await conn.fetchval(self._q.session_owner, sid)
-                if owner is None:
-                    raise SessionNotFound(f"session {sid!r} does not exist")
-                if create_as is not None and owner != create_as[0]:
-                    raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-                stored = await conn.fetch(self._q.messages_by_id, sid, ids)
-            return stored
-
-        stored = await self._run("add_messages", append, session_id=sid)
-        if len(stored) != len(rows):
+            stored = await self._append_statement(sid, rows, create_as)
+        if len(stored) != len(rows) or any(r["conflict"] for r in stored):
             raise DuplicateMessageId(
-                f"session {sid!r} already holds messages with some of these ids: "
+                f"session {sid!r} already holds different messages with some of these ids: "
                 f"{sorted({r['id'] for r in stored})[:5]}"
             )
         by_id = {r["id"]: r for r in stored}
@@ -560,6 +555,30 @@ class PostgresSessionStore:
             )
         result.sort(key=lambda m: m.seq)
         return result
+
+    async def _append_statement(self, sid: str, rows: list[check.Row], create_as: tuple[str, str] | None) -> list[Any]:
+        """One session's batch in one statement (the coalescer's path for a lone request)."""
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        if create_as is None:
+            sql, args = self._q.append, (sid, *columns)
+        else:
+            sql, args = self._q.append_or_create, (sid, *columns, *create_as)
+        ids = columns[0]
+
+        async def append(conn: Connection) -> list[Record]:
+            stored = await conn.fetch(sql, *args)
+            if not stored:
+                # Nothing inserted and nothing found: unknown session, another owner, or an
+                # identical batch racing us (rare: then it is stored, so read it back).
+                owner = await conn.fetchval(self._q.session_owner, sid)
+                if owner is None:
+                    raise SessionNotFound(f"session {sid!r} does not exist")
+                if create_as is not None and owner != create_as[0]:
+                    raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+                stored = await conn.fetch(self._q.messages_by_id, sid, ids)
+            return stored
+
+        return await self._run("add_messages", append, session_id=sid)
 
     async def get_messages(
         self,
