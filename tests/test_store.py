@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -377,3 +379,50 @@ async def test_invalid_schema_name_is_rejected() -> None:
 
     with pytest.raises(ConfigurationError):
         PostgresSessionStore("postgresql://x/y", schema='bad"; DROP TABLE x; --')
+
+
+def _rows_read(plan: Any, table: str) -> int:
+    """Rows that scan nodes on *table* produced in an EXPLAIN (ANALYZE, FORMAT JSON) tree."""
+    total = 0
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if node.get("Relation Name") == table and "Scan" in node.get("Node Type", ""):
+            total += node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
+        stack.extend(node.get("Plans", []))
+    return total
+
+
+async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: PostgresSessionStore) -> None:
+    """Appends and history reads must stay index probes as a session grows: a plan that
+    reads the session's whole history made every append slower than the last. Counts rows
+    read (EXPLAIN ANALYZE in a rolled-back transaction), not time."""
+    session = await store.create_session("u", "a")
+    other = await store.create_session("u", "a")
+    for _ in range(5):
+        await store.add_messages(session.id, [{"role": "user", "content": "x" * 50} for _ in range(1000)])
+    n = 100
+    ids = [f"probe-{i}" for i in range(n)]
+    single = (session.id, ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n)
+    many = ([session.id, other.id] * (n // 2), ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n,
+            list(range(n)), [None] * n, [None] * n)  # fmt: skip
+    cases = [
+        (store._q.append, single, n),
+        (store._q.append_many, many, n),
+        (store._q.get_latest_messages, (session.id, None, 20), 20),
+        (store._q.get_owned_messages, (session.id, None, 20, "u"), 20),
+    ]
+    async with store.pool.acquire() as conn:
+        for analyzed in (False, True):
+            if analyzed:
+                await conn.execute(f'ANALYZE "{store.schema}".conversation_messages')
+            for sql, args, budget in cases:
+                tr = conn.transaction()
+                await tr.start()
+                try:
+                    (row,) = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+                finally:
+                    await tr.rollback()
+                plan = json.loads(row[0])[0]["Plan"]
+                read = _rows_read(plan, "conversation_messages")
+                assert read <= 2 * budget, f"read {read} rows of a 5000-message session:\n{sql}"

@@ -6,6 +6,8 @@ the client and by one commit (WAL flush) per message. The writer below keeps at 
 queue and leave together, for any mix of sessions, in one statement (``APPEND_MANY``).
 
 * A lone append is sent at once with the one-session statement: no timer, no added wait.
+  When a statement completes, its slot is refilled one event-loop turn later, so that the
+  callers it acknowledged can queue their next appends and leave together.
 * Each caller gets its own result and its own error. Validation happens before queueing;
   if a combined statement still fails, every request in it is retried alone, so one bad
   request cannot fail its neighbours.
@@ -66,6 +68,7 @@ class AppendWriter:
         self._pending: deque[_Request] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._holding = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -75,7 +78,8 @@ class AppendWriter:
         request = _Request(session_id, rows, create_as, asyncio.get_running_loop().create_future())
         self._pending.append(request)
         self._idle.clear()
-        self._dispatch()
+        if not self._holding:
+            self._dispatch()
         return await request.future
 
     async def drain(self) -> None:
@@ -128,7 +132,14 @@ class AppendWriter:
             self._in_flight -= 1
             for _ in batch:
                 self._room.release()
-            self._dispatch()
+            # Refill the freed slot one loop turn later: the callers just acknowledged run
+            # first, and their next appends leave together instead of one by one.
+            self._holding += 1
+            asyncio.get_running_loop().call_soon(self._release_hold)
+
+    def _release_hold(self) -> None:
+        self._holding -= 1
+        self._dispatch()
 
     async def _one(self, request: _Request) -> None:
         try:

@@ -27,23 +27,32 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-_MESSAGE_COLUMNS = "id, session_id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
+_MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
 _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at"
 
 # Appending: one statement. The session row's UPDATE both allocates the batch's seq range
 # (last_seq) and serialises appends per session, so seq is strictly increasing in commit
-# order. `prior` makes a retried batch (same client-generated ids) a no-op that returns the
-# rows stored the first time; a batch is atomic, so one id found means all were stored.
-# `conflict` flags an id already used for a different message (not a retry: an error).
+# order. A batch is atomic, so if its first id is stored the whole batch was: `replay`
+# probes that one id, and a retried batch (same client-generated ids) then returns the rows
+# stored the first time, flagging `conflict` where an id holds a different message. Any
+# other reuse of an id is refused by the unique index, which rolls the statement back.
+# Lookups are LATERAL ... LIMIT 1 so that they stay index probes whatever the statistics.
 _APPEND_HEAD = """
 WITH new AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[])
         WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, ord)
+), replay AS (
+    SELECT 1 FROM {s}.conversation_messages m
+    WHERE m.session_id = $1 AND m.id = ($2::text[])[1]
+    LIMIT 1
 ), prior AS (
     SELECT m.id, m.seq, m.created_at,
            (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
                IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
-    FROM new n JOIN {s}.conversation_messages m ON m.session_id = $1 AND m.id = n.id
+    FROM new n CROSS JOIN LATERAL (
+        SELECT * FROM {s}.conversation_messages x WHERE x.session_id = $1 AND x.id = n.id LIMIT 1
+    ) m
+    WHERE EXISTS (SELECT 1 FROM replay)
 ), bump AS (
 """
 _APPEND_TAIL = """
@@ -53,7 +62,6 @@ _APPEND_TAIL = """
     SELECT $1, bump.base + new.ord, new.id, new.role, new.content, new.tool_calls,
            new.tool_call_id, new.raw
     FROM bump CROSS JOIN new
-    ON CONFLICT (session_id, id) DO NOTHING
     RETURNING id, seq, created_at
 )
 SELECT id, seq, created_at, false AS conflict FROM ins
@@ -68,7 +76,7 @@ APPEND = (
        SET last_seq = last_seq + cardinality($2::text[]),
            updated_at = now(),
            expires_at = CASE WHEN ttl IS NULL THEN expires_at ELSE now() + ttl END
-     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
+     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM replay)
     RETURNING last_seq - cardinality($2::text[]) AS base
 """
     + _APPEND_TAIL
@@ -81,7 +89,7 @@ APPEND_OR_CREATE = (
     + """
     INSERT INTO {s}.agent_sessions AS s (id, user_id, agent_name, last_seq)
     SELECT $1, $8, $9, cardinality($2::text[])
-     WHERE NOT EXISTS (SELECT 1 FROM prior)
+     WHERE NOT EXISTS (SELECT 1 FROM replay)
     ON CONFLICT (id) DO UPDATE
        SET last_seq = s.last_seq + excluded.last_seq,
            updated_at = now(),
@@ -93,22 +101,29 @@ APPEND_OR_CREATE = (
 )
 
 # Coalesced appends: many callers' batches, for any sessions, in one statement and one
-# commit. $8 numbers the caller (request) of each row. A request whose ids are already
-# stored is a replay: it gets the stored rows and allocates nothing. Session rows are
-# locked in id order, so two such statements never deadlock each other.
+# commit. $8 numbers the caller (request) of each row; a request is a replay when its first
+# id is stored. Session rows are locked in id order, so two such statements never deadlock.
 _MULTI_HEAD = """
 WITH new AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::jsonb[], $8::int[], $9::text[], $10::text[])
         WITH ORDINALITY AS n(session_id, id, role, content, tool_calls, tool_call_id, raw, req, owner,
                              agent, ord)
+), replayed AS (
+    SELECT f.req FROM (SELECT DISTINCT ON (req) req, session_id, id FROM new ORDER BY req, ord) f
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM {s}.conversation_messages x WHERE x.session_id = f.session_id AND x.id = f.id LIMIT 1
+    ) hit
 ), prior AS (
     SELECT n.req, m.session_id, m.id, m.seq, m.created_at,
            (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
                IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
-    FROM new n JOIN {s}.conversation_messages m ON m.session_id = n.session_id AND m.id = n.id
+    FROM new n JOIN replayed r ON r.req = n.req
+    CROSS JOIN LATERAL (
+        SELECT * FROM {s}.conversation_messages x WHERE x.session_id = n.session_id AND x.id = n.id LIMIT 1
+    ) m
 ), fresh AS (
-    SELECT * FROM new WHERE req NOT IN (SELECT req FROM prior)
+    SELECT * FROM new WHERE req NOT IN (SELECT req FROM replayed)
 ), counts AS (
     SELECT session_id, min(owner) AS owner, min(agent) AS agent, count(*) AS n
     FROM fresh GROUP BY session_id
@@ -121,7 +136,6 @@ _MULTI_TAIL = """
     SELECT f.session_id, b.base + row_number() OVER (PARTITION BY f.session_id ORDER BY f.ord),
            f.id, f.role, f.content, f.tool_calls, f.tool_call_id, f.raw
     FROM fresh f JOIN based b ON b.id = f.session_id
-    ON CONFLICT (session_id, id) DO NOTHING
     RETURNING session_id, id, seq, created_at
 )
 SELECT session_id, id, seq, created_at, false AS conflict FROM ins
@@ -134,7 +148,7 @@ APPEND_MANY = (
     + """
 locked AS (
     SELECT s.id FROM {s}.agent_sessions s
-    WHERE s.id IN (SELECT session_id FROM counts)
+    WHERE s.id = ANY($1::text[]) AND s.id IN (SELECT session_id FROM counts)
     ORDER BY s.id
     FOR UPDATE
 ), based AS (
@@ -143,7 +157,7 @@ locked AS (
            updated_at = now(),
            expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
       FROM counts c, locked l
-     WHERE s.id = c.session_id AND l.id = c.session_id
+     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND l.id = c.session_id
     RETURNING s.id, s.last_seq - c.n AS base
 """
     + _MULTI_TAIL
@@ -213,8 +227,8 @@ ORDER BY seq
 # The same for a given owner ($4), in one round trip: no row means no such session; a row
 # whose owner differs means the session is someone else's (and carries no messages).
 GET_OWNED_MESSAGES = """
-SELECT s.user_id AS owner, m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls,
-       m.tool_call_id, m.raw, m.created_at
+SELECT s.user_id AS owner, m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+       m.created_at
 FROM {s}.agent_sessions s
 LEFT JOIN LATERAL (
     SELECT * FROM {s}.conversation_messages x
@@ -235,8 +249,7 @@ WITH victim AS (
 )
 DELETE FROM {s}.conversation_messages m USING victim
 WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
-RETURNING m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-          m.created_at
+RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
 """
 
 POP_OWNED_MESSAGE = """
@@ -248,8 +261,7 @@ WITH victim AS (
 )
 DELETE FROM {s}.conversation_messages m USING victim
 WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
-RETURNING m.id, m.session_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-          m.created_at
+RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
 """
 
 CLEAR_SESSION = "DELETE FROM {s}.conversation_messages WHERE session_id = $1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
@@ -68,6 +69,8 @@ def duration(value: object, what: str) -> timedelta | None:
     return value
 
 
+_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "id", "raw"})
+
 # The columns of one message as sent in the append statement's arrays.
 Row = tuple[str, str, str, str | None, str | None, str | None]
 
@@ -78,9 +81,9 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
     if isinstance(message, NewMessage):
         role, content, tool_calls = message.role, message.content, message.tool_calls
         tool_call_id, message_id, raw = message.tool_call_id, message.id, message.raw
-    elif isinstance(message, Mapping):
-        unknown = set(message) - {"role", "content", "tool_calls", "tool_call_id", "id", "raw"}
-        if unknown:
+    elif isinstance(message, (dict, Mapping)):  # dict first: the ABC check is slow
+        if not _FIELDS.issuperset(message):
+            unknown = set(message) - _FIELDS
             raise InvalidMessage(f"{where} has unknown fields: {sorted(unknown)}")
         if "role" not in message or "content" not in message:
             raise InvalidMessage(f"{where} needs 'role' and 'content'")
@@ -97,7 +100,7 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
     if tool_calls is not None and not isinstance(tool_calls, list):
         raise InvalidMessage(f"{where}: tool_calls must be a list or None, not {type(tool_calls).__name__}")
     return (
-        identifier(message_id, f"{where} id") if message_id is not None else str(uuid.uuid4()),
+        identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
         role,
         encode_text(content),
         None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", InvalidMessage),

@@ -16,7 +16,7 @@ import asyncpg
 
 from . import _validate as check
 from ._coalesce import AppendWriter
-from ._codec import decode_text, load_json
+from ._codec import MARKER, decode_text, load_json
 from ._sql import Queries, render
 from ._types import Connection
 from .errors import (
@@ -32,7 +32,17 @@ from .errors import (
     StoreUnavailable,
 )
 from .migrations import Migration, MigrationStatus, apply_migrations, migration_status
-from .models import AgentStats, Message, NewMessage, Session, SessionCursor, StoreStats, TableSize
+from .models import (
+    AgentStats,
+    Message,
+    NewMessage,
+    Session,
+    SessionCursor,
+    StoreStats,
+    TableSize,
+    new_message,
+    new_session,
+)
 from .retry import RetryPolicy, is_transient, surely_not_applied
 
 if TYPE_CHECKING:
@@ -69,45 +79,35 @@ class _AcquireFailed(Exception):
     """Internal: no connection could be had, so nothing was sent (always safe to retry)."""
 
 
-def _message(row: Record, session_id: str) -> Message:
-    return Message(
-        id=row["id"],
-        session_id=session_id,
-        seq=row["seq"],
-        role=row["role"],
-        content=decode_text(row["content"]),
-        tool_calls=load_json(row["tool_calls"]),
-        tool_call_id=row["tool_call_id"],
-        raw=load_json(row["raw"]),
-        created_at=row["created_at"],
-    )
-
-
-def _joined_message(row: Record) -> Message:
-    return Message(
-        id=row["m_id"],
-        session_id=row["id"],
-        seq=row["seq"],
-        role=row["role"],
-        content=decode_text(row["content"]),
-        tool_calls=load_json(row["tool_calls"]),
-        tool_call_id=row["tool_call_id"],
-        raw=load_json(row["raw"]),
-        created_at=row["m_created_at"],
-    )
+def _messages(rows: Sequence[Record], sid: str) -> list[Message]:
+    """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read)."""
+    return [
+        new_message(
+            id_,
+            sid,
+            seq,
+            role,
+            decode_text(content) if content[:1] == MARKER else content,
+            None if tool_calls is None else load_json(tool_calls),
+            tool_call_id,
+            None if raw is None else load_json(raw),
+            created_at,
+        )
+        for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at in rows
+    ]
 
 
 def _session(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
-    return Session(
-        id=row["id"],
-        user_id=row["user_id"],
-        agent_name=row["agent_name"],
-        metadata=load_json(row["metadata"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        message_count=len(messages) if count is None else count,
-        messages=messages,
+    return new_session(
+        row["id"],
+        row["user_id"],
+        row["agent_name"],
+        load_json(row["metadata"]),
+        row["created_at"],
+        row["updated_at"],
+        len(messages) if count is None else count,
+        row["expires_at"],
+        messages,
     )
 
 
@@ -117,12 +117,27 @@ def _sessions_with_messages(rows: Sequence[Record]) -> list[Session]:
     current: Record | None = None
     messages: list[Message] = []
     for row in rows:
-        if current is None or row["id"] != current["id"]:
+        sid = row[0]
+        if current is None or sid != current[0]:
             if current is not None:
                 sessions.append(_session(current, tuple(messages)))
             current, messages = row, []
-        if row["m_id"] is not None:
-            messages.append(_joined_message(row))
+        # s.id, user_id, agent_name, metadata, created_at, updated_at, expires_at, then the message
+        *_, m_id, seq, role, content, tool_calls, tool_call_id, raw, m_created_at = row
+        if m_id is not None:
+            messages.append(
+                new_message(
+                    m_id,
+                    sid,
+                    seq,
+                    role,
+                    decode_text(content) if content[:1] == MARKER else content,
+                    None if tool_calls is None else load_json(tool_calls),
+                    tool_call_id,
+                    None if raw is None else load_json(raw),
+                    m_created_at,
+                )
+            )
     if current is not None:
         sessions.append(_session(current, tuple(messages)))
     return sessions
@@ -323,14 +338,16 @@ class PostgresSessionStore:
             attempt += 1
             try:
                 try:
-                    conn = await pool.acquire(timeout=self._acquire_timeout)
+                    # asyncio.timeout arms one timer; acquire(timeout=) would add a task per call.
+                    async with asyncio.timeout(self._acquire_timeout):
+                        conn = await pool.acquire()
                 except _RETRYABLE as exc:
                     raise _AcquireFailed(f"{type(exc).__name__}: {exc}") from exc
                 try:
                     return await fn(conn)
                 finally:
-                    # Shielded so that a cancelled caller cannot leak the connection.
-                    await asyncio.shield(pool.release(conn))
+                    # asyncpg shields release itself, so a cancelled caller cannot leak it.
+                    await pool.release(conn)
             except ConvostoreError:
                 # Ours, raised on purpose inside fn (some derive from OSError): never retried.
                 raise
@@ -539,19 +556,14 @@ class PostgresSessionStore:
         result = []
         for row, original in zip(rows, messages, strict=True):
             rec = by_id[row[0]]
-            src = original if isinstance(original, NewMessage) else NewMessage(**original)
+            if isinstance(original, NewMessage):
+                role, content, tool_calls = original.role, original.content, original.tool_calls
+                tool_call_id, raw = original.tool_call_id, original.raw
+            else:
+                role, content, tool_calls = original["role"], original["content"], original.get("tool_calls")
+                tool_call_id, raw = original.get("tool_call_id"), original.get("raw")
             result.append(
-                Message(
-                    id=row[0],
-                    session_id=sid,
-                    seq=rec["seq"],
-                    role=src.role,
-                    content=src.content,
-                    tool_calls=src.tool_calls,
-                    tool_call_id=src.tool_call_id,
-                    raw=src.raw,
-                    created_at=rec["created_at"],
-                )
+                new_message(row[0], sid, rec["seq"], role, content, tool_calls, tool_call_id, raw, rec["created_at"])
             )
         result.sort(key=lambda m: m.seq)
         return result
@@ -566,7 +578,12 @@ class PostgresSessionStore:
         ids = columns[0]
 
         async def append(conn: Connection) -> list[Record]:
-            stored = await conn.fetch(sql, *args)
+            try:
+                stored = await conn.fetch(sql, *args)
+            except asyncpg.UniqueViolationError:
+                # Rolled back whole. Either an identical batch committed just before us (run
+                # again: it now reads as a replay) or an id is reused (raises again: ours).
+                stored = await conn.fetch(sql, *args)
             if not stored:
                 # Nothing inserted and nothing found: unknown session, another owner, or an
                 # identical batch racing us (rare: then it is stored, so read it back).
@@ -599,15 +616,8 @@ class PostgresSessionStore:
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
         if user_id is not None:
-            uid = check.identifier(user_id, "user_id")
-            rows = await self._run(
-                "get_messages",
-                lambda c: c.fetch(self._q.get_owned_messages, sid, below, n, uid),
-                session_id=sid,
-            )
-            if rows and rows[0]["owner"] != uid:
-                raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-            return [_message(r, sid) for r in rows if r["id"] is not None]
+            rows = await self._owned_rows(sid, n, below, check.identifier(user_id, "user_id"))
+            return _messages(rows, sid)
         if n is None:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
@@ -616,7 +626,20 @@ class PostgresSessionStore:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_latest_messages, sid, below, n), session_id=sid
             )
-        return [_message(r, sid) for r in rows]
+        return _messages(rows, sid)
+
+    async def _owned_rows(self, sid: str, limit: int | None, below: int | None, uid: str) -> list[Any]:
+        """Message rows (``_MESSAGE_COLUMNS`` shape) of *uid*'s session, one query; raises
+        :class:`SessionOwnershipError` for another user's session. Shared with the SDK
+        adapter, which decodes ``raw`` itself instead of building Messages."""
+        rows = await self._run(
+            "get_messages",
+            lambda c: c.fetch(self._q.get_owned_messages, sid, below, limit, uid),
+            session_id=sid,
+        )
+        if rows and rows[0]["owner"] != uid:
+            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+        return [r[1:] for r in rows if r["id"] is not None]
 
     async def _check_owner(self, sid: str, uid: str) -> None:
         owner = await self._run("check owner", lambda c: c.fetchval(self._q.session_owner, sid), session_id=sid)
@@ -645,7 +668,7 @@ class PostgresSessionStore:
             )
             if row is None:
                 await self._check_owner(sid, uid)
-        return None if row is None else _message(row, sid)
+        return None if row is None else _messages([row], sid)[0]
 
     async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
         """Delete every message of the session (the session stays); return how many.
@@ -674,12 +697,15 @@ class PostgresSessionStore:
         on_batch: Callable[[int], None] | None,
     ) -> int:
         total = 0
+        batch_size = args[-1]
         while True:
             rows = await self._run(what, lambda c: c.fetch(sql, *args))
             total += len(rows)
             if on_batch is not None and rows:
                 on_batch(len(rows))
-            if not rows:
+            # A short batch means nothing eligible is left but rows that live writers (or
+            # another sweeper) hold; those are not idle, or will be deleted by their holder.
+            if len(rows) < batch_size:
                 return total
 
     async def delete_idle_sessions(
@@ -741,12 +767,13 @@ class PostgresSessionStore:
             rows = await self._run(
                 "delete_user", lambda c: c.fetch(self._q.delete_user_batch, uid, size), session_id=None
             )
-            if not rows:
+            if rows:
+                sessions += len(rows)
+                messages += int(rows[0]["messages"])
+                if on_batch is not None:
+                    on_batch(len(rows))
+            if len(rows) < size:
                 return ErasureReport(uid, sessions, messages)
-            sessions += len(rows)
-            messages += int(rows[0]["messages"])
-            if on_batch is not None:
-                on_batch(len(rows))
 
     def start_sweeper(self, interval: float, *, batch_size: int = 1000) -> Sweeper:
         """Delete expired sessions every *interval* seconds in a background task.

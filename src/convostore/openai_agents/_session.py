@@ -8,8 +8,9 @@ from agents.items import TResponseInputItem
 from agents.memory.session_settings import SessionSettings, resolve_session_limit
 
 from .. import _validate as check
+from .._codec import load_json
 from ..errors import InvalidMessage
-from ..store import PostgresSessionStore
+from ..store import PostgresSessionStore, _messages
 from ._items import drop_orphan_outputs, to_items, to_message
 
 
@@ -47,8 +48,16 @@ class PostgresSession:
     async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[TResponseInputItem]:
         """The latest *limit* items (default: ``session_settings.limit``, else all), oldest first."""
         effective = resolve_session_limit(limit, self.session_settings)
-        messages = await self.store.get_messages(self.session_id, limit=effective, user_id=self.user_id)
-        items: list[Any] = [item for m in messages for item in to_items(m)]
+        rows = await self.store._owned_rows(self.session_id, check.limit(effective), None, self.user_id)
+        # Items written through the SDK are their raw column; only messages written with the
+        # store API need rebuilding from the projected columns.
+        items: list[Any] = []
+        for row in rows:
+            raw = row[6]
+            if raw is not None:
+                items.append(load_json(raw))
+            else:
+                items.extend(to_items(_messages([row], self.session_id)[0]))
         if effective is not None:
             items = drop_orphan_outputs(items)
         return items

@@ -1,0 +1,1 @@
+"""convostore's benchmark suite: convostore against its peers and the raw asyncpg floor."""
