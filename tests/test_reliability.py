@@ -1,0 +1,113 @@
+"""Reliability short of chaos: cancellation, timeouts, retries and what they log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import asyncpg
+import pytest
+
+from convostore import (
+    PostgresSessionStore,
+    RetryPolicy,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from convostore.retry import is_transient
+
+from .conftest import assert_no_idle_in_transaction
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+async def test_cancellation_at_random_points_of_1000_appends(
+    database_url: str, schema_name: str, coalesce: bool
+) -> None:
+    async with PostgresSessionStore(database_url, schema=schema_name, max_size=10, coalesce_appends=coalesce) as store:
+        sessions = [(await store.create_session("u", "a")).id for _ in range(10)]
+        acked: set[str] = set()
+
+        async def append(i: int) -> None:
+            batch = [{"role": "user", "content": f"{i}/{j}", "id": f"{i}-{j}"} for j in range(3)]
+            await store.add_messages(sessions[i % 10], batch)
+            acked.add(str(i))
+
+        tasks = [asyncio.create_task(append(i)) for i in range(1000)]
+        for task in tasks:
+            if random.random() < 0.5:
+                await asyncio.sleep(random.choice([0, 0, 0.0005, 0.002]))
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+        assert 0 < cancelled < 1000
+        assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results)
+        await asyncio.sleep(0.2)  # let statements already sent finish
+        stored: dict[str, set[str]] = {}
+        for sid in sessions:
+            for m in await store.get_messages(sid):
+                stored.setdefault(m.id.split("-")[0], set()).add(m.id)
+        assert all(len(ids) == 3 for ids in stored.values()), "a cancelled batch was partly written"
+        assert acked <= set(stored), "an acknowledged batch is missing"
+        assert store.pool.get_idle_size() == store.pool.get_size(), "a connection was leaked"
+    await assert_no_idle_in_transaction(database_url, schema_name)
+
+
+async def test_statement_deadline_raises_store_timeout_and_leaves_nothing_open(
+    database_url: str, schema_name: str
+) -> None:
+    async with PostgresSessionStore(database_url, schema=schema_name, command_timeout=0.5) as store:
+        session = await store.create_session("u", "a")
+        blocker = await asyncpg.connect(database_url)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute(f'SELECT 1 FROM "{schema_name}".agent_sessions WHERE id = $1 FOR UPDATE', session.id)
+            with pytest.raises(StoreTimeout):
+                await store.add_message(session.id, "user", "blocked")
+            await tx.rollback()
+        finally:
+            await blocker.close()
+        assert [m.content for m in await store.add_messages(session.id, [{"role": "user", "content": "ok"}])] == ["ok"]
+        assert [m.content for m in await store.get_messages(session.id)] == ["ok"]
+    await assert_no_idle_in_transaction(database_url, schema_name)
+
+
+async def test_pool_exhaustion_within_the_deadline_is_retried_then_store_unavailable(
+    database_url: str, schema_name: str
+) -> None:
+    policy = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=2.0)
+    async with PostgresSessionStore(
+        database_url, schema=schema_name, min_size=1, max_size=1, acquire_timeout=0.1, retry=policy
+    ) as store:
+        session = await store.create_session("u", "a")
+        held = await store.pool.acquire()
+        try:
+            with pytest.raises(StoreUnavailable) as raised:
+                await store.get_messages(session.id)
+            assert raised.value.__cause__ is not None
+        finally:
+            await store.pool.release(held)
+        assert await store.get_messages(session.id) == []
+
+
+async def test_retries_are_logged_without_password_or_content(caplog: pytest.LogCaptureFixture) -> None:
+    policy = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=5.0)
+    store = PostgresSessionStore("postgresql://alice:s3cret-pw@127.0.0.1:1/db", retry=policy)
+    with caplog.at_level(logging.DEBUG, logger="convostore"), pytest.raises(StoreUnavailable) as raised:
+        await store.connect()
+    text = caplog.text + str(raised.value)
+    assert "retry" in caplog.text
+    assert "s3cret-pw" not in text
+    assert "alice:***@127.0.0.1:1" in text
+
+
+def test_what_counts_as_transient() -> None:
+    assert is_transient(asyncpg.exceptions.SerializationError("x"))
+    assert is_transient(asyncpg.exceptions.DeadlockDetectedError("x"))
+    assert is_transient(asyncpg.exceptions.AdminShutdownError("x"))
+    assert is_transient(asyncpg.exceptions.CannotConnectNowError("x"))
+    assert is_transient(ConnectionResetError())
+    assert not is_transient(asyncpg.exceptions.CheckViolationError("x"))
+    assert not is_transient(asyncpg.exceptions.UniqueViolationError("x"))
+    assert not is_transient(ValueError("x"))
