@@ -71,6 +71,7 @@ class TcpProxy:
         ready.set()
         self._loop.run_forever()
         server.close()
+        self._loop.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -112,5 +113,15 @@ class TcpProxy:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        async def shutdown() -> None:
+            for writer_pair in list(self._pairs):
+                for writer in writer_pair:
+                    writer.transport.abort()
+            tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         self._thread.join(10)

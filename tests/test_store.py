@@ -426,3 +426,21 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
                 plan = json.loads(row[0])[0]["Plan"]
                 read = _rows_read(plan, "conversation_messages")
                 assert read <= 2 * budget, f"read {read} rows of a 5000-message session:\n{sql}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [4.303167560346458e16, 1e300, -2.5e20, 1e16, 1.5, 1e-7, 10**20, [1e16, "e+ in a string", {"k": 7.1e22}]],
+)
+async def test_json_numbers_round_trip_exactly(store: PostgresSessionStore, value: Any) -> None:
+    """jsonb drops a number's exponent: floats printed as 4.3e+16 must still come back as
+    the same float (not a nearby int)."""
+    session = await store.create_session("u", "a", {"n": value})
+    stored = await store.add_message(session.id, "user", "x", raw={"n": value}, tool_calls=[value])
+    fetched = await store.get_session(session.id)
+    assert fetched is not None
+    assert fetched.metadata == {"n": value}
+    (message,) = fetched.messages
+    assert message == stored
+    assert repr(message.raw) == repr({"n": value})
+    assert repr(message.tool_calls) == repr([value])

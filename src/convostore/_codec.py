@@ -20,6 +20,8 @@ Lone surrogates (``"\\ud800"``) cannot be encoded as UTF-8 at all: they are reje
 from __future__ import annotations
 
 import json
+import math
+import secrets
 from typing import Any
 
 from .errors import InvalidInput
@@ -51,13 +53,18 @@ def check_utf8(value: str, what: str, error: type[InvalidInput] = InvalidInput) 
         raise error(f"{what} holds a lone surrogate at index {exc.start}; it cannot be stored") from exc
 
 
-def _escape_tree(value: Any) -> Any:
+def _prepare(value: Any, nonce: str, exact: dict[str, str]) -> Any:
+    """Escape NUL-bearing strings; swap large floats for placeholders (see dump_json)."""
     if isinstance(value, str):
         return encode_text(value)
+    if isinstance(value, float) and abs(value) >= 1e16 and math.isfinite(value):
+        token = f"{nonce}:{len(exact)}"
+        exact[token] = f"{int(value)}.0"
+        return token
     if isinstance(value, dict):
-        return {encode_text(k): _escape_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_tree(v) for v in value]
+        return {encode_text(k): _prepare(v, nonce, exact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_prepare(v, nonce, exact) for v in value]
     return value
 
 
@@ -99,8 +106,16 @@ def dump_json(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -
     except (TypeError, ValueError, RecursionError) as exc:
         raise error(f"{what} is not JSON-serialisable: {exc}") from exc
     _check_keys(value, what, error)
-    if _JSON_NUL in text or MARKER in text:
-        text = json.dumps(_escape_tree(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if _JSON_NUL in text or MARKER in text or "e+" in text:
+        # Slow path, rare: strings to escape, or floats printed with a positive exponent
+        # (|x| >= 1e16). jsonb keeps a decimal point but drops an exponent, so
+        # 4.303167560346458e+16 would come back as the int 43031675603464580, which is not
+        # the float's value; writing the exact value with ".0" makes it come back exact.
+        nonce = secrets.token_hex(8)
+        exact: dict[str, str] = {}
+        text = json.dumps(_prepare(value, nonce, exact), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        for token, digits in exact.items():
+            text = text.replace(f'"{token}"', digits)
     check_utf8(text, what, error)
     return text
 

@@ -71,6 +71,10 @@ def is_transient(exc: BaseException) -> bool:
             or state.startswith("08")
             or isinstance(exc, asyncpg.PostgresConnectionError)
         )
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "cannot switch to state ...; another operation is in progress": a connection left
+        # mid-protocol by an interrupted call. Nothing was sent; another connection will do.
+        return True
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "cannot perform operation: another operation is in progress"
         # after a dropped socket: the connection, not the query, failed.

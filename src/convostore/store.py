@@ -167,7 +167,20 @@ async def _keep_session_state(conn: Connection) -> None:
     back an open transaction before calling this hook, so there is nothing to reset."""
 
 
-_RETRYABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError, _AcquireFailed)
+def _connection_failed(exc: BaseException) -> bool:
+    """A transient failure of the connection or server. A statement that ran past
+    ``command_timeout`` is not one: the caller's deadline passed, so it is not retried."""
+    return is_transient(exc) and not isinstance(exc, asyncio.TimeoutError)
+
+
+_RETRYABLE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+    _AcquireFailed,
+)
 
 
 class PostgresSessionStore:
@@ -345,6 +358,13 @@ class PostgresSessionStore:
                     raise _AcquireFailed(f"{type(exc).__name__}: {exc}") from exc
                 try:
                     return await fn(conn)
+                except _RETRYABLE as exc:
+                    if _connection_failed(exc):
+                        # The connection, not the statement, failed: it may be dead or stuck
+                        # mid-protocol. Terminate it so that the pool replaces it instead of
+                        # handing it out again (the no-op reset hook would not notice).
+                        conn.terminate()
+                    raise
                 finally:
                     # asyncpg shields release itself, so a cancelled caller cannot leak it.
                     await pool.release(conn)
@@ -353,7 +373,7 @@ class PostgresSessionStore:
                 raise
             except _RETRYABLE as exc:
                 retryable = isinstance(exc, _AcquireFailed) or (
-                    is_transient(exc) and (idempotent or surely_not_applied(exc))
+                    _connection_failed(exc) and (idempotent or surely_not_applied(exc))
                 )
                 out_of_time = give_up_at is not None and loop.time() >= give_up_at
                 if not retryable or attempt >= policy.attempts or out_of_time:
