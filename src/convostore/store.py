@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ import asyncpg
 
 from . import _validate as check
 from ._coalesce import AppendWriter
-from ._codec import MARKER, decode_text, load_json
+from ._rows import messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._sql import Queries, render
 from ._types import Connection
 from .errors import (
@@ -41,7 +42,6 @@ from .models import (
     StoreStats,
     TableSize,
     new_message,
-    new_session,
 )
 from .retry import RetryPolicy, is_transient, surely_not_applied
 
@@ -77,70 +77,6 @@ def redact(url: str) -> str:
 
 class _AcquireFailed(Exception):
     """Internal: no connection could be had, so nothing was sent (always safe to retry)."""
-
-
-def _messages(rows: Sequence[Record], sid: str) -> list[Message]:
-    """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read)."""
-    return [
-        new_message(
-            id_,
-            sid,
-            seq,
-            role,
-            decode_text(content) if content[:1] == MARKER else content,
-            None if tool_calls is None else load_json(tool_calls),
-            tool_call_id,
-            None if raw is None else load_json(raw),
-            created_at,
-        )
-        for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at in rows
-    ]
-
-
-def _session(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
-    return new_session(
-        row["id"],
-        row["user_id"],
-        row["agent_name"],
-        load_json(row["metadata"]),
-        row["created_at"],
-        row["updated_at"],
-        len(messages) if count is None else count,
-        row["expires_at"],
-        messages,
-    )
-
-
-def _sessions_with_messages(rows: Sequence[Record]) -> list[Session]:
-    """Fold session-joined-to-messages rows (ordered by session, then seq) into Sessions."""
-    sessions: list[Session] = []
-    current: Record | None = None
-    messages: list[Message] = []
-    for row in rows:
-        sid = row[0]
-        if current is None or sid != current[0]:
-            if current is not None:
-                sessions.append(_session(current, tuple(messages)))
-            current, messages = row, []
-        # s.id, user_id, agent_name, metadata, created_at, updated_at, expires_at, then the message
-        *_, m_id, seq, role, content, tool_calls, tool_call_id, raw, m_created_at = row
-        if m_id is not None:
-            messages.append(
-                new_message(
-                    m_id,
-                    sid,
-                    seq,
-                    role,
-                    decode_text(content) if content[:1] == MARKER else content,
-                    None if tool_calls is None else load_json(tool_calls),
-                    tool_call_id,
-                    None if raw is None else load_json(raw),
-                    m_created_at,
-                )
-            )
-    if current is not None:
-        sessions.append(_session(current, tuple(messages)))
-    return sessions
 
 
 def _translate(exc: BaseException, what: str) -> ConvostoreError:
@@ -362,8 +298,10 @@ class PostgresSessionStore:
                     if _connection_failed(exc):
                         # The connection, not the statement, failed: it may be dead or stuck
                         # mid-protocol. Terminate it so that the pool replaces it instead of
-                        # handing it out again (the no-op reset hook would not notice).
-                        conn.terminate()
+                        # handing it out again (the no-op reset hook would not notice). If
+                        # asyncpg already released it on connection loss, it is gone anyway.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                     raise
                 finally:
                     # asyncpg shields release itself, so a cancelled caller cannot leak it.
@@ -430,13 +368,13 @@ class PostgresSessionStore:
         )
         row = await self._run("create_session", lambda c: c.fetchrow(self._q.create_session, *args), session_id=sid)
         assert row is not None
-        return _session(row)
+        return session_from_row(row)
 
     async def get_session(self, session_id: str) -> Session | None:
         """The session with all its messages in order, or ``None`` if it does not exist."""
         sid = check.identifier(session_id, "session_id")
         rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, sid), session_id=sid)
-        found = _sessions_with_messages(rows)
+        found = sessions_from_joined_rows(rows)
         return found[0] if found else None
 
     async def update_metadata(self, session_id: str, patch: Mapping[str, Any]) -> Session:
@@ -448,7 +386,7 @@ class PostgresSessionStore:
         )
         if row is None:
             raise SessionNotFound(f"session {sid!r} does not exist")
-        return _session(row)
+        return session_from_row(row)
 
     async def set_expiry(
         self,
@@ -466,7 +404,7 @@ class PostgresSessionStore:
         )
         if row is None:
             raise SessionNotFound(f"session {sid!r} does not exist")
-        return _session(row)
+        return session_from_row(row)
 
     async def delete_session(self, session_id: str) -> bool:
         """Delete the session and its messages; ``False`` if it did not exist."""
@@ -500,12 +438,12 @@ class PostgresSessionStore:
         if with_messages:
             args = (uid, after_time, after_id, page, agent, per_session)
             rows = await self._run("get_user_sessions", lambda c: c.fetch(self._q.user_sessions_with_messages, *args))
-            return _sessions_with_messages(rows)
+            return sessions_from_joined_rows(rows)
         rows = await self._run(
             "get_user_sessions",
             lambda c: c.fetch(self._q.user_sessions, uid, after_time, after_id, page, agent),
         )
-        return [_session(r, count=r["message_count"]) for r in rows]
+        return [session_from_row(r, count=r["message_count"]) for r in rows]
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -637,7 +575,7 @@ class PostgresSessionStore:
         below = check.limit(before_seq, "before_seq")
         if user_id is not None:
             rows = await self._owned_rows(sid, n, below, check.identifier(user_id, "user_id"))
-            return _messages(rows, sid)
+            return messages_from_rows(rows, sid)
         if n is None:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
@@ -646,7 +584,7 @@ class PostgresSessionStore:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_latest_messages, sid, below, n), session_id=sid
             )
-        return _messages(rows, sid)
+        return messages_from_rows(rows, sid)
 
     async def _owned_rows(self, sid: str, limit: int | None, below: int | None, uid: str) -> list[Any]:
         """Message rows (``_MESSAGE_COLUMNS`` shape) of *uid*'s session, one query; raises
@@ -688,7 +626,7 @@ class PostgresSessionStore:
             )
             if row is None:
                 await self._check_owner(sid, uid)
-        return None if row is None else _messages([row], sid)[0]
+        return None if row is None else messages_from_rows([row], sid)[0]
 
     async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
         """Delete every message of the session (the session stays); return how many.

@@ -9,8 +9,9 @@ from agents.memory.session_settings import SessionSettings, resolve_session_limi
 
 from .. import _validate as check
 from .._codec import load_json
+from .._rows import messages_from_rows
 from ..errors import InvalidMessage
-from ..store import PostgresSessionStore, _messages
+from ..store import PostgresSessionStore
 from ._items import drop_orphan_outputs, to_items, to_message
 
 
@@ -57,7 +58,7 @@ class PostgresSession:
             if raw is not None:
                 items.append(load_json(raw))
             else:
-                items.extend(to_items(_messages([row], self.session_id)[0]))
+                items.extend(to_items(messages_from_rows([row], self.session_id)[0]))
         if effective is not None:
             items = drop_orphan_outputs(items)
         return items

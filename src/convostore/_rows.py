@@ -1,0 +1,66 @@
+"""Mapping rows to Messages and Sessions: the hot path of every read, kept lean."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ._codec import MARKER, decode_text, load_json
+from .models import Message, Session, new_message, new_session
+
+Record = asyncpg.Record
+
+
+def messages_from_rows(rows: Sequence[Any], sid: str) -> list[Message]:
+    """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read)."""
+    return [
+        new_message(
+            id_,
+            sid,
+            seq,
+            role,
+            decode_text(content) if content[:1] == MARKER else content,
+            None if tool_calls is None else load_json(tool_calls),
+            tool_call_id,
+            None if raw is None else load_json(raw),
+            created_at,
+        )
+        for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at in rows
+    ]
+
+
+def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
+    return new_session(
+        row["id"],
+        row["user_id"],
+        row["agent_name"],
+        load_json(row["metadata"]),
+        row["created_at"],
+        row["updated_at"],
+        len(messages) if count is None else count,
+        row["expires_at"],
+        messages,
+    )
+
+
+def sessions_from_joined_rows(rows: Sequence[Record]) -> list[Session]:
+    """Fold session-joined-to-messages rows (ordered by session, then seq) into Sessions.
+
+    Each row is the session's columns (``id`` ... ``expires_at``, 7 of them) followed by
+    one message in the ``_MESSAGE_COLUMNS`` shape, all NULL for a session without messages.
+    """
+    sessions: list[Session] = []
+    current: Record | None = None
+    tail: list[Sequence[Any]] = []
+    for row in rows:
+        if current is None or row[0] != current[0]:
+            if current is not None:
+                sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
+            current, tail = row, []
+        if row["m_id"] is not None:
+            tail.append(row[7:])
+    if current is not None:
+        sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
+    return sessions
