@@ -27,10 +27,14 @@ def database_url() -> str:
 @pytest.fixture
 def schema_name(database_url: str) -> Iterator[str]:
     """A schema of this test's own, dropped afterwards."""
-    import asyncio
-
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
+    drop_schema(database_url, name)
+
+
+def drop_schema(database_url: str, name: str) -> None:
+    """Drop schema *name* and everything in it (from synchronous code)."""
+    import asyncio
 
     async def drop() -> None:
         conn = await asyncpg.connect(database_url)

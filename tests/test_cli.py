@@ -19,6 +19,8 @@ from typer.testing import CliRunner, Result
 from convostore import NewMessage, PostgresSessionStore
 from convostore.cli import app, parse_duration
 
+from .conftest import drop_schema
+
 
 @pytest.fixture
 def cli(database_url: str, schema_name: str) -> tuple[CliRunner, dict[str, str]]:
@@ -209,20 +211,7 @@ def test_export_import_round_trip_is_identical_and_idempotent(
 
         assert asyncio.run(append()) == 5
     finally:
-        count_schema_drop(database_url, target_schema)
-
-
-def count_schema_drop(database_url: str, schema: str) -> None:
-    async def go() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+        drop_schema(database_url, target_schema)
 
 
 def test_export_one_user_or_one_session(

@@ -58,9 +58,6 @@ class RetryPolicy:
         return random.uniform(0, cap)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether *exc* is a failure worth retrying (the statement itself was not at fault)."""
     if isinstance(exc, asyncpg.PostgresError):

@@ -23,9 +23,12 @@ class PostgresSession:
     *agent_name*; a session id that belongs to another user raises
     :class:`~convostore.errors.SessionOwnershipError` instead of showing its history.
 
-    ``add_items`` is one atomic round trip: a turn's items are contiguous even when several
-    runs write the same session at once. ``get_items(limit)`` reads the latest items through
-    the primary key in one query and drops tool outputs whose call fell outside the window.
+    ``add_items`` is one atomic round trip, and the items of one call stay contiguous even
+    when several runs write the same session at once. (The SDK saves a run's input, then
+    each model step's items, a call each; a tool call and its output come in one call, so
+    they are never split, while two concurrent runs interleave between calls.)
+    ``get_items(limit)`` reads the latest items through the primary key in one query and
+    drops tool outputs whose call fell outside the window.
     """
 
     def __init__(
