@@ -29,6 +29,7 @@ class System:
 
     name = "?"
     supports_recent = True
+    messages_table = "?"  # where the system keeps messages (for growth measurements)
 
     def __init__(self, url: str, schema: str, pool_size: int) -> None:
         self.url = url
@@ -84,7 +85,7 @@ class System:
         raise NotImplementedError
 
     async def table_rows(self) -> int:
-        raise NotImplementedError
+        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}"."{self.messages_table}"'))
 
 
 def _item(text: str) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def _item(text: str) -> dict[str, Any]:
 
 class Floor(System):
     name = "floor"
+    messages_table = "messages"
 
     async def open(self) -> None:
         s = self.schema
@@ -174,12 +176,9 @@ class Floor(System):
             count,
         )
 
-    async def table_rows(self) -> int:
-        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".messages'))
-
-
 class Convostore(System):
     name = "convostore"
+    messages_table = "conversation_messages"
 
     async def open(self) -> None:
         self.store = PostgresSessionStore(
@@ -242,10 +241,6 @@ class Convostore(System):
             count,
         )
 
-    async def table_rows(self) -> int:
-        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".conversation_messages'))
-
-
 class ConvostoreSDK(Convostore):
     name = "convostore-sdk"
     supports_recent = False
@@ -282,6 +277,7 @@ class ConvostoreSDK(Convostore):
 class SQLAlchemySDK(System):
     name = "sqlalchemy-sdk"
     supports_recent = False
+    messages_table = "agent_messages"
 
     async def open(self) -> None:
         from agents.extensions.memory.sqlalchemy_session import SQLAlchemySession
@@ -354,14 +350,10 @@ class SQLAlchemySDK(System):
             count,
         )
 
-    async def table_rows(self) -> int:
-        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".agent_messages'))
-
-
 class Langchain(System):
     name = "langchain"
     supports_recent = False
-    table = "chat_history"
+    table = messages_table = "chat_history"
 
     async def open(self) -> None:
         from langchain_postgres import PostgresChatMessageHistory
@@ -430,14 +422,11 @@ class Langchain(System):
             count,
         )
 
-    async def table_rows(self) -> int:
-        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".{self.table}'))
-
-
 class Seed(System):
     """The seed document's query pattern (reference implementation written for the bench)."""
 
     name = "seed"
+    messages_table = "conversation_messages"
 
     async def open(self) -> None:
         s = self.schema
@@ -549,10 +538,6 @@ class Seed(System):
             "FROM generate_series(1, $1) g, generate_series(1, 2)",
             count,
         )
-
-    async def table_rows(self) -> int:
-        return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".conversation_messages'))
-
 
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls for cls in (Floor, Convostore, ConvostoreSDK, SQLAlchemySDK, Langchain, Seed)

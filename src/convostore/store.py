@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -355,8 +356,6 @@ class PostgresSessionStore:
         *ttl* gives the session a sliding expiry, renewed by every append; *expires_in* a
         fixed one. Expired sessions are removed by :meth:`delete_expired_sessions`.
         """
-        import uuid
-
         sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
         args = (
             sid,
