@@ -143,7 +143,7 @@ def test_unparseable_durations_are_usage_errors(
 def test_parse_duration() -> None:
     assert parse_duration("30d") == timedelta(days=30)
     assert parse_duration("1d12h") == timedelta(hours=36)
-    assert parse_duration("90m") == timedelta(minutes=90)
+    assert parse_duration("90min") == timedelta(minutes=90)
     assert parse_duration("2w") == timedelta(weeks=2)
     assert parse_duration("1.5h") == timedelta(minutes=90)
 

@@ -115,8 +115,9 @@ async def test_cancelled_appends_are_whole_or_absent_and_leak_nothing(store: Pos
             await asyncio.sleep(0)
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert store._writer is not None
-    await store._writer.drain()
+    writer = store.runner.find_local("appends")
+    assert writer is not None
+    await writer.drain()
     stored: dict[str, list[str]] = {}
     for sid in sessions:
         for m in await store.get_messages(sid):

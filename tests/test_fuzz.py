@@ -59,7 +59,8 @@ def mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.S
 roles = mostly(st.sampled_from(["user", "assistant", "tool", "system", "developer"]), maybe_text)
 contents = mostly(hostile_text, wrong_types)
 optional_ids = mostly(st.one_of(st.none(), hostile_text), wrong_types)
-tool_call_lists = mostly(st.one_of(st.none(), st.lists(json_values, max_size=3)), wrong_types)
+tool_calls_ = st.fixed_dictionaries({"id": hostile_text}, optional={"type": hostile_text, "function": json_values})
+tool_call_lists = mostly(st.one_of(st.none(), st.lists(tool_calls_, max_size=3)), st.lists(json_values, max_size=3))
 OUTCOMES: dict[str, int] = {"stored": 0, "refused": 0}
 
 FUZZ = settings(
@@ -77,6 +78,8 @@ async def _snapshot(store: PostgresSessionStore, session_id: str) -> Session | N
 async def test_add_message(
     store: PostgresSessionStore, role: Any, content: Any, tool_calls: Any, tool_call_id: Any, message_id: Any, raw: Any
 ) -> None:
+    if role == "tool" and tool_call_id is None:
+        tool_call_id = "call"  # a tool message answers a call: keep most of these valid
     session = await store.create_session("fuzz", "agent")
     before = await _snapshot(store, session.id)
     try:

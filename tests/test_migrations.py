@@ -31,7 +31,7 @@ async def test_migration_sql_itself_can_be_applied_twice(store: PostgresSessionS
 
 
 async def test_status_reports_pending_before_migrating(database_url: str, schema_name: str) -> None:
-    async with PostgresSessionStore(database_url, schema=schema_name, apply_migrations=False) as s:
+    async with PostgresSessionStore(database_url, schema=schema_name, apply_migrations=None) as s:
         assert all(x.applied_at is None for x in await s.migration_status())
         applied = await s.migrate()
         assert [m.version for m in applied] == [m.version for m in MIGRATIONS]

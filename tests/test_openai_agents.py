@@ -165,7 +165,9 @@ async def test_limits_from_argument_settings_and_run_config(store: PostgresSessi
     assert _user_texts(model.calls[0]) == ["8", "9", "new"]
 
 
-async def test_limited_window_never_starts_with_an_orphan_tool_output(store: PostgresSessionStore) -> None:
+async def test_limit_returns_exactly_the_latest_raw_items_like_the_sdk_sessions(store: PostgresSessionStore) -> None:
+    """As the SDK's reference sessions do: the latest N raw items, pairing left to the Runner
+    (turn-aware windows are an explicit option); None or a negative limit means all."""
     session = _session(store)
     await session.add_items(
         [
@@ -178,8 +180,10 @@ async def test_limited_window_never_starts_with_an_orphan_tool_output(store: Pos
     window = await _get(session, 3)
     assert [i.get("type") for i in window] == ["function_call", "function_call_output", None]
     window = await _get(session, 2)
-    assert all(i.get("type") != "function_call_output" for i in window)
-    assert window == [{"role": "assistant", "content": "a"}]
+    assert [i.get("type") for i in window] == ["function_call_output", None]
+    assert len(await _get(session, -1)) == 4
+    assert len(await _get(session, None)) == 4
+    assert await _get(session, 0) == []
 
 
 ITEMS: list[Any] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,7 +16,7 @@ from convostore import (
     StoreTimeout,
     StoreUnavailable,
 )
-from convostore.retry import is_transient
+from convostore._runner import Failure, classify
 
 from .conftest import assert_no_idle_in_transaction
 
@@ -104,12 +105,28 @@ async def test_retries_are_logged_without_password_or_content(caplog: pytest.Log
     assert "alice:***@127.0.0.1:1" in text
 
 
-def test_what_counts_as_transient() -> None:
-    assert is_transient(asyncpg.exceptions.SerializationError("x"))
-    assert is_transient(asyncpg.exceptions.DeadlockDetectedError("x"))
-    assert is_transient(asyncpg.exceptions.AdminShutdownError("x"))
-    assert is_transient(asyncpg.exceptions.CannotConnectNowError("x"))
-    assert is_transient(ConnectionResetError())
-    assert not is_transient(asyncpg.exceptions.CheckViolationError("x"))
-    assert not is_transient(asyncpg.exceptions.UniqueViolationError("x"))
-    assert not is_transient(ValueError("x"))
+def test_failures_are_classified_by_exception_class() -> None:
+    class Closed:
+        def is_closed(self) -> bool:
+            return True
+
+    class Open:
+        def is_closed(self) -> bool:
+            return False
+
+    conn: Any = Open()
+    assert classify(asyncpg.exceptions.SerializationError("x"), conn) is Failure.ROLLED_BACK
+    assert classify(asyncpg.exceptions.DeadlockDetectedError("x"), conn) is Failure.ROLLED_BACK
+    assert classify(asyncpg.exceptions.AdminShutdownError("x"), conn) is Failure.CONNECTION_LOST
+    assert classify(ConnectionResetError(), conn) is Failure.CONNECTION_LOST
+    assert classify(asyncpg.exceptions.QueryCanceledError("x"), conn) is Failure.TIMED_OUT
+    assert classify(TimeoutError(), conn) is Failure.TIMED_OUT
+    assert classify(asyncpg.exceptions.InterfaceError("x"), conn) is Failure.STATEMENT
+    assert classify(asyncpg.exceptions.InterfaceError("x"), Closed()) is Failure.CONNECTION_LOST  # type: ignore[arg-type]
+    # Before a connection was had, nothing was sent: always safe to retry.
+    assert classify(asyncpg.exceptions.CannotConnectNowError("x")) is Failure.NOT_SENT
+    assert classify(ConnectionRefusedError()) is Failure.NOT_SENT
+    assert classify(TimeoutError()) is Failure.NOT_SENT
+    assert classify(asyncpg.exceptions.CheckViolationError("x"), conn) is Failure.STATEMENT
+    assert classify(asyncpg.exceptions.UniqueViolationError("x"), conn) is Failure.STATEMENT
+    assert classify(ValueError("x"), conn) is Failure.STATEMENT

@@ -3,88 +3,154 @@
 At 32-way concurrency a single-row INSERT per call is limited by per-statement overhead in
 the client and by one commit (WAL flush) per message. The writer below keeps at most
 ``max_in_flight`` append statements running; requests that arrive meanwhile wait in a
-queue and leave together, for any mix of sessions, in one statement (``APPEND_MANY``).
+queue and leave together, for any mix of sessions, in one statement.
 
 * A lone append is sent at once with the one-session statement: no timer, no added wait.
   When a statement completes, its slot is refilled one event-loop turn later, so that the
   callers it acknowledged can queue their next appends and leave together.
-* Each caller gets its own result and its own error. Validation happens before queueing;
-  if a combined statement still fails, every request in it is retried alone, so one bad
-  request cannot fail its neighbours.
-* Exactly once: requests carry client-generated message ids, and both statements return
-  the stored rows of a request whose ids are already there (a retry after a lost ack).
-* Bounded: at most ``max_batch_rows`` rows per statement and ``max_pending`` requests
-  queued or in flight (callers beyond that wait for room).
-* Acknowledged only after commit. A caller cancelled while its request is still queued
-  removes it (nothing is written); once sent, the statement commits or fails as a whole.
+* Every waiter is settled, on every path, within its deadline: with its rows, or with its
+  own error. If the shared statement is refused because of one request, each request is
+  sent again alone so that only the faulty one fails; if the database is unavailable or
+  out of time, every caller gets that error at once (nothing is re-run).
+* A session whose row another transaction holds is skipped by the shared statement and its
+  requests are sent alone, outside the statement slots, so it stalls no unrelated append.
+* Exactly once and in order: requests carry client-generated message ids (a retry after a
+  lost acknowledgement returns the stored rows). A caller cancelled while its request is
+  queued removes it (nothing is written); once sent, the caller does not return before
+  the statement's outcome is known, so its next append can never overtake it.
+* Bounded: at most ``max_batch_rows`` rows per statement and ``max_pending`` requests queued
+  or in flight; a caller that finds no room waits at most until its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._types import Connection
-from ._validate import Row
-from .errors import ConvostoreError, SessionNotFound, SessionOwnershipError
+from ._appends import Appender, AppendRequest, Owner, Stored
+from .errors import (
+    ConvostoreError,
+    DatabaseError,
+    SessionNotFound,
+    SessionOwnershipError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 
-if TYPE_CHECKING:
-    from .store import PostgresSessionStore
-
-# What a caller gets back: (message id, seq, created_at) per stored row.
-Stored = list[Any]
-Owner = tuple[str, str] | None
+logger = logging.getLogger("convostore.coalesce")
 
 
-@dataclass(slots=True)
-class _Request:
-    session_id: str
-    rows: list[Row]
-    create_as: Owner
+class _State(enum.Enum):
+    QUEUED = 1
+    SENT = 2
+    DROPPED = 3
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    request: AppendRequest
     future: asyncio.Future[Stored] = field(repr=False)
+    deadline: float | None
+    state: _State = _State.QUEUED
+    handed_off: bool = False  # settled by another task (a lone send), not by its batch's flush
 
 
 class AppendWriter:
-    """Queues append requests and sends them coalesced (see the module docstring)."""
+    """Queues append requests and sends them coalesced (see the module docstring). One per
+    event loop."""
 
     def __init__(
         self,
-        store: PostgresSessionStore,
-        send_one: Callable[[str, list[Row], Owner], Awaitable[Stored]],
+        appender: Appender,
         *,
         max_in_flight: int = 2,
         max_batch_rows: int = 2000,
         max_pending: int = 10_000,
     ) -> None:
-        self._store = store
-        self._send_one = send_one
+        self._appender = appender
         self._max_in_flight = max_in_flight
         self._max_batch_rows = max_batch_rows
         self._room = asyncio.Semaphore(max_pending)
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[_Item] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._holding = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def submit(self, session_id: str, rows: list[Row], create_as: Owner) -> Stored:
-        """Append *rows* to *session_id*; returns once they are committed."""
-        await self._room.acquire()
-        request = _Request(session_id, rows, create_as, asyncio.get_running_loop().create_future())
-        self._pending.append(request)
+    async def submit(self, request: AppendRequest, deadline: float | None) -> Stored:
+        """Append *request*; returns once its rows are committed. *deadline* is a loop time."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._room.acquire()
+        except TimeoutError:
+            raise StoreTimeout("add_messages: too many appends waiting; none finished within the deadline") from None
+        item = _Item(request, loop.create_future(), deadline)
+        self._pending.append(item)
         self._idle.clear()
         if not self._holding:
             self._dispatch()
-        return await request.future
+        try:
+            timeout = None if deadline is None else max(deadline - loop.time(), 0)
+            await asyncio.wait({item.future}, timeout=timeout)
+        except asyncio.CancelledError:
+            if item.state is _State.QUEUED:
+                self._drop(item)
+                raise
+            # Sent: its statement commits or fails as a whole. Wait for that before giving
+            # the caller its cancellation, so that its next append cannot overtake this one.
+            await _settled(item.future)
+            raise
+        if not item.future.done():
+            if item.state is _State.QUEUED:
+                self._drop(item)
+                raise StoreTimeout("add_messages: not sent within the deadline (the append queue was busy)")
+            await _settled(item.future)  # its statement runs within the same deadline
+        return item.future.result()
+
+    def _settle(self, item: _Item, *, result: Stored | None = None, exc: BaseException | None = None) -> None:
+        """Give *item*'s caller its rows or its error (once; later calls do nothing)."""
+        if item.future.done():
+            return
+        self._room.release()
+        if exc is not None:
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result if result is not None else [])
 
     async def drain(self) -> None:
         """Wait until nothing is queued or in flight."""
         await self._idle.wait()
+
+    def _drop(self, item: _Item) -> None:
+        item.state = _State.DROPPED
+        if not item.future.done():
+            item.future.cancel()
+            self._room.release()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._in_flight == 0 and not self._tasks and all(i.state is _State.DROPPED for i in self._pending):
+            self._pending.clear()
+            self._idle.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("append task failed", exc_info=t.exception())
+            self._check_idle()
+
+        task.add_done_callback(done)
 
     def _dispatch(self) -> None:
         while self._in_flight < self._max_in_flight:
@@ -92,46 +158,53 @@ class AppendWriter:
             if not batch:
                 break
             self._in_flight += 1
-            task = asyncio.create_task(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        if not self._pending and self._in_flight == 0:
-            self._idle.set()
+            self._spawn(self._flush(batch))
+        self._check_idle()
 
-    def _take(self) -> list[_Request]:
+    def _take(self) -> list[_Item]:
         """The oldest requests that fit one statement: same kind (plain or create-on-write),
         at most max_batch_rows rows, and one owner per session."""
-        batch: list[_Request] = []
+        batch: list[_Item] = []
         rows = 0
         owners: dict[str, Owner] = {}
         while self._pending:
-            request = self._pending[0]
-            if request.future.done():  # its caller was cancelled before it was sent
+            item = self._pending[0]
+            if item.state is _State.DROPPED:
                 self._pending.popleft()
-                self._room.release()
                 continue
+            request = item.request
             if batch and (
-                (request.create_as is None) != (batch[0].create_as is None)
+                (request.create_as is None) != (batch[0].request.create_as is None)
                 or rows + len(request.rows) > self._max_batch_rows
                 or owners.get(request.session_id, request.create_as) != request.create_as
             ):
                 break
             self._pending.popleft()
-            batch.append(request)
+            item.state = _State.SENT
+            batch.append(item)
             rows += len(request.rows)
             owners[request.session_id] = request.create_as
         return batch
 
-    async def _flush(self, batch: list[_Request]) -> None:
+    async def _flush(self, batch: list[_Item]) -> None:
         try:
             if len(batch) == 1:
-                await self._one(batch[0])
+                await self._alone(batch[0])
             else:
-                await self._many(batch)
+                await self._together(batch)
+        except BaseException as exc:
+            error = exc if isinstance(exc, ConvostoreError) else DatabaseError(f"add_messages: {exc!r}")
+            for item in batch:
+                if not item.handed_off:
+                    self._settle(item, exc=error)
+            if not isinstance(exc, Exception):
+                raise
+            logger.exception("coalesced append failed unexpectedly")
         finally:
+            for item in batch:  # a safety net: no path may leave a waiter behind
+                if not item.handed_off:
+                    self._settle(item, exc=DatabaseError("add_messages: the append was not completed"))
             self._in_flight -= 1
-            for _ in batch:
-                self._room.release()
             # Refill the freed slot one loop turn later: the callers just acknowledged run
             # first, and their next appends leave together instead of one by one.
             self._holding += 1
@@ -141,79 +214,82 @@ class AppendWriter:
         self._holding -= 1
         self._dispatch()
 
-    async def _one(self, request: _Request) -> None:
+    async def _alone(self, item: _Item) -> None:
         try:
-            result = await self._send_one(request.session_id, request.rows, request.create_as)
-        except Exception as exc:  # delivered to its caller, who raises it
-            _settle(request, exc=exc)
+            result = await self._appender.one(item.request, deadline=item.deadline)
+        except ConvostoreError as exc:
+            self._settle(item, exc=exc)
         else:
-            _settle(request, result=result)
+            self._settle(item, result=result)
 
-    async def _many(self, batch: list[_Request]) -> None:
-        store = self._store
-        create = batch[0].create_as is not None
-        columns: list[list[Any]] = [[] for _ in range(10)]
-        for index, request in enumerate(batch):
-            owner, agent = request.create_as or (None, None)
-            for row in request.rows:
-                values = (request.session_id, *row, index, owner, agent)
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value)
-        sql = store._q.append_many_or_create if create else store._q.append_many
-
-        async def run(conn: Connection) -> list[Any]:
-            return await conn.fetch(sql, *columns)
-
+    async def _alone_in_order(self, items: list[_Item]) -> None:
+        """Send *items* (one session's, in queue order) one after the other."""
         try:
-            records = await store._run("add_messages", run)
+            for item in items:
+                await self._alone(item)
+        finally:
+            for item in items:
+                self._settle(item, exc=DatabaseError("add_messages: the append was not completed"))
+
+    async def _together(self, batch: list[_Item]) -> None:
+        deadlines = [i.deadline for i in batch if i.deadline is not None]
+        try:
+            outcome = await self._appender.many([i.request for i in batch], deadline=min(deadlines, default=None))
+        except StoreUnavailable as exc:
+            # The database, not a request, failed (after the runner's retries): tell everyone.
+            for item in batch:
+                self._settle(item, exc=exc)
+            return
         except ConvostoreError:
             # Something in the batch was refused: send each request alone so that only the
             # faulty one fails. Ids make this safe even if part of it was applied.
-            await asyncio.gather(*(self._one(r) for r in batch))
+            await asyncio.gather(*(self._alone(i) for i in batch))
             return
-        found: dict[tuple[str, str], Any] = {(r["session_id"], r["id"]): r for r in records}
-        missing: list[_Request] = []
-        for request in batch:
-            stored = [found[key] for row in request.rows if (key := (request.session_id, row[0])) in found]
-            if stored:
-                _settle(request, result=stored)
-            else:
-                missing.append(request)
-        if missing:
-            await self._explain(missing)
+        for index, stored in outcome.stored.items():
+            self._settle(batch[index], result=stored)
+        # Sessions another transaction holds: alone, in order, outside the statement slots.
+        busy: dict[str, list[_Item]] = {}
+        for index in outcome.busy:
+            busy.setdefault(batch[index].request.session_id, []).append(batch[index])
+        for items in busy.values():
+            for item in items:
+                item.handed_off = True
+            self._spawn(self._alone_in_order(items))
+        if outcome.missing:
+            await self._explain([batch[i] for i in outcome.missing], min(deadlines, default=None))
 
-    async def _explain(self, missing: list[_Request]) -> None:
-        """Requests that stored nothing: unknown session, another owner, or a race with an
-        identical request (then sending it alone returns the stored rows)."""
-        store = self._store
-        ids = list({r.session_id for r in missing})
+    async def _explain(self, missing: list[_Item], deadline: float | None) -> None:
+        """Requests that stored nothing: unknown session, another owner, or a race with a
+        concurrent creator or an identical request (then sending it alone settles it)."""
         try:
-            rows = await store._run("add_messages", partial(_owners, store._q.session_owners, ids))
+            owners = await self._appender.owners(list({i.request.session_id for i in missing}), deadline=deadline)
         except ConvostoreError as exc:
-            for request in missing:
-                _settle(request, exc=exc)
+            for item in missing:
+                self._settle(item, exc=exc)
             return
-        owners = {r["id"]: r["user_id"] for r in rows}
         retry = []
-        for request in missing:
+        for item in missing:
+            request = item.request
             owner = owners.get(request.session_id)
             if owner is None:
-                _settle(request, exc=SessionNotFound(f"session {request.session_id!r} does not exist"))
+                self._settle(item, exc=SessionNotFound(f"session {request.session_id!r} does not exist"))
             elif request.create_as is not None and owner != request.create_as[0]:
-                _settle(request, exc=SessionOwnershipError(f"session {request.session_id!r} belongs to another user"))
+                self._settle(item, exc=SessionOwnershipError(f"session {request.session_id!r} belongs to another user"))
             else:
-                retry.append(request)
-        await asyncio.gather(*(self._one(r) for r in retry))
+                retry.append(item)
+        await asyncio.gather(*(self._alone(i) for i in retry))
 
 
-async def _owners(sql: str, ids: list[str], conn: Connection) -> list[Any]:
-    return await conn.fetch(sql, ids)
-
-
-def _settle(request: _Request, *, result: Stored | None = None, exc: BaseException | None = None) -> None:
-    if request.future.done():  # the caller went away; the write stands or fails on its own
-        return
-    if exc is not None:
-        request.future.set_exception(exc)
-    else:
-        request.future.set_result(result if result is not None else [])
+async def _settled(future: asyncio.Future[Stored]) -> None:
+    """Wait for *future* whatever happens to the waiting task; a cancellation received
+    meanwhile is raised once the future is done."""
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    if not future.cancelled():
+        future.exception()  # retrieved, so that an error the caller will not see is not reported
+    if cancelled is not None:
+        raise cancelled

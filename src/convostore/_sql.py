@@ -138,47 +138,76 @@ _MULTI_TAIL = """
     FROM fresh f JOIN based b ON b.id = f.session_id
     RETURNING session_id, id, seq, created_at
 )
-SELECT session_id, id, seq, created_at, false AS conflict FROM ins
+SELECT session_id, id, seq, created_at, false AS conflict, false AS busy FROM ins
 UNION ALL
-SELECT session_id, id, seq, created_at, conflict FROM prior
+SELECT session_id, id, seq, created_at, conflict, false FROM prior
+"""
+
+# The sessions of the batch: those that exist (in this statement's snapshot), and those whose
+# rows this statement could lock. A session whose row another transaction holds is skipped
+# (SKIP LOCKED) and reported `busy`, so that it stalls neither the statement nor its
+# neighbours; the coalescer then sends its requests alone.
+_MULTI_LOCKS = """
+present AS (
+    SELECT s.id, s.user_id FROM {s}.agent_sessions s WHERE s.id = ANY($1::text[])
+), locked AS (
+    SELECT s.id FROM {s}.agent_sessions s
+    WHERE s.id = ANY($1::text[]) AND s.id IN (SELECT session_id FROM counts)
+    ORDER BY s.id
+    FOR UPDATE SKIP LOCKED
+),
+"""
+_MULTI_BUSY = """
+UNION ALL
+SELECT c.session_id, NULL, NULL, NULL, false, true FROM counts c
+WHERE c.session_id IN (SELECT id FROM present) AND c.session_id NOT IN (SELECT id FROM locked)
 """
 
 APPEND_MANY = (
     _MULTI_HEAD
+    + _MULTI_LOCKS
     + """
-locked AS (
-    SELECT s.id FROM {s}.agent_sessions s
-    WHERE s.id = ANY($1::text[]) AND s.id IN (SELECT session_id FROM counts)
-    ORDER BY s.id
-    FOR UPDATE
-), based AS (
+based AS (
     UPDATE {s}.agent_sessions s
        SET last_seq = s.last_seq + c.n,
            updated_at = now(),
            expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
-      FROM counts c, locked l
-     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND l.id = c.session_id
+      FROM counts c
+     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND s.id IN (SELECT id FROM locked)
     RETURNING s.id, s.last_seq - c.n AS base
 """
     + _MULTI_TAIL
+    + _MULTI_BUSY
 )
 
+# The same, creating sessions on first write: absent sessions are inserted (a concurrent
+# creator wins the race and the request is sent again alone); present ones are bumped only
+# when the request's owner owns them.
 APPEND_MANY_OR_CREATE = (
     _MULTI_HEAD
+    + _MULTI_LOCKS
     + """
-bump AS (
-    INSERT INTO {s}.agent_sessions AS s (id, user_id, agent_name, last_seq)
-    SELECT session_id, owner, agent, n FROM counts ORDER BY session_id
-    ON CONFLICT (id) DO UPDATE
-       SET last_seq = s.last_seq + excluded.last_seq,
+created AS (
+    INSERT INTO {s}.agent_sessions (id, user_id, agent_name, last_seq)
+    SELECT session_id, owner, agent, n FROM counts
+    WHERE session_id NOT IN (SELECT id FROM present)
+    ORDER BY session_id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, 0::bigint AS base
+), bumped AS (
+    UPDATE {s}.agent_sessions s
+       SET last_seq = s.last_seq + c.n,
            updated_at = now(),
            expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
-     WHERE s.user_id = excluded.user_id
-    RETURNING s.id, s.last_seq
+      FROM counts c
+     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND s.id IN (SELECT id FROM locked)
+       AND s.user_id = c.owner
+    RETURNING s.id, s.last_seq - c.n AS base
 ), based AS (
-    SELECT b.id, b.last_seq - c.n AS base FROM bump b JOIN counts c ON c.session_id = b.id
+    SELECT id, base FROM created UNION ALL SELECT id, base FROM bumped
 """
     + _MULTI_TAIL
+    + _MULTI_BUSY
 )
 
 SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE id = $1"
@@ -329,10 +358,14 @@ ORDER BY p.updated_at DESC, p.id DESC
 
 # Bounded batch deletes for retention: SKIP LOCKED leaves sessions that live writers hold
 # to a later batch instead of waiting on them; each batch is its own short transaction.
+# The cutoff of an idle-session cleanup is fixed once, at its start, from the server's clock:
+# every batch (and a dry run's count) then agrees on what "idle" means.
+IDLE_CUTOFF = "SELECT now() - $1::interval"
+
 DELETE_IDLE_BATCH = """
 WITH victims AS (
     SELECT id FROM {s}.agent_sessions
-    WHERE updated_at < now() - $1::interval
+    WHERE updated_at < $1::timestamptz
       AND ($2::text IS NULL OR user_id = $2)
       AND ($3::text IS NULL OR agent_name = $3)
     ORDER BY updated_at
@@ -345,7 +378,7 @@ RETURNING s.id
 
 COUNT_IDLE = """
 SELECT count(*) FROM {s}.agent_sessions
-WHERE updated_at < now() - $1::interval
+WHERE updated_at < $1::timestamptz
   AND ($2::text IS NULL OR user_id = $2)
   AND ($3::text IS NULL OR agent_name = $3)
 """
@@ -386,10 +419,25 @@ ORDER BY id
 LIMIT $4
 """
 
-EXPORT_MESSAGES = f"""
+EXPORT_MESSAGES_PAGE = f"""
 SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
-WHERE session_id = $1
+WHERE session_id = $1 AND seq > $2
 ORDER BY seq
+LIMIT $3
+"""
+
+# Import compares before it writes: what is stored under the file's session ids, and under
+# its (session, message id) and (session, seq) keys. Rows found identical are skipped, rows
+# found different are conflicts; only absent rows are inserted.
+IMPORT_STORED_SESSIONS = "SELECT id, user_id, agent_name FROM {s}.agent_sessions WHERE id = ANY($1::text[])"
+
+_STORED = "m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.session_id"
+IMPORT_STORED_MESSAGES = f"""
+SELECT {_STORED} FROM unnest($1::text[], $2::text[]) AS k(session_id, id)
+JOIN {{s}}.conversation_messages m ON m.session_id = k.session_id AND m.id = k.id
+UNION
+SELECT {_STORED} FROM unnest($1::text[], $3::bigint[]) AS k(session_id, seq)
+JOIN {{s}}.conversation_messages m ON m.session_id = k.session_id AND m.seq = k.seq
 """
 
 IMPORT_SESSIONS = """
@@ -400,7 +448,6 @@ SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[],
             $7::timestamptz[], $8::float8[], $9::bigint[])
     AS t(id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl_seconds, last_seq)
-ON CONFLICT (id) DO NOTHING
 """
 
 IMPORT_MESSAGES = """
@@ -408,7 +455,6 @@ INSERT INTO {s}.conversation_messages
     (session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
                      $7::text[], $8::jsonb[], $9::timestamptz[])
-ON CONFLICT DO NOTHING
 """
 
 # Keeps the counter ahead of imported seqs, so later appends continue after them.
@@ -474,11 +520,14 @@ class Queries:
     user_sessions_with_messages: str
     user_sessions: str
     delete_idle_batch: str
+    idle_cutoff: str
     count_idle: str
     delete_expired_batch: str
     delete_user_batch: str
     export_sessions_page: str
-    export_messages: str
+    export_messages_page: str
+    import_stored_sessions: str
+    import_stored_messages: str
     import_sessions: str
     import_messages: str
     raise_last_seq: str

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ._codec import check_utf8, dump_json, encode_text
 from .errors import InvalidIdentifier, InvalidInput, InvalidMessage, InvalidMetadata
-from .models import ROLES, NewMessage
+from .models import ROLES, NewMessage, Session, SessionCursor
 
 MAX_ID_LENGTH = 255
+# The longest duration accepted (a TTL, an expiry, a retention age). Longer ones would put
+# times past what Python's datetime can read back (year 9999): refused before any write.
+MAX_DURATION = timedelta(days=36_525)
+# C0 and C1 control characters and DEL: never part of an id (they would also reach terminals).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def identifier(value: object, what: str) -> str:
@@ -24,12 +31,12 @@ def identifier(value: object, what: str) -> str:
         return str(value)
     if not isinstance(value, str):
         raise InvalidIdentifier(f"{what} must be a str, not {type(value).__name__}")
-    if not value:
-        raise InvalidIdentifier(f"{what} must not be empty")
+    if not value.strip():
+        raise InvalidIdentifier(f"{what} must not be empty or blank")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidIdentifier(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    if "\x00" in value:
-        raise InvalidIdentifier(f"{what} must not contain U+0000")
+    if control := _CONTROL.search(value):
+        raise InvalidIdentifier(f"{what} must not contain control characters (found {control.group()!r})")
     check_utf8(value, what, InvalidIdentifier)
     return value
 
@@ -58,14 +65,21 @@ def limit(value: object, what: str = "limit") -> int | None:
 
 
 def duration(value: object, what: str) -> timedelta | None:
+    """A positive duration of at most :data:`MAX_DURATION` (a timedelta, or seconds)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidInput(f"{what} must be a finite number of seconds, got {value!r}")
+        if abs(value) > MAX_DURATION.total_seconds():
+            raise InvalidInput(f"{what} is {value!r} seconds; the limit is {MAX_DURATION.days} days")
         value = timedelta(seconds=value)
     if not isinstance(value, timedelta):
         raise InvalidInput(f"{what} must be a timedelta or seconds, not {type(value).__name__}")
     if value <= timedelta(0):
         raise InvalidInput(f"{what} must be positive, got {value}")
+    if value > MAX_DURATION:
+        raise InvalidInput(f"{what} is {value.days} days; the limit is {MAX_DURATION.days} days")
     return value
 
 
@@ -97,13 +111,39 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
     if not isinstance(content, str):
         raise InvalidMessage(f"{where}: content must be a str, not {type(content).__name__}")
     check_utf8(content, f"{where} content", InvalidMessage)
-    if tool_calls is not None and not isinstance(tool_calls, list):
-        raise InvalidMessage(f"{where}: tool_calls must be a list or None, not {type(tool_calls).__name__}")
+    if tool_calls is not None:
+        if not isinstance(tool_calls, list):
+            raise InvalidMessage(f"{where}: tool_calls must be a list or None, not {type(tool_calls).__name__}")
+        for n, call in enumerate(tool_calls):
+            if not isinstance(call, Mapping):
+                raise InvalidMessage(f"{where}: tool_calls[{n}] must be an object, not {type(call).__name__}")
+            call_id = call.get("id")
+            if not isinstance(call_id, str) or not call_id.strip():
+                raise InvalidMessage(f"{where}: tool_calls[{n}] needs a non-empty string 'id'")
+    answered = optional_identifier(tool_call_id, f"{where} tool_call_id")
+    if role == "tool" and answered is None:
+        raise InvalidMessage(f"{where}: a tool message needs the tool_call_id of the call it answers")
+    if role != "tool" and tool_call_id is not None:
+        raise InvalidMessage(f"{where}: only a tool message has a tool_call_id (role is {role!r})")
     return (
         identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
         role,
         encode_text(content),
         None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", InvalidMessage),
-        optional_identifier(tool_call_id, f"{where} tool_call_id"),
+        answered,
         None if raw is None else dump_json(raw, f"{where} raw", InvalidMessage),
     )
+
+
+def cursor(value: object) -> SessionCursor | None:
+    """A listing position: a :class:`Session` (its cursor), a :class:`SessionCursor`, or None."""
+    if value is None:
+        return None
+    if isinstance(value, Session):
+        return value.cursor
+    if isinstance(value, SessionCursor):
+        if not isinstance(value.updated_at, datetime) or value.updated_at.tzinfo is None:
+            raise InvalidInput("before: the cursor's updated_at must be a timezone-aware datetime")
+        identifier(value.id, "before: the cursor's id")
+        return value
+    raise InvalidInput(f"before must be a Session or a SessionCursor, not {type(value).__name__}")

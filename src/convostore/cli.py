@@ -2,11 +2,16 @@
 
 Thin by design: it parses, calls the library, and renders. Exit codes: 0 success, 1 failure
 (a convostore error, shown as one line on stderr; ``--debug`` shows the traceback), 2 usage.
+Only ``migrate`` creates or changes a schema: every other command refuses a schema that is
+missing or not migrated. Text read from the store is printed with control characters made
+visible, so stored content can never drive the operator's terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import re
@@ -23,7 +28,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import ConvostoreError
+from ._validate import MAX_DURATION
+from .errors import ConvostoreError, ImportFileError
 from .models import Message, Session, SessionCursor
 from .store import PostgresSessionStore
 
@@ -45,57 +51,165 @@ app.add_typer(sessions_app, name="sessions")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# -- terminal safety -------------------------------------------------------------------------
+
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that can
+# make text display as something else.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str, *, oneline: bool = False) -> str:
+    """*text* ready for rich: control characters shown as ``\\xNN`` / ``\\uNNNN``, markup escaped.
+    With *oneline*, newlines and tabs are shown escaped too (table cells, headers)."""
+
+    def show(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    text = _UNSAFE.sub(show, text)
+    if oneline:
+        text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return escape(text)
+
+
+def _json_text(value: Any) -> str:
+    """JSON for a terminal: non-ASCII kept, every control character escaped."""
+    text = json.dumps(value, default=_json_default, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# -- options shared by every command ---------------------------------------------------------
+
 
 @dataclass
 class _Options:
-    database_url: str | None
-    schema: str | None
-    debug: bool
+    database_url: str | None = None
+    schema: str | None = None
+    debug: bool = False
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])", re.IGNORECASE)
-_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="DATABASE_URL", show_envvar=True, help="PostgreSQL URL; unset means embedded."
+    ),
+]
+Schema = Annotated[
+    str | None, typer.Option("--schema", envvar="CONVOSTORE_SCHEMA", show_envvar=True, help="Schema of the tables.")
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
 
 
-def parse_duration(text: str, param: str = "--older-than") -> timedelta:
-    """``30d``, ``12h``, ``1d12h``, ``90m``, ``45s``, ``2w`` as a timedelta (usage error otherwise)."""
-    cleaned = text.strip()
-    matches = list(_DURATION.finditer(cleaned))
-    if not matches or "".join(m.group(0) for m in matches).replace(" ", "") != cleaned.replace(" ", ""):
-        raise typer.BadParameter(
-            f"cannot parse duration {text!r}: use e.g. 30d, 12h, 1d12h, 90m, 45s, 2w", param_hint=param
-        )
-    seconds = sum(float(m.group(1)) * _UNITS[m.group(2).lower()] for m in matches)
-    if seconds <= 0:
-        raise typer.BadParameter(f"duration {text!r} must be positive", param_hint=param)
-    return timedelta(seconds=seconds)
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"convostore {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     ctx: typer.Context,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url", envvar="DATABASE_URL", show_envvar=True, help="PostgreSQL URL; unset means embedded."
-        ),
-    ] = None,
-    schema: Annotated[
-        str | None,
-        typer.Option("--schema", envvar="CONVOSTORE_SCHEMA", show_envvar=True, help="Schema of the tables."),
-    ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    debug: Debug = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = _Options(database_url, schema, debug)
+    _configure_logging(debug)
 
 
-def _run(ctx: typer.Context, work: Callable[[PostgresSessionStore], Awaitable[T]], *, migrate: bool = True) -> T:
-    """Open a store, run *work*, map our errors to one line and exit code 1."""
+def _configure_logging(debug: bool) -> None:
+    # WARNING by default: retries are logged at INFO, and a failure is reported once, as
+    # the one-line error, not also as log lines before it.
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def common(fn: Callable[..., T]) -> Callable[..., T]:
+    """Give a command the global options too, so that they work after the subcommand
+    (``convostore stats --schema x``) as well as before it."""
+    signature = inspect.signature(fn, eval_str=True)
+    extra = [
+        inspect.Parameter("database_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DatabaseUrl),
+        inspect.Parameter("schema", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Schema),
+        inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Debug),
+    ]
+
+    @functools.wraps(fn)
+    def command(
+        ctx: typer.Context, *args: Any, database_url: str | None, schema: str | None, debug: bool, **kwargs: Any
+    ) -> T:
+        opts: _Options = ctx.obj
+        source = ctx.get_parameter_source
+        # Given after the subcommand wins over before it, and a value from the environment
+        # (which both levels read) only where nothing was given explicitly.
+        for name, value in (("database_url", database_url), ("schema", schema)):
+            given = source(name)
+            if (value is not None and given is not None and given.name == "COMMANDLINE") or getattr(opts, name) is None:
+                setattr(opts, name, value)
+        if debug and not opts.debug:
+            opts.debug = True
+            _configure_logging(True)
+        return fn(ctx, *args, **kwargs)
+
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
+    command.__annotations__ = {**fn.__annotations__, "database_url": DatabaseUrl, "schema": Schema, "debug": Debug}
+    return command
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|min|s)")
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "min": 60.0, "s": 1.0}
+_UNIT_ORDER = list(_UNIT_SECONDS)
+
+
+def parse_duration(text: str, param: str = "--older-than") -> timedelta:
+    """``30d``, ``12h``, ``1d12h``, ``90min``, ``45s``, ``2w`` as a timedelta (usage error
+    otherwise). Units go from largest to smallest, each at most once; ``m`` is refused as
+    ambiguous (minutes or months?)."""
+    cleaned = text.strip().lower()
+
+    def bad(reason: str) -> typer.BadParameter:
+        return typer.BadParameter(
+            f"cannot parse duration {text!r}: {reason}; use e.g. 30d, 12h, 1d12h, 90min, 45s, 2w", param_hint=param
+        )
+
+    if re.fullmatch(r"[\d.]+\s*m(?:o|onths?)?", cleaned) or re.search(r"\dm(?!in)", cleaned):
+        raise bad("'m' is ambiguous: write 'min' for minutes, or days for months")
+    matches = list(_DURATION.finditer(cleaned))
+    if not matches or "".join(m.group(0) for m in matches) != cleaned:
+        raise bad("not a duration")
+    units = [m.group(2) for m in matches]
+    positions = [_UNIT_ORDER.index(u) for u in units]
+    if positions != sorted(set(positions)):
+        raise bad("each unit at most once, largest first")
+    seconds = sum(float(m.group(1)) * _UNIT_SECONDS[m.group(2)] for m in matches)
+    if seconds <= 0:
+        raise typer.BadParameter(f"duration {text!r} must be positive", param_hint=param)
+    if seconds > MAX_DURATION.total_seconds():
+        raise typer.BadParameter(
+            f"duration {text!r} is longer than the limit of {MAX_DURATION.days} days", param_hint=param
+        )
+    return timedelta(seconds=seconds)
+
+
+def _run(
+    ctx: typer.Context, work: Callable[[PostgresSessionStore], Awaitable[T]], *, migrations: bool | None = False
+) -> T:
+    """Open a store, run *work*, map our errors to one line and exit code 1. The store only
+    checks the schema (``migrations=False``): read and delete commands never create one."""
     opts: _Options = ctx.obj
 
     async def main() -> T:
-        async with PostgresSessionStore(opts.database_url, schema=opts.schema, apply_migrations=migrate) as store:
+        async with PostgresSessionStore(opts.database_url, schema=opts.schema, apply_migrations=migrations) as store:
             return await work(store)
 
     try:
@@ -103,7 +217,12 @@ def _run(ctx: typer.Context, work: Callable[[PostgresSessionStore], Awaitable[T]
     except ConvostoreError as exc:
         if opts.debug:
             raise
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        err.print(f"[red]error:[/] {safe(str(exc), oneline=True)}")
+        raise typer.Exit(1) from None
+    except OSError as exc:  # files given on the command line
+        if opts.debug:
+            raise
+        err.print(f"[red]error:[/] {safe(f'{exc.strerror or exc}: {exc.filename}', oneline=True)}")
         raise typer.Exit(1) from None
 
 
@@ -133,21 +252,22 @@ def _json_default(value: Any) -> Any:
 
 
 @app.command()
+@common
 def migrate(
     ctx: typer.Context,
     status: Annotated[
         bool, typer.Option("--status", help="List applied and pending migrations; change nothing.")
     ] = False,
 ) -> None:
-    """Apply pending schema migrations (safe to run from several processes at once)."""
+    """Create the tables or apply pending schema migrations (safe from several processes at once)."""
     if status:
-        rows = _run(ctx, lambda s: s.migration_status(), migrate=False)
+        rows = _run(ctx, lambda s: s.migration_status(), migrations=None)
         table = Table("version", "name", "applied at")
         for r in rows:
             table.add_row(f"{r.version:04d}", r.name, _when(r.applied_at) if r.applied_at else "[yellow]pending[/]")
         out.print(table)
         return
-    applied = _run(ctx, lambda s: s.migrate(), migrate=False)
+    applied = _run(ctx, lambda s: s.migrate(), migrations=None)
     if applied:
         for m in applied:
             out.print(f"applied {m.version:04d}_{m.name}")
@@ -159,25 +279,33 @@ def migrate(
 
 
 @app.command()
+@common
 def cleanup(
     ctx: typer.Context,
-    older_than: Annotated[str, typer.Option("--older-than", metavar="DURATION", help="Idle time: 30d, 12h, 1d12h...")],
+    older_than: Annotated[
+        str, typer.Option("--older-than", metavar="DURATION", help="Idle time: 30d, 12h, 1d12h, 90min...")
+    ],
     user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
 ) -> None:
-    """Delete sessions not updated for --older-than, in batches that skip sessions in use."""
+    """Delete sessions not updated for --older-than, in batches that skip sessions in use.
+
+    "Idle" is fixed when the command starts: sessions that become idle while it runs are
+    left for the next run, and --dry-run counts exactly what a real run would delete then.
+    """
     age = parse_duration(older_than)
 
     async def work(store: PostgresSessionStore) -> tuple[int, int]:
-        total = await store.count_idle_sessions(age, user_id=user, agent_name=agent)
+        cutoff = await store.idle_cutoff(age)
+        total = await store.count_idle_sessions(cutoff=cutoff, user_id=user, agent_name=agent)
         if dry_run or total == 0:
             return total, 0
         with _progress(total, "deleting") as progress:
             task = progress.add_task("cleanup", total=total)
             deleted = await store.delete_idle_sessions(
-                age,
+                cutoff=cutoff,
                 user_id=user,
                 agent_name=agent,
                 batch_size=batch_size,
@@ -193,6 +321,7 @@ def cleanup(
 
 
 @app.command()
+@common
 def sweep(
     ctx: typer.Context,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
@@ -203,6 +332,7 @@ def sweep(
 
 
 @app.command("delete-user")
+@common
 def delete_user(
     ctx: typer.Context,
     user: Annotated[str, typer.Argument(help="The user whose sessions and messages are erased.")],
@@ -220,7 +350,8 @@ def delete_user(
             return await store.delete_user(user, on_batch=lambda n: progress.advance(task, n))
 
     report = _run(ctx, work)
-    out.print(f"erased user {report.user_id}: {report.sessions} sessions, {report.messages} messages")
+    who = safe(report.user_id, oneline=True)
+    out.print(f"erased user {who}: {report.sessions} sessions, {report.messages} messages")
 
 
 # -- inspection -------------------------------------------------------------------------------
@@ -231,7 +362,10 @@ def _parse_cursor(value: str | None) -> SessionCursor | None:
         return None
     try:
         when, sid = value.split(",", 1)
-        return SessionCursor(datetime.fromisoformat(when), sid)
+        parsed = datetime.fromisoformat(when)
+        if parsed.tzinfo is None:
+            raise ValueError("no offset")
+        return SessionCursor(parsed, sid)
     except ValueError:
         raise typer.BadParameter(
             "expected UPDATED_AT,SESSION_ID as printed by a previous page", param_hint="--before"
@@ -246,6 +380,7 @@ def _title(session: Session) -> str:
 
 
 @sessions_app.command("list")
+@common
 def sessions_list(
     ctx: typer.Context,
     user: Annotated[str, typer.Option("--user", help="Whose sessions.")],
@@ -262,24 +397,31 @@ def sessions_list(
     )
     if as_json:
         rows = [{k: v for k, v in asdict(s).items() if k != "messages"} for s in found]
-        out.print_json(json.dumps(rows, default=_json_default, ensure_ascii=False))
+        out.print_json(_json_text(rows))
         return
-    table = Table(title=f"sessions of {user}")
+    table = Table(title=f"sessions of {safe(user, oneline=True)}")
     table.add_column("id", no_wrap=True, min_width=min(36, max((len(s.id) for s in found), default=2)))
     for column in ("agent", "messages", "updated", "title / metadata"):
         table.add_column(column)
     for s in found:
-        table.add_row(s.id, s.agent_name, str(s.message_count), _when(s.updated_at), escape(_title(s)))
+        table.add_row(
+            safe(s.id, oneline=True),
+            safe(s.agent_name, oneline=True),
+            str(s.message_count),
+            _when(s.updated_at),
+            safe(_title(s), oneline=True),
+        )
     out.print(table)
     if len(found) == limit:
         last = found[-1]
-        err.print(f"next page: --before '{last.updated_at.isoformat()},{last.id}'")
+        err.print(f"next page: --before '{last.updated_at.isoformat()},{safe(last.id, oneline=True)}'")
 
 
 _ROLE_STYLE = {"user": "cyan", "assistant": "green", "tool": "magenta", "system": "yellow", "developer": "yellow"}
 
 
 def _fold(text: str, lines: int, full: bool) -> str:
+    """*text* (already made safe) cut to *lines* lines and 2,000 characters unless *full*."""
     if full:
         return text
     parts = text.splitlines()
@@ -291,23 +433,24 @@ def _fold(text: str, lines: int, full: bool) -> str:
 
 def _render(m: Message, full: bool) -> str:
     style = _ROLE_STYLE.get(m.role, "white")
-    head = f"[{style} bold]{m.role}[/] [dim]#{m.seq} {_when(m.created_at)}[/]"
+    head = f"[{style} bold]{safe(m.role, oneline=True)}[/] [dim]#{m.seq} {_when(m.created_at)}[/]"
     body = []
     if m.content:
-        body.append(_fold(escape(m.content.replace("\x00", "\\0")), 12, full))
+        body.append(_fold(safe(m.content.replace("\x00", "\\0")), 12, full))
     for call in m.tool_calls or []:
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict):
-            body.append(f"[magenta]-> call {escape(str(fn.get('name')))}({escape(str(fn.get('arguments')))})[/]"
-                        f" [dim]id={escape(str(call.get('id')))}[/]")  # fmt: skip
+            name, arguments = safe(str(fn.get("name")), oneline=True), safe(str(fn.get("arguments")), oneline=True)
+            body.append(f"[magenta]-> call {name}({arguments})[/] [dim]id={safe(str(call.get('id')), oneline=True)}[/]")
         else:
-            body.append(f"[magenta]-> {escape(json.dumps(call, ensure_ascii=False))}[/]")
+            body.append(f"[magenta]-> {safe(json.dumps(call, ensure_ascii=False), oneline=True)}[/]")
     if m.tool_call_id:
-        head += f" [magenta]<- output of {escape(m.tool_call_id)}[/]"
+        head += f" [magenta]<- output of {safe(m.tool_call_id, oneline=True)}[/]"
     return head + ("\n  " + "\n  ".join("\n".join(body).splitlines()) if body else "")
 
 
 @sessions_app.command("show")
+@common
 def sessions_show(
     ctx: typer.Context,
     session_id: Annotated[str, typer.Argument(help="The session to show.")],
@@ -317,22 +460,24 @@ def sessions_show(
     """Show one conversation: roles coloured, tool calls and outputs marked, long content folded."""
     session = _run(ctx, lambda s: s.get_session(session_id))
     if session is None:
-        err.print(f"[red]error:[/] no session {escape(session_id)!s}")
+        err.print(f"[red]error:[/] no session {safe(session_id, oneline=True)}")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json.dumps(asdict(session), default=_json_default, ensure_ascii=False))
+        out.print_json(_json_text(asdict(session)))
         return
     out.print(
-        f"[bold]session {escape(session.id)}[/]  user {escape(session.user_id)}  agent {escape(session.agent_name)}"
+        f"[bold]session {safe(session.id, oneline=True)}[/]  user {safe(session.user_id, oneline=True)}"
+        f"  agent {safe(session.agent_name, oneline=True)}"
         f"  created {_when(session.created_at)}  updated {_when(session.updated_at)}"
     )
     if session.metadata:
-        out.print(f"[dim]metadata {escape(json.dumps(session.metadata, ensure_ascii=False))}[/]")
+        out.print(f"[dim]metadata {safe(json.dumps(session.metadata, ensure_ascii=False), oneline=True)}[/]")
     for m in session.messages:
         out.print(_render(m, full))
 
 
 @app.command()
+@common
 def stats(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
@@ -340,7 +485,7 @@ def stats(
     """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity."""
     report = _run(ctx, lambda s: s.stats())
     if as_json:
-        out.print_json(json.dumps(asdict(report), default=_json_default))
+        out.print_json(_json_text(asdict(report)))
         return
     out.print(
         f"sessions {report.sessions}  messages {report.messages}  users {report.users}  "
@@ -349,11 +494,11 @@ def stats(
     )
     agents = Table("agent", "sessions", "messages", title="by agent")
     for a in report.by_agent:
-        agents.add_row(escape(a.agent_name), str(a.sessions), str(a.messages))
+        agents.add_row(safe(a.agent_name, oneline=True), str(a.sessions), str(a.messages))
     out.print(agents)
     sizes = Table("table", "table size", "index size", title="storage")
     for t in report.tables:
-        sizes.add_row(t.name, _size(t.table_bytes), _size(t.index_bytes))
+        sizes.add_row(safe(t.name, oneline=True), _size(t.table_bytes), _size(t.index_bytes))
     out.print(sizes)
 
 
@@ -370,6 +515,7 @@ def _size(n: int) -> str:
 
 
 @app.command("export")
+@common
 def export_(
     ctx: typer.Context,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
@@ -400,28 +546,61 @@ def export_(
 
 
 def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        yield from f
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not UTF-8 text (byte {exc.start}); is this a convostore export?"
+                raise ImportFileError(number, reason) from None
 
 
 @app.command("import")
+@common
 def import_(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A file from `export`.")],
+    skip_conflicts: Annotated[
+        bool,
+        typer.Option(
+            "--skip-conflicts",
+            help="Skip (and list) rows that disagree with what is stored instead of refusing the file.",
+        ),
+    ] = False,
 ) -> None:
-    """Import a JSON Lines export in one transaction; already-present rows are skipped."""
+    """Import a JSON Lines export in one transaction; rows already stored identically are skipped.
+
+    Creates the schema if it does not exist yet (a restore into a new database).
+
+    A row that disagrees with what is stored (a session of another user, another message
+    under a stored id or seq) is a conflict: the file is refused and nothing is written,
+    unless --skip-conflicts is given. Nothing is ever written into another user's session.
+    """
     from .transfer import import_jsonl
 
     async def work(store: PostgresSessionStore) -> Any:
         with _progress(None, "importing") as progress:
             task = progress.add_task("import", total=None)
-            return await import_jsonl(store, _lines(path), on_line=lambda n: progress.update(task, completed=n))
+            return await import_jsonl(
+                store,
+                _lines(path),
+                on_conflict="skip" if skip_conflicts else "error",
+                on_line=lambda n: progress.update(task, completed=n),
+            )
 
-    report = _run(ctx, work)
+    report = _run(ctx, work, migrations=True)  # a restore may go into a new schema
     out.print(
         f"imported {report.sessions_added} of {report.sessions_read} sessions and "
-        f"{report.messages_added} of {report.messages_read} messages (the rest were already present)"
+        f"{report.messages_added} of {report.messages_read} messages "
+        f"({report.sessions_present} sessions and {report.messages_present} messages were already present)"
     )
+    if report.conflicts:
+        out.print(
+            f"skipped {len(report.conflicts)} conflicting rows and {report.messages_skipped} messages of conflicting"
+            " sessions:"
+        )
+        for line, reason in report.conflicts:
+            out.print(f"  line {line}: {safe(reason, oneline=True)}")
 
 
 def main() -> None:

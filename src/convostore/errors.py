@@ -49,6 +49,21 @@ class SessionOwnershipError(ConvostoreError, PermissionError):
     """The session exists but belongs to another user."""
 
 
+class SessionExists(ConvostoreError, ValueError):
+    """``create_session`` was given the id of a session that already exists."""
+
+
+class ImportConflict(ConvostoreError):
+    """An import file disagrees with what is stored (another owner, or other content under
+    the same ids); nothing was imported. ``conflicts`` lists them as ``(line, reason)``."""
+
+    def __init__(self, conflicts: list[tuple[int, str]]) -> None:
+        first = "; ".join(f"line {line}: {reason}" for line, reason in conflicts[:3])
+        more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+        super().__init__(f"{len(conflicts)} conflicting rows, nothing was imported: {first}{more}")
+        self.conflicts = conflicts
+
+
 class DuplicateMessageId(ConvostoreError, ValueError):
     """A message id was reused in the same session for a different message."""
 
@@ -59,6 +74,11 @@ class StoreClosed(ConvostoreError, RuntimeError):
 
 class MigrationError(ConvostoreError):
     """A schema migration failed or the schema is newer than this library."""
+
+
+class SchemaNotReady(MigrationError):
+    """The schema does not exist, or has migrations pending, and the caller did not ask to
+    migrate (run ``convostore migrate``)."""
 
 
 class StoreUnavailable(ConvostoreError, ConnectionError):
@@ -78,12 +98,15 @@ __all__ = [
     "ConvostoreError",
     "DatabaseError",
     "DuplicateMessageId",
+    "ImportConflict",
     "ImportFileError",
     "InvalidIdentifier",
     "InvalidInput",
     "InvalidMessage",
     "InvalidMetadata",
     "MigrationError",
+    "SchemaNotReady",
+    "SessionExists",
     "SessionNotFound",
     "SessionOwnershipError",
     "StoreClosed",

@@ -1,37 +1,40 @@
-"""``PostgresSessionStore``: sessions and their messages in PostgreSQL, on an asyncpg pool."""
+"""``PostgresSessionStore``: sessions and their messages in PostgreSQL.
+
+The store is the API; statements run through a :class:`~convostore._runner.Runner`, which
+owns the pools (one per event loop), the attempts within each call's deadline and the error
+classification. The store is usable at once: the first call in an event loop opens that
+loop's pool (and, the first time, migrates or checks the schema).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from . import _validate as check
+from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
 from ._rows import messages_from_rows, session_from_row, sessions_from_joined_rows
+from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
 from ._sql import Queries, render
 from ._types import Connection
 from .errors import (
-    ConvostoreError,
-    DatabaseError,
     DuplicateMessageId,
     InvalidInput,
     InvalidMessage,
+    SchemaNotReady,
+    SessionExists,
     SessionNotFound,
     SessionOwnershipError,
     StoreClosed,
-    StoreTimeout,
-    StoreUnavailable,
 )
 from .migrations import Migration, MigrationStatus, apply_migrations, migration_status
 from .models import (
@@ -44,7 +47,7 @@ from .models import (
     TableSize,
     new_message,
 )
-from .retry import RetryPolicy, is_transient, surely_not_applied
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .cleanup import Sweeper
@@ -52,7 +55,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("convostore")
 
 T = TypeVar("T")
-Record = asyncpg.Record
+
+__all__ = ["ErasureReport", "PostgresSessionStore", "redact"]
+
+
+async def _nothing(conn: Connection) -> None:
+    """A call that only needs a connection (``connect()``: the pool opens and migrates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,81 +72,33 @@ class ErasureReport:
     messages: int
 
 
-def redact(url: str) -> str:
-    """*url* with its password replaced by ``***`` (for logs and error messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class _AcquireFailed(Exception):
-    """Internal: no connection could be had, so nothing was sent (always safe to retry)."""
-
-
-def _translate(exc: BaseException, what: str) -> ConvostoreError:
-    """Map a driver error to our hierarchy (the caller raises it ``from exc``)."""
-    if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return SessionNotFound(f"{what}: the session does not exist")
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return DuplicateMessageId(f"{what}: {exc}")
-    if isinstance(exc, asyncpg.CheckViolationError):
-        return InvalidInput(f"{what}: rejected by the schema ({exc.constraint_name})")
-    if isinstance(exc, asyncpg.DataError):  # class 22: too long, bad encoding, bad escape...
-        return InvalidInput(f"{what}: {exc}")
-    if isinstance(exc, (asyncpg.QueryCanceledError, asyncio.TimeoutError)):
-        return StoreTimeout(f"{what}: timed out")
-    if is_transient(exc) or isinstance(exc, _AcquireFailed):
-        return StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}")
-    return DatabaseError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-async def _keep_session_state(conn: Connection) -> None:
-    """Pool ``reset`` hook. asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
-    UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore never
-    sets session state (its advisory locks are transaction-scoped), and asyncpg still rolls
-    back an open transaction before calling this hook, so there is nothing to reset."""
-
-
-def _connection_failed(exc: BaseException) -> bool:
-    """A transient failure of the connection or server. A statement that ran past
-    ``command_timeout`` is not one: the caller's deadline passed, so it is not retried."""
-    return is_transient(exc) and not isinstance(exc, asyncio.TimeoutError)
-
-
-_RETRYABLE = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-    _AcquireFailed,
-)
-
-
 class PostgresSessionStore:
     """Agent sessions and their messages in PostgreSQL.
 
-    Construction does no I/O; :meth:`connect` (or ``async with``) opens the pool and applies
-    pending migrations. The URL is *database_url*, else ``$DATABASE_URL``, else an embedded
+    Construction does no I/O, and no ``connect()`` is needed: the first call made in an event
+    loop opens a pool for that loop (a store shared by several threads or by repeated
+    ``asyncio.run`` calls gets one pool per loop) and, the first time, applies pending
+    migrations. ``connect()`` does that eagerly; ``close()`` (or leaving ``async with``) closes
+    every pool. The URL is *database_url*, else ``$DATABASE_URL``, else an embedded
     PostgreSQL started on demand (see :mod:`convostore.embedded`).
 
     Every method is one round trip unless its docstring says otherwise, raises only
-    :class:`~convostore.errors.ConvostoreError` subclasses, and retries transient failures
-    according to *retry* (writes are idempotent, so a retry never stores twice).
+    :class:`~convostore.errors.ConvostoreError` subclasses, and retries failures of the
+    connection or server within the *retry* policy's deadline (writes are idempotent, so a
+    retry never stores twice). A write whose caller is cancelled completes (or fails) before
+    the cancellation reaches the caller.
 
     Options (durations are float seconds):
 
     * ``schema``: where the tables live (default ``$CONVOSTORE_SCHEMA`` or ``public``).
-    * ``min_size`` / ``max_size``: pool bounds.
-    * ``command_timeout``: per-statement deadline; ``acquire_timeout``: wait for a pooled
-      connection; both raise or retry as described in the README's Reliability section.
+    * ``min_size`` / ``max_size``: bounds of each event loop's pool.
+    * ``command_timeout``: per-statement limit; ``acquire_timeout``: wait for a pooled
+      connection; ``connect_timeout``: opening a connection. Each is further bounded by what
+      is left of the call's deadline.
     * ``pgbouncer=True``: no server-side prepared statement cache (transaction pooling).
-    * ``apply_migrations=False``: do not migrate in ``connect()`` (run ``convostore migrate``).
+    * ``apply_migrations``: migrate on first use (default); ``False`` instead checks that the
+      schema exists and is up to date, raising :class:`~convostore.errors.SchemaNotReady`;
+      ``None`` does neither (for tools that manage the schema, like ``convostore migrate``).
     * ``coalesce_appends``: concurrent appends share statements and commits (see
       :mod:`convostore._coalesce`); a lone append is sent at once either way.
     """
@@ -150,31 +110,33 @@ class PostgresSessionStore:
         min_size: int = 1,
         max_size: int = 10,
         schema: str | None = None,
-        apply_migrations: bool = True,
+        apply_migrations: bool | None = True,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         pgbouncer: bool = False,
         coalesce_appends: bool = True,
         max_inactive_connection_lifetime: float = 300.0,
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self._url = database_url
         self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
         self._q: Queries = render(self._schema)  # validates the schema name now
-        self._min_size = min_size
-        self._max_size = max_size
         self._apply_migrations = apply_migrations
-        self._command_timeout = command_timeout
-        self._acquire_timeout = acquire_timeout
-        self._retry = retry or RetryPolicy.from_env()
-        self._pgbouncer = pgbouncer
-        self._max_inactive = max_inactive_connection_lifetime
-        self._connect_kwargs = dict(connect_kwargs or {})
-        self._pool: asyncpg.Pool | None = None
-        self._sweeper: Sweeper | None = None
+        options = PoolOptions(
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            acquire_timeout=acquire_timeout,
+            connect_timeout=connect_timeout,
+            max_inactive_connection_lifetime=max_inactive_connection_lifetime,
+            pgbouncer=pgbouncer,
+            connect_kwargs=dict(connect_kwargs or {}),
+        )
+        self._runner = Runner(database_url, options, retry or RetryPolicy.from_env(), prepare=self._prepare)
+        self._appender = Appender(self._runner, self._q)
         self._coalesce = coalesce_appends
-        self._writer: AppendWriter | None = None
+        self._sweeper: Sweeper | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -185,68 +147,59 @@ class PostgresSessionStore:
 
     @property
     def database_url(self) -> str | None:
-        """The URL in use once connected (``None`` before ``connect()`` resolves it)."""
-        return self._url
+        """The URL in use once resolved (``None`` before first use if none was given)."""
+        return self._runner.url
+
+    @property
+    def runner(self) -> Runner:
+        """Where this store's statements run (for convostore's own modules: transfer, adapters)."""
+        return self._runner
+
+    @property
+    def queries(self) -> Queries:
+        """This store's SQL, rendered for its schema (for convostore's own modules)."""
+        return self._q
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The asyncpg pool (raises :class:`StoreClosed` when not connected)."""
-        if self._pool is None:
-            raise StoreClosed("the store is not connected: call connect() or use 'async with'")
-        return self._pool
+        """The current event loop's asyncpg pool (raises :class:`StoreClosed` when it is not open)."""
+        pool = self._runner.current_pool()
+        if pool is None:
+            raise StoreClosed("no pool is open in this event loop: call connect() or use 'async with'")
+        return pool
 
     async def connect(self) -> Self:
-        """Open the pool (starting the embedded server if no URL is configured) and migrate."""
-        if self._pool is not None:
-            return self
-        if self._url is None:
-            self._url = os.environ.get("DATABASE_URL") or None
-        if self._url is None:
-            from .embedded import embedded_url
-
-            self._url = await asyncio.to_thread(embedded_url)
-        url = self._url
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self._pool = await asyncpg.create_pool(
-                    url,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    command_timeout=self._command_timeout,
-                    statement_cache_size=0 if self._pgbouncer else 1024,
-                    max_inactive_connection_lifetime=self._max_inactive,
-                    reset=_keep_session_state,
-                    **self._connect_kwargs,
-                )
-                break
-            except Exception as exc:
-                if not is_transient(exc) or attempt >= self._retry.attempts:
-                    raise StoreUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
-                delay = self._retry.backoff(attempt)
-                logger.warning("connect to %s failed (%s); retry %d in %.2fs", redact(url), exc, attempt, delay)
-                await asyncio.sleep(delay)
-        if self._coalesce:
-            self._writer = AppendWriter(self, self._append_statement)
-        logger.debug("connected to %s (schema %s)", redact(url), self._schema)
-        if self._apply_migrations:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
+        """Open this event loop's pool now (starting the embedded server if no URL is
+        configured) and migrate, instead of on first use. Safe to call concurrently."""
+        self._runner.reopen()
+        await self._runner.run("connect", _nothing)
         return self
 
+    async def _prepare(self, conn: Connection) -> None:
+        """Run once per new pool, before any call uses it: migrate, or check the schema."""
+        if self._apply_migrations:
+            await apply_migrations(conn, self._schema)
+        elif self._apply_migrations is False:
+            status = await migration_status(conn, self._schema)
+            pending = [m for m in status if m.applied_at is None]
+            if len(pending) == len(status):
+                raise SchemaNotReady(
+                    f"schema {self._schema!r} has no convostore tables; create them with `convostore migrate`"
+                )
+            if pending:
+                raise SchemaNotReady(
+                    f"schema {self._schema!r} has {len(pending)} pending migrations; "
+                    "apply them with `convostore migrate`"
+                )
+
     async def close(self) -> None:
-        """Stop the sweeper, if any, and close the pool (waits for connections in use)."""
+        """Stop the sweeper, let queued appends finish, and close every pool. Later calls raise
+        :class:`StoreClosed` until ``connect()`` is called again."""
         await self.stop_sweeper()
-        writer, self._writer = self._writer, None
-        if writer is not None:
+        writer = self._runner.find_local("appends")
+        if isinstance(writer, AppendWriter):
             await writer.drain()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._runner.close()
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -264,80 +217,26 @@ class PostgresSessionStore:
         """Every known migration with the time it was applied, or ``None`` if pending."""
         return await self._run("migration status", lambda conn: migration_status(conn, self._schema))
 
-    # -- the one place that talks to the pool ------------------------------------------------
-
-    async def _run(
+    def _run(
         self,
         what: str,
         fn: Callable[[Connection], Awaitable[T]],
         *,
         session_id: str | None = None,
         idempotent: bool = True,
-    ) -> T:
-        """Run *fn* on a pooled connection, retrying transient failures.
+    ) -> Awaitable[T]:
+        return self._runner.run(what, fn, session_id=session_id, idempotent=idempotent)
 
-        A non-idempotent *fn* (``pop_message``) is retried only when the failure proves it
-        had no effect: no connection was acquired, or the server rolled it back.
-        """
-        pool = self.pool
-        policy = self._retry
-        loop = asyncio.get_running_loop()
-        give_up_at = None if policy.deadline is None else loop.time() + policy.deadline
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                try:
-                    # asyncio.timeout arms one timer; acquire(timeout=) would add a task per call.
-                    async with asyncio.timeout(self._acquire_timeout):
-                        conn = await pool.acquire()
-                except _RETRYABLE as exc:
-                    raise _AcquireFailed(f"{type(exc).__name__}: {exc}") from exc
-                try:
-                    return await fn(conn)
-                except _RETRYABLE as exc:
-                    if _connection_failed(exc):
-                        # The connection, not the statement, failed: it may be dead or stuck
-                        # mid-protocol. Terminate it so that the pool replaces it instead of
-                        # handing it out again (the no-op reset hook would not notice). If
-                        # asyncpg already released it on connection loss, it is gone anyway.
-                        with contextlib.suppress(asyncpg.InterfaceError):
-                            conn.terminate()
-                    raise
-                finally:
-                    # asyncpg shields release itself, so a cancelled caller cannot leak it.
-                    await pool.release(conn)
-            except ConvostoreError:
-                # Ours, raised on purpose inside fn (some derive from OSError): never retried.
-                raise
-            except _RETRYABLE as exc:
-                retryable = isinstance(exc, _AcquireFailed) or (
-                    _connection_failed(exc) and (idempotent or surely_not_applied(exc))
-                )
-                out_of_time = give_up_at is not None and loop.time() >= give_up_at
-                if not retryable or attempt >= policy.attempts or out_of_time:
-                    if retryable:
-                        logger.error(
-                            "%s failed after %d attempts (session %s): %s: %s",
-                            what,
-                            attempt,
-                            session_id,
-                            type(exc).__name__,
-                            exc,
-                        )
-                    raise _translate(exc, what) from exc
-                delay = policy.backoff(attempt)
-                if give_up_at is not None:
-                    delay = max(0.0, min(delay, give_up_at - loop.time()))
-                logger.warning(
-                    "%s: transient %s (session %s); retry %d in %.3fs",
-                    what,
-                    type(exc).__name__,
-                    session_id,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+    def _write(
+        self,
+        what: str,
+        fn: Callable[[Connection], Awaitable[T]],
+        *,
+        session_id: str | None = None,
+        idempotent: bool = True,
+    ) -> Awaitable[T]:
+        """A write: like :meth:`_run`, but a cancelled caller waits for the write to settle."""
+        return settle_despite_cancel(self._runner.run(what, fn, session_id=session_id, idempotent=idempotent))
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -354,7 +253,8 @@ class PostgresSessionStore:
         """Create a session and return it (id generated unless *session_id* is given).
 
         *ttl* gives the session a sliding expiry, renewed by every append; *expires_in* a
-        fixed one. Expired sessions are removed by :meth:`delete_expired_sessions`.
+        fixed one (each at most 100 years). Expired sessions are removed by
+        :meth:`delete_expired_sessions`. An existing *session_id* raises :class:`SessionExists`.
         """
         sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
         args = (
@@ -365,8 +265,16 @@ class PostgresSessionStore:
             check.duration(ttl, "ttl"),
             check.duration(expires_in, "expires_in"),
         )
-        row = await self._run("create_session", lambda c: c.fetchrow(self._q.create_session, *args), session_id=sid)
-        assert row is not None
+
+        async def create(conn: Connection) -> Any:
+            try:
+                return await conn.fetchrow(self._q.create_session, *args)
+            except asyncpg.UniqueViolationError:
+                # Also what a retry finds when its first attempt committed unacknowledged:
+                # the caller chose the id, so it can tell by reading the session.
+                raise SessionExists(f"session {sid!r} already exists") from None
+
+        row = await self._write("create_session", create, session_id=sid)
         return session_from_row(row)
 
     async def get_session(self, session_id: str) -> Session | None:
@@ -380,7 +288,7 @@ class PostgresSessionStore:
         """Merge *patch* into the session's metadata (top-level keys; JSONB ``||``)."""
         sid = check.identifier(session_id, "session_id")
         data = check.metadata(patch)
-        row = await self._run(
+        row = await self._write(
             "update_metadata", lambda c: c.fetchrow(self._q.update_metadata, sid, data), session_id=sid
         )
         if row is None:
@@ -398,7 +306,7 @@ class PostgresSessionStore:
         sid = check.identifier(session_id, "session_id")
         sliding, fixed = check.duration(ttl, "ttl"), check.duration(expires_in, "expires_in")
         clear = sliding is None and fixed is None
-        row = await self._run(
+        row = await self._write(
             "set_expiry", lambda c: c.fetchrow(self._q.set_expiry, sid, sliding, clear, fixed), session_id=sid
         )
         if row is None:
@@ -408,7 +316,7 @@ class PostgresSessionStore:
     async def delete_session(self, session_id: str) -> bool:
         """Delete the session and its messages; ``False`` if it did not exist."""
         sid = check.identifier(session_id, "session_id")
-        status = await self._run("delete_session", lambda c: c.execute(self._q.delete_session, sid), session_id=sid)
+        status = await self._write("delete_session", lambda c: c.execute(self._q.delete_session, sid), session_id=sid)
         return status != "DELETE 0"
 
     async def get_user_sessions(
@@ -431,7 +339,7 @@ class PostgresSessionStore:
         page = check.limit(limit)
         per_session = check.limit(messages_limit, "messages_limit")
         agent = check.optional_identifier(agent_name, "agent_name")
-        cursor = before.cursor if isinstance(before, Session) else before
+        cursor = check.cursor(before)
         after_time = cursor.updated_at if cursor else None
         after_id = cursor.id if cursor else None
         if with_messages:
@@ -474,7 +382,7 @@ class PostgresSessionStore:
         The batch gets consecutive ``seq`` numbers after every message committed before it,
         and the session's ``updated_at`` (and sliding expiry) move in the same statement.
         Appending a batch whose ids are already stored (a retry) returns the stored rows and
-        writes nothing.
+        writes nothing; reusing an id for a different message raises :class:`DuplicateMessageId`.
 
         Without *user_id*, an unknown session raises :class:`SessionNotFound`. With it, the
         session is created on first write (owned by *user_id*, for *agent_name*) and a
@@ -484,14 +392,6 @@ class PostgresSessionStore:
         create_as = None
         if user_id is not None:
             create_as = (check.identifier(user_id, "user_id"), check.identifier(agent_name, "agent_name"))
-        return await self._append(sid, messages, create_as)
-
-    async def _append(
-        self,
-        sid: str,
-        messages: Sequence[NewMessage | Mapping[str, Any]],
-        create_as: tuple[str, str] | None,
-    ) -> list[Message]:
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
             raise InvalidMessage("messages must be a sequence of NewMessage or mappings")
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
@@ -500,10 +400,13 @@ class PostgresSessionStore:
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
-        if self._writer is not None:
-            stored = await self._writer.submit(sid, rows, create_as)
+        request = AppendRequest(sid, rows, create_as)
+        deadline = self._runner.deadline()
+        if self._coalesce:
+            writer = self._runner.loop_local("appends", lambda: AppendWriter(self._appender))
+            stored = await writer.submit(request, deadline)
         else:
-            stored = await self._append_statement(sid, rows, create_as)
+            stored = await settle_despite_cancel(self._appender.one(request, deadline=deadline))
         if len(stored) != len(rows) or any(r["conflict"] for r in stored):
             raise DuplicateMessageId(
                 f"session {sid!r} already holds different messages with some of these ids: "
@@ -525,35 +428,6 @@ class PostgresSessionStore:
         result.sort(key=lambda m: m.seq)
         return result
 
-    async def _append_statement(self, sid: str, rows: list[check.Row], create_as: tuple[str, str] | None) -> list[Any]:
-        """One session's batch in one statement (the coalescer's path for a lone request)."""
-        columns = [list(col) for col in zip(*rows, strict=True)]
-        if create_as is None:
-            sql, args = self._q.append, (sid, *columns)
-        else:
-            sql, args = self._q.append_or_create, (sid, *columns, *create_as)
-        ids = columns[0]
-
-        async def append(conn: Connection) -> list[Record]:
-            try:
-                stored = await conn.fetch(sql, *args)
-            except asyncpg.UniqueViolationError:
-                # Rolled back whole. Either an identical batch committed just before us (run
-                # again: it now reads as a replay) or an id is reused (raises again: ours).
-                stored = await conn.fetch(sql, *args)
-            if not stored:
-                # Nothing inserted and nothing found: unknown session, another owner, or an
-                # identical batch racing us (rare: then it is stored, so read it back).
-                owner = await conn.fetchval(self._q.session_owner, sid)
-                if owner is None:
-                    raise SessionNotFound(f"session {sid!r} does not exist")
-                if create_as is not None and owner != create_as[0]:
-                    raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-                stored = await conn.fetch(self._q.messages_by_id, sid, ids)
-            return stored
-
-        return await self._run("add_messages", append, session_id=sid)
-
     async def get_messages(
         self,
         session_id: str,
@@ -573,8 +447,13 @@ class PostgresSessionStore:
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
         if user_id is not None:
-            rows = await self._owned_rows(sid, n, below, check.identifier(user_id, "user_id"))
-            return messages_from_rows(rows, sid)
+            uid = check.identifier(user_id, "user_id")
+            rows = await self._run(
+                "get_messages", lambda c: c.fetch(self._q.get_owned_messages, sid, below, n, uid), session_id=sid
+            )
+            if rows and rows[0]["owner"] != uid:
+                raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+            return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid)
         if n is None:
             rows = await self._run(
                 "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
@@ -584,19 +463,6 @@ class PostgresSessionStore:
                 "get_messages", lambda c: c.fetch(self._q.get_latest_messages, sid, below, n), session_id=sid
             )
         return messages_from_rows(rows, sid)
-
-    async def _owned_rows(self, sid: str, limit: int | None, below: int | None, uid: str) -> list[Any]:
-        """Message rows (``_MESSAGE_COLUMNS`` shape) of *uid*'s session, one query; raises
-        :class:`SessionOwnershipError` for another user's session. Shared with the SDK
-        adapter, which decodes ``raw`` itself instead of building Messages."""
-        rows = await self._run(
-            "get_messages",
-            lambda c: c.fetch(self._q.get_owned_messages, sid, below, limit, uid),
-            session_id=sid,
-        )
-        if rows and rows[0]["owner"] != uid:
-            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-        return [r[1:] for r in rows if r["id"] is not None]
 
     async def _check_owner(self, sid: str, uid: str) -> None:
         owner = await self._run("check owner", lambda c: c.fetchval(self._q.session_owner, sid), session_id=sid)
@@ -612,12 +478,12 @@ class PostgresSessionStore:
         """
         sid = check.identifier(session_id, "session_id")
         if user_id is None:
-            row = await self._run(
+            row = await self._write(
                 "pop_message", lambda c: c.fetchrow(self._q.pop_message, sid), session_id=sid, idempotent=False
             )
         else:
             uid = check.identifier(user_id, "user_id")
-            row = await self._run(
+            row = await self._write(
                 "pop_message",
                 lambda c: c.fetchrow(self._q.pop_owned_message, sid, uid),
                 session_id=sid,
@@ -634,10 +500,12 @@ class PostgresSessionStore:
         """
         sid = check.identifier(session_id, "session_id")
         if user_id is None:
-            status = await self._run("clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid)
+            status = await self._write(
+                "clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid
+            )
         else:
             uid = check.identifier(user_id, "user_id")
-            status = await self._run(
+            status = await self._write(
                 "clear_session", lambda c: c.execute(self._q.clear_owned_session, sid, uid), session_id=sid
             )
             if status == "DELETE 0":
@@ -656,7 +524,7 @@ class PostgresSessionStore:
         total = 0
         batch_size = args[-1]
         while True:
-            rows = await self._run(what, lambda c: c.fetch(sql, *args))
+            rows = await self._write(what, lambda c: c.fetch(sql, *args))
             total += len(rows)
             if on_batch is not None and rows:
                 on_batch(len(rows))
@@ -665,24 +533,46 @@ class PostgresSessionStore:
             if len(rows) < batch_size:
                 return total
 
+    async def idle_cutoff(self, older_than: timedelta | float) -> datetime:
+        """The server's time now minus *older_than*: sessions last updated before it are idle.
+
+        Pass it as ``cutoff=`` to :meth:`count_idle_sessions` and :meth:`delete_idle_sessions`
+        so that a count and the deletion that follows agree (what ``cleanup --dry-run`` shows).
+        """
+        age = check.duration(older_than, "older_than")
+        cutoff = await self._run("idle_cutoff", lambda c: c.fetchval(self._q.idle_cutoff, age))
+        assert isinstance(cutoff, datetime)
+        return cutoff
+
+    async def _cutoff(self, older_than: timedelta | float | None, cutoff: datetime | None) -> datetime:
+        if (older_than is None) == (cutoff is None):
+            raise InvalidInput("give older_than or cutoff (exactly one)")
+        if cutoff is not None:
+            if not isinstance(cutoff, datetime) or cutoff.tzinfo is None:
+                raise InvalidInput("cutoff must be a timezone-aware datetime")
+            return cutoff
+        assert older_than is not None
+        return await self.idle_cutoff(older_than)
+
     async def delete_idle_sessions(
         self,
-        older_than: timedelta | float,
+        older_than: timedelta | float | None = None,
         *,
+        cutoff: datetime | None = None,
         user_id: str | None = None,
         agent_name: str | None = None,
         batch_size: int = 1000,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete sessions not updated for *older_than*; return how many were deleted.
+        """Delete sessions not updated for *older_than* (or since *cutoff*); return how many.
 
-        Works in batches of *batch_size*, each its own short transaction, skipping sessions
-        that a live writer holds locked (they are not idle). *on_batch* is called with each
-        batch's count (progress bars).
+        The cutoff is fixed once, at the start, so a long cleanup never reaches sessions that
+        were not idle long enough when it began. Works in batches of *batch_size*, each its
+        own short transaction, skipping sessions that a live writer holds locked (they are
+        not idle). *on_batch* is called with each batch's count (progress bars).
         """
-        age = check.duration(older_than, "older_than")
         args = (
-            age,
+            await self._cutoff(older_than, cutoff),
             check.optional_identifier(user_id, "user_id"),
             check.optional_identifier(agent_name, "agent_name"),
             self._batch(batch_size),
@@ -690,11 +580,16 @@ class PostgresSessionStore:
         return await self._delete_in_batches("delete_idle_sessions", self._q.delete_idle_batch, args, on_batch)
 
     async def count_idle_sessions(
-        self, older_than: timedelta | float, *, user_id: str | None = None, agent_name: str | None = None
+        self,
+        older_than: timedelta | float | None = None,
+        *,
+        cutoff: datetime | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
     ) -> int:
         """How many sessions :meth:`delete_idle_sessions` would delete now."""
         args = (
-            check.duration(older_than, "older_than"),
+            await self._cutoff(older_than, cutoff),
             check.optional_identifier(user_id, "user_id"),
             check.optional_identifier(agent_name, "agent_name"),
         )
@@ -721,9 +616,7 @@ class PostgresSessionStore:
         size = self._batch(batch_size)
         sessions = messages = 0
         while True:
-            rows = await self._run(
-                "delete_user", lambda c: c.fetch(self._q.delete_user_batch, uid, size), session_id=None
-            )
+            rows = await self._write("delete_user", lambda c: c.fetch(self._q.delete_user_batch, uid, size))
             if rows:
                 sessions += len(rows)
                 messages += int(rows[0]["messages"])
@@ -733,7 +626,8 @@ class PostgresSessionStore:
                 return ErasureReport(uid, sessions, messages)
 
     def start_sweeper(self, interval: float, *, batch_size: int = 1000) -> Sweeper:
-        """Delete expired sessions every *interval* seconds in a background task.
+        """Delete expired sessions every *interval* seconds in a background task of the
+        running event loop.
 
         Returns the running :class:`~convostore.cleanup.Sweeper`; :meth:`stop_sweeper` (or
         :meth:`close`) stops it. Safe with other processes sweeping the same database.

@@ -8,43 +8,53 @@ The format, one JSON object per line:
   "tool_call_id", "raw", "created_at"}``, after the line of its session.
 
 Times are ISO 8601 with offset and microseconds; strings are exported as stored (U+0000
-included, JSON escapes it). Export reads sessions page by page and each session's messages
-through a server-side cursor, so memory stays flat however large the export. Import runs in
-one transaction: any bad line aborts it with its line number and nothing is written.
-Rows already present (same session id; same session id and seq or message id) are skipped,
-so importing a file twice changes nothing.
+included, JSON escapes it). Export reads page by page, so memory stays flat however large
+the export. Import runs in one transaction: any bad line aborts it with its line number and
+nothing is written. Rows already stored identically are skipped, so importing a file twice
+changes nothing; rows that disagree with what is stored (another owner, other content under
+the same ids) are conflicts, refused unless asked to skip them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
 from . import _validate as check
 from ._codec import decode_text, dump_json, encode_text, load_json
 from ._types import Connection
-from .errors import ConvostoreError, ImportFileError, InvalidInput
+from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
 from .models import ROLES
 from .store import PostgresSessionStore
 
 _PAGE = 500
+_MESSAGE_PAGE = 1000
 _BATCH = 1000
+_MAX_CONFLICTS_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
-    """What :func:`import_jsonl` did."""
+    """What :func:`import_jsonl` did.
+
+    Rows already stored identically are *present*; rows that disagree with what is stored are
+    *conflicts* (with ``on_conflict="skip"``; the default refuses the whole file). Messages of
+    a conflicting session are *skipped* with it.
+    """
 
     sessions_read: int
     messages_read: int
     sessions_added: int
     messages_added: int
+    sessions_present: int = 0
+    messages_present: int = 0
+    messages_skipped: int = 0
+    conflicts: tuple[tuple[int, str], ...] = field(default=())
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -57,13 +67,20 @@ async def export_jsonl(
     user_id: str | None = None,
     session_id: str | None = None,
 ) -> AsyncIterator[str]:
-    """Yield the export, one JSON line (without newline) at a time."""
+    """Yield the export, one JSON line (without newline) at a time.
+
+    Reads sessions page by page and each session's messages in pages by ``seq``, every page
+    one retried statement, so memory stays flat however large the export. An unknown
+    *session_id* raises :class:`~convostore.errors.SessionNotFound`.
+    """
     uid = check.optional_identifier(user_id, "user_id")
     sid = check.optional_identifier(session_id, "session_id")
-    q = store._q
+    runner, q = store.runner, store.queries
     after: str | None = None
     while True:
-        page = await store._run("export", partial(_sessions_page, q.export_sessions_page, uid, sid, after))
+        page = await runner.run("export", _fetch(q.export_sessions_page, uid, sid, after, _PAGE))
+        if sid is not None and after is None and not page:
+            raise SessionNotFound(f"session {sid!r} does not exist")
         for s in page:
             yield json.dumps(
                 {
@@ -80,39 +97,40 @@ async def export_jsonl(
                 },
                 ensure_ascii=False,
             )
-            async for line in _export_messages(store, s["id"]):
-                yield line
+            seq = 0
+            while True:
+                messages = await runner.run(
+                    "export", _fetch(q.export_messages_page, s["id"], seq, _MESSAGE_PAGE), session_id=s["id"]
+                )
+                for m in messages:
+                    yield json.dumps(
+                        {
+                            "type": "message",
+                            "session_id": s["id"],
+                            "id": m["id"],
+                            "seq": m["seq"],
+                            "role": m["role"],
+                            "content": decode_text(m["content"]),
+                            "tool_calls": load_json(m["tool_calls"]),
+                            "tool_call_id": m["tool_call_id"],
+                            "raw": load_json(m["raw"]),
+                            "created_at": _iso(m["created_at"]),
+                        },
+                        ensure_ascii=False,
+                    )
+                if len(messages) < _MESSAGE_PAGE:
+                    break
+                seq = messages[-1]["seq"]
         if len(page) < _PAGE:
             return
         after = page[-1]["id"]
 
 
-async def _sessions_page(
-    sql: str, uid: str | None, sid: str | None, after: str | None, conn: Connection
-) -> list[asyncpg.Record]:
-    return await conn.fetch(sql, uid, sid, after, _PAGE)
+def _fetch(sql: str, *args: Any) -> Callable[[Connection], Any]:
+    async def fetch(conn: Connection) -> list[asyncpg.Record]:
+        return await conn.fetch(sql, *args)
 
-
-async def _export_messages(store: PostgresSessionStore, session_id: str) -> AsyncIterator[str]:
-    # A cursor needs a transaction; it is read-only and short per session. Not retried
-    # mid-stream: a failure aborts the export (re-run it; import is idempotent).
-    async with store.pool.acquire() as conn, conn.transaction(readonly=True):
-        async for m in conn.cursor(store._q.export_messages, session_id, prefetch=1000):
-            yield json.dumps(
-                {
-                    "type": "message",
-                    "session_id": session_id,
-                    "id": m["id"],
-                    "seq": m["seq"],
-                    "role": m["role"],
-                    "content": decode_text(m["content"]),
-                    "tool_calls": load_json(m["tool_calls"]),
-                    "tool_call_id": m["tool_call_id"],
-                    "raw": load_json(m["raw"]),
-                    "created_at": _iso(m["created_at"]),
-                },
-                ensure_ascii=False,
-            )
+    return fetch
 
 
 def _time(value: Any, line: int, field: str, optional: bool = False) -> datetime | None:
@@ -138,8 +156,10 @@ def _int(value: Any, line: int, field: str) -> int:
 def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
     try:
         ttl = obj.get("ttl_seconds")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ImportFileError(line, "ttl_seconds must be a positive number or null")
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+                raise ImportFileError(line, "ttl_seconds must be a positive number or null")
+            check.duration(ttl, "ttl_seconds")
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ImportFileError(line, "metadata must be an object")
@@ -189,67 +209,191 @@ def _message_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
         raise ImportFileError(line, str(exc)) from exc
 
 
+@dataclass
+class _Import:
+    """The state of one import: decisions about sessions, counts, conflicts."""
+
+    strict: bool
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "sessions_read",
+                "messages_read",
+                "sessions_added",
+                "messages_added",
+                "sessions_present",
+                "messages_present",
+                "messages_skipped",
+            ),
+            0,
+        )
+    )
+    conflicts: list[tuple[int, str]] = field(default_factory=list)
+    conflicts_seen: int = 0
+    refused: set[str] = field(default_factory=set)  # sessions in conflict: their messages are skipped
+    sessions: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)
+    messages: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)
+
+    def conflict(self, line: int, reason: str) -> None:
+        self.conflicts_seen += 1
+        if len(self.conflicts) < _MAX_CONFLICTS_KEPT:
+            self.conflicts.append((line, reason))
+
+    @property
+    def writing(self) -> bool:
+        """Whether rows are still written (a strict import stops at its first conflict, and
+        only goes on reading to report every conflict)."""
+        return not (self.strict and self.conflicts_seen)
+
+    async def flush(self, conn: Connection, q: Any) -> None:
+        sessions, self.sessions = self.sessions, []
+        messages, self.messages = self.messages, []
+        if sessions:
+            await self._sessions(conn, q, sessions)
+        if messages:
+            await self._messages(conn, q, messages)
+
+    async def _sessions(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        stored = {r["id"]: r for r in await conn.fetch(q.import_stored_sessions, [row[0] for _, row in batch])}
+        new: dict[str, tuple[Any, ...]] = {}
+        for line, row in batch:
+            sid, user, agent = row[0], row[1], row[2]
+            have = stored.get(sid)
+            if have is None:
+                if sid in new:  # the same session twice in the file: the first one counts
+                    self.counts["sessions_present"] += 1
+                else:
+                    new[sid] = row
+            elif have["user_id"] != user:
+                self.refused.add(sid)
+                self.conflict(line, f"session {sid!r} belongs to another user; the file says {user!r}")
+            elif have["agent_name"] != agent:
+                self.refused.add(sid)
+                self.conflict(line, f"session {sid!r} is {have['agent_name']!r}'s; the file says {agent!r}")
+            else:
+                self.counts["sessions_present"] += 1
+        if new and self.writing:
+            await conn.execute(q.import_sessions, *[list(c) for c in zip(*new.values(), strict=True)])
+            self.counts["sessions_added"] += len(new)
+
+    async def _messages(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        wanted = [(line, row) for line, row in batch if row[0] not in self.refused]
+        self.counts["messages_skipped"] += len(batch) - len(wanted)
+        if not wanted:
+            return
+        keys = [row[0] for _, row in wanted], [row[2] for _, row in wanted], [row[1] for _, row in wanted]
+        stored_rows = await conn.fetch(q.import_stored_messages, *keys)
+        by_id = {(r["session_id"], r["id"]): r for r in stored_rows}
+        by_seq = {(r["session_id"], r["seq"]): r for r in stored_rows}
+        new: dict[tuple[str, str], tuple[Any, ...]] = {}
+        taken_seqs: set[tuple[str, int]] = set()
+        for line, row in wanted:
+            sid, seq, mid = row[0], row[1], row[2]
+            have = by_id.get((sid, mid))
+            if have is not None:
+                if _same_message(have, row):
+                    self.counts["messages_present"] += 1
+                else:
+                    self.conflict(line, f"message {mid!r} of session {sid!r} differs from the stored one")
+            elif (other := by_seq.get((sid, seq))) is not None or (sid, seq) in taken_seqs:
+                holder = other["id"] if other is not None else "another line of this file"
+                self.conflict(line, f"seq {seq} of session {sid!r} already holds message {holder!r}")
+            elif (sid, mid) in new:
+                self.conflict(line, f"message {mid!r} of session {sid!r} appears twice in the file")
+            else:
+                new[(sid, mid)] = row
+                taken_seqs.add((sid, seq))
+        if new and self.writing:
+            await conn.execute(q.import_messages, *[list(c) for c in zip(*new.values(), strict=True)])
+            await conn.execute(q.raise_last_seq, list({key[0] for key in new}))
+            self.counts["messages_added"] += len(new)
+
+    def report(self) -> ImportReport:
+        return ImportReport(**self.counts, conflicts=tuple(self.conflicts))
+
+
+def _same_message(stored: Any, row: tuple[Any, ...]) -> bool:
+    """Whether a stored message equals an import row (``_message_row``'s shape); times aside."""
+    return bool(
+        stored["seq"] == row[1]
+        and stored["role"] == row[3]
+        and stored["content"] == row[4]
+        and load_json(stored["tool_calls"]) == (None if row[5] is None else load_json(row[5]))
+        and stored["tool_call_id"] == row[6]
+        and load_json(stored["raw"]) == (None if row[7] is None else load_json(row[7]))
+    )
+
+
 async def import_jsonl(
     store: PostgresSessionStore,
     lines: Iterable[str],
     *,
+    on_conflict: Literal["error", "skip"] = "error",
     on_line: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import an export (see the module docstring) in one transaction.
 
-    Raises :class:`ImportFileError` (an :class:`InvalidInput`) naming the first bad line;
-    then nothing is written. *on_line* is called with each line number (progress).
+    Every row is compared with what is stored first: identical rows are skipped as present,
+    absent rows are inserted, and rows that disagree (a session of another user or agent,
+    other content under a stored message id or seq) are conflicts. By default any conflict
+    raises :class:`~convostore.errors.ImportConflict` listing them, and nothing is written;
+    with ``on_conflict="skip"`` they are skipped (with the messages of a conflicting
+    session) and listed in the report. Nothing is ever written into another user's session.
+
+    A malformed line raises :class:`ImportFileError` (an ``InvalidInput``) naming it; then
+    nothing is written. *on_line* is called with each line number (progress).
     """
-    q = store._q
+    if on_conflict not in ("error", "skip"):
+        raise InvalidInput(f"on_conflict must be 'error' or 'skip', not {on_conflict!r}")
+    q = store.queries
+    state = _Import(strict=on_conflict == "error")
     declared: set[str] = set()
-    sessions: list[tuple[Any, ...]] = []
-    messages: list[tuple[Any, ...]] = []
-    counts = {"sessions_read": 0, "messages_read": 0, "sessions_added": 0, "messages_added": 0}
+    async with store.runner.connection("import") as conn, conn.transaction():
+        try:
+            await _read(state, declared, lines, on_line, conn, q)
+        except asyncpg.UniqueViolationError as exc:
+            raise ImportConflict(
+                [(0, "a session or message was written by someone else during the import; run it again")]
+            ) from exc
+        if state.strict and state.conflicts_seen:
+            raise ImportConflict(state.conflicts)
+    return state.report()
 
-    async def flush(conn: Connection) -> None:
-        if sessions:
-            status = await conn.execute(q.import_sessions, *[list(c) for c in zip(*sessions, strict=True)])
-            counts["sessions_added"] += int(status.split()[-1])
-            sessions.clear()
-        if messages:
-            status = await conn.execute(q.import_messages, *[list(c) for c in zip(*messages, strict=True)])
-            counts["messages_added"] += int(status.split()[-1])
-            await conn.execute(q.raise_last_seq, list({m[0] for m in messages}))
-            messages.clear()
 
-    try:
-        async with store.pool.acquire() as conn, conn.transaction():
-            number = 0
-            for number, text in enumerate(lines, start=1):
-                if on_line is not None:
-                    on_line(number)
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ImportFileError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-                if not isinstance(obj, dict):
-                    raise ImportFileError(number, "each line must be a JSON object")
-                kind = obj.get("type")
-                if kind == "session":
-                    row = _session_row(obj, number)
-                    declared.add(row[0])
-                    sessions.append(row)
-                    counts["sessions_read"] += 1
-                elif kind == "message":
-                    row = _message_row(obj, number)
-                    if row[0] not in declared:
-                        raise ImportFileError(number, f"message for session {row[0]!r}, whose line does not come first")
-                    messages.append(row)
-                    counts["messages_read"] += 1
-                else:
-                    raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session' or 'message')")
-                if len(sessions) + len(messages) >= _BATCH:
-                    await flush(conn)
-            await flush(conn)
-    except ConvostoreError:
-        raise
-    except asyncpg.PostgresError as exc:
-        raise InvalidInput(f"import failed, nothing was written: {exc}") from exc
-    return ImportReport(**counts)
+async def _read(
+    state: _Import,
+    declared: set[str],
+    lines: Iterable[str],
+    on_line: Callable[[int], None] | None,
+    conn: Connection,
+    q: Any,
+) -> None:
+    """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*."""
+    for number, text in enumerate(lines, start=1):
+        if on_line is not None:
+            on_line(number)
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(obj, dict):
+            raise ImportFileError(number, "each line must be a JSON object")
+        kind = obj.get("type")
+        if kind == "session":
+            row = _session_row(obj, number)
+            declared.add(row[0])
+            state.sessions.append((number, row))
+            state.counts["sessions_read"] += 1
+        elif kind == "message":
+            row = _message_row(obj, number)
+            if row[0] not in declared:
+                raise ImportFileError(number, f"message for session {row[0]!r}, whose line does not come first")
+            state.messages.append((number, row))
+            state.counts["messages_read"] += 1
+        else:
+            raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session' or 'message')")
+        if len(state.sessions) + len(state.messages) >= _BATCH:
+            await state.flush(conn, q)
+    await state.flush(conn, q)

@@ -20,36 +20,43 @@ class SessionAgent:
 
     History reaches the model through the SDK's own session mechanism (``session=``), not
     through ``context``, which the model never sees. ``current_session_id`` is the session
-    of the latest run, so a conversation continues with ``run(text, session_id=agent.current_session_id)``.
+    of the latest run, so a conversation continues with ``run(text, session_id=agent.current_session_id)``;
+    continuing it without a *user_id* keeps the user it was started with.
     """
 
     def __init__(self, agent: Agent[Any], store: PostgresSessionStore, **runner_kwargs: Any) -> None:
         self.agent = agent
         self.store = store
         self.current_session_id: str | None = None
+        self.current_user_id: str | None = None
         self._runner_kwargs = runner_kwargs
 
-    def session(self, session_id: str | None = None, user_id: str = "default") -> PostgresSession:
-        """The SDK session for *session_id* (a new id when ``None``); sets ``current_session_id``."""
+    def session(self, session_id: str | None = None, user_id: str | None = None) -> PostgresSession:
+        """The SDK session for *session_id* (a new id when ``None``), owned by *user_id* (by
+        default the user of the current session when continuing it, else ``"default"``);
+        sets ``current_session_id`` and ``current_user_id``."""
         sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
-        self.current_session_id = sid
-        return PostgresSession(sid, store=self.store, user_id=user_id, agent_name=self.agent.name)
+        if user_id is None:
+            user_id = self.current_user_id if sid == self.current_session_id and self.current_user_id else "default"
+        session = PostgresSession(sid, store=self.store, user_id=user_id, agent_name=self.agent.name)
+        self.current_session_id, self.current_user_id = sid, session.user_id
+        return session
 
-    async def run(self, user_input: str, session_id: str | None = None, user_id: str = "default") -> str:
+    async def run(self, user_input: str, session_id: str | None = None, user_id: str | None = None) -> str:
         """Run one turn and return the final output as text."""
         session = self.session(session_id, user_id)
         result = await Runner.run(self.agent, user_input, session=session, **self._runner_kwargs)
         return str(result.final_output)
 
     def run_streamed(
-        self, user_input: str, session_id: str | None = None, user_id: str = "default"
+        self, user_input: str, session_id: str | None = None, user_id: str | None = None
     ) -> RunResultStreaming:
         """Start a streamed turn; consume ``stream_events()`` on the result."""
         session = self.session(session_id, user_id)
         return Runner.run_streamed(self.agent, user_input, session=session, **self._runner_kwargs)
 
     async def stream_text(
-        self, user_input: str, session_id: str | None = None, user_id: str = "default"
+        self, user_input: str, session_id: str | None = None, user_id: str | None = None
     ) -> AsyncIterator[str]:
         """Run a streamed turn, yielding the answer's text as it arrives."""
         result = self.run_streamed(user_input, session_id, user_id)

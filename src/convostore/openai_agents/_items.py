@@ -1,4 +1,4 @@
-"""Projection of Agents SDK items onto the seed's columns, and history-window rules.
+"""Projection of Agents SDK items onto the seed's columns, and back.
 
 Each item is stored verbatim in ``raw`` (what ``get_items`` returns) and also projected into
 ``role``, ``content``, ``tool_calls`` and ``tool_call_id`` so that conversations can be read
@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import InvalidMessage
 from ..models import ROLES, Message, NewMessage
 
 # Tool-call item types and the type of their output item (as in the SDK's own rules).
@@ -45,7 +46,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _as_dict(item: Any) -> Mapping[str, Any]:
+def _as_dict(item: Any, where: str) -> Mapping[str, Any]:
     if isinstance(item, Mapping):
         return item
     dump = getattr(item, "model_dump", None)  # pydantic models from the openai package
@@ -53,27 +54,40 @@ def _as_dict(item: Any) -> Mapping[str, Any]:
         dumped = dump(exclude_unset=True, mode="json")
         if isinstance(dumped, Mapping):
             return dumped
-    raise TypeError(f"not an input item: {type(item).__name__}")
+    raise InvalidMessage(f"{where} is not an input item: {type(item).__name__}")
 
 
-def to_message(item: Any) -> NewMessage:
-    """Project one SDK input item into a :class:`NewMessage` keeping the item in ``raw``."""
-    data = _as_dict(item)
+def _id(*values: Any) -> str | None:
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def to_message(item: Any, index: int = 0) -> NewMessage:
+    """Project one SDK input item into a :class:`NewMessage` keeping the item in ``raw``.
+
+    Raises :class:`InvalidMessage` for what is not an input item: a mapping with neither a
+    message ``role`` nor an item ``type``, or a function call without its ``call_id``.
+    """
+    where = f"item {index}"
+    data = _as_dict(item, where)
     kind = data.get("type")
     role = data.get("role")
     if kind in (None, "message") and isinstance(role, str) and role in ROLES:
         return NewMessage(role=role, content=_text_of(data.get("content")), raw=data)
-    call_id = data.get("call_id")
-    if isinstance(kind, str) and (kind in OUTPUT_TYPES or kind.endswith("_output")):
+    if not isinstance(kind, str) or not kind:
+        raise InvalidMessage(f"{where} has neither a message role ({sorted(ROLES)}) nor an item 'type': {data!r:.80}")
+    call_id = _id(data.get("call_id"))
+    if kind in OUTPUT_TYPES or kind.endswith("_output"):
         output = data.get("output")
         text = output if isinstance(output, str) else _text_of(output) or json.dumps(output, ensure_ascii=False)
-        return NewMessage(
-            role="tool",
-            content=text,
-            tool_call_id=call_id if isinstance(call_id, str) and call_id else None,
-            raw=data,
-        )
+        answered = _id(call_id, data.get("approval_request_id"))
+        # An output that names no call is kept as the assistant's: a tool message needs one.
+        return NewMessage(role="tool" if answered else "assistant", content=text, tool_call_id=answered, raw=data)
     if kind == "function_call":
+        if call_id is None:
+            raise InvalidMessage(f"{where}: a function_call needs its 'call_id'")
         call = {
             "id": call_id,
             "type": "function",
@@ -83,29 +97,12 @@ def to_message(item: Any) -> NewMessage:
     if kind == "reasoning":
         summary = data.get("summary")
         return NewMessage(role="assistant", content=_text_of(summary), raw=data)
-    if isinstance(kind, str) and (kind.endswith("_call") or kind in CALL_TO_OUTPUT or kind.startswith("mcp_")):
-        call = {"id": call_id or data.get("id"), "type": kind}
-        return NewMessage(role="assistant", content="", tool_calls=[call], raw=data)
+    if kind.endswith("_call") or kind in CALL_TO_OUTPUT or kind.startswith("mcp_"):
+        ref = _id(call_id, data.get("id"))
+        calls = [{"id": ref, "type": kind}] if ref else None
+        return NewMessage(role="assistant", content="", tool_calls=calls, raw=data)
     # compaction, item_reference and anything newer: kept verbatim, attributed to the assistant.
     return NewMessage(role="assistant", content="", raw=data)
-
-
-def drop_orphan_outputs(items: list[Any]) -> list[Any]:
-    """Remove tool outputs whose call is not in *items* (a window cut them apart)."""
-    calls = {
-        (CALL_TO_OUTPUT[item["type"]], item.get("call_id"))
-        for item in items
-        if isinstance(item, Mapping) and item.get("type") in CALL_TO_OUTPUT
-    }
-    return [
-        item
-        for item in items
-        if not (
-            isinstance(item, Mapping)
-            and item.get("type") in CALL_TO_OUTPUT.values()
-            and (item["type"], item.get("call_id")) not in calls
-        )
-    ]
 
 
 def to_items(message: Message) -> list[dict[str, Any]]:

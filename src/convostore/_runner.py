@@ -1,0 +1,582 @@
+"""The one place where statements run: connection pools, attempts within a deadline, errors.
+
+Everything that talks to PostgreSQL goes through a :class:`Runner`: the store, the append
+coalescer, export and import, the framework adapters. It owns
+
+* **the pools, one per event loop**, created on first use in that loop. asyncpg connections
+  belong to the loop that opened them, so a store shared by ``Runner.run_sync`` calls or by
+  worker threads gets a pool in each loop instead of failing (or worse, committing a write on
+  a connection another loop is using). A pool closes when its loop shuts down.
+* **attempts** (:meth:`Runner.run`): each attempt gets what is left of the call's deadline
+  for its pool, its connection and its statement, never the full timeouts again (psycopg_pool's
+  ``AttemptWithBackoff`` is the model), so no call outlives its deadline.
+* **the classification of driver errors**, once, on asyncpg's exception classes, and their
+  translation into convostore's hierarchy with the cause kept and passwords scrubbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ._types import Connection
+from .errors import (
+    ConvostoreError,
+    DatabaseError,
+    DuplicateMessageId,
+    InvalidInput,
+    SchemaNotReady,
+    SessionNotFound,
+    StoreClosed,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from .retry import RetryPolicy
+
+logger = logging.getLogger("convostore")
+
+T = TypeVar("T")
+
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+
+
+def redact(url: str) -> str:
+    """*url* with every password (``user:pw@`` or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    if any(k in _SECRET_KEYS for k, _ in query):
+        query_text = urlencode([(k, "***" if k in _SECRET_KEYS else v) for k, v in query], safe="*/")
+    else:
+        query_text = parts.query
+    return urlunsplit(parts._replace(netloc=netloc, query=query_text))
+
+
+def _secrets_of(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [v for k, v in parse_qsl(parts.query) if k in _SECRET_KEYS and v]
+        if parts.password:
+            found.append(parts.password)
+    except ValueError:
+        return []
+    return found
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, or just the type when the message is blank (``TimeoutError()``)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Failure(enum.Enum):
+    """What a failed attempt tells about the statement it carried."""
+
+    NOT_SENT = "not sent"  # no connection: nothing reached the server
+    ROLLED_BACK = "rolled back"  # the server rolled it back (serialization failure, deadlock)
+    CONNECTION_LOST = "connection lost"  # it may or may not have committed
+    TIMED_OUT = "timed out"  # ran past its time: the caller's deadline, not retried
+    STATEMENT = "statement"  # the statement itself was refused: never retried
+
+
+_CONNECT_REFUSED = (
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.TooManyConnectionsError,  # 53300
+    asyncpg.ConfigurationLimitExceededError,  # 53400
+    asyncpg.exceptions.ConnectionRejectionError,  # 08004
+    asyncpg.exceptions.ClientCannotConnectError,  # 08001
+)
+_SERVER_WENT_AWAY = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # the connection was left mid-protocol
+    OSError,
+)
+
+
+def classify(exc: BaseException, conn: Connection | None = None) -> Failure:
+    """Classify *exc*, raised by an attempt that ran on *conn* (``None``: before a connection
+    was had). Decided by exception class; an ``InterfaceError`` counts as the connection's
+    failure only when the connection is in fact closed."""
+    if conn is None:
+        # No connection yet (opening the pool, connecting, waiting for a free connection):
+        # whatever went wrong, nothing was sent.
+        if isinstance(exc, (*_CONNECT_REFUSED, *_SERVER_WENT_AWAY, asyncpg.InterfaceError, asyncio.TimeoutError)):
+            return Failure.NOT_SENT
+        return Failure.STATEMENT
+    if isinstance(exc, (asyncio.TimeoutError, asyncpg.QueryCanceledError)):
+        return Failure.TIMED_OUT
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return Failure.ROLLED_BACK
+    if isinstance(exc, _SERVER_WENT_AWAY):
+        return Failure.CONNECTION_LOST
+    if isinstance(exc, asyncpg.InterfaceError) and is_closed(conn):
+        return Failure.CONNECTION_LOST
+    return Failure.STATEMENT
+
+
+def is_closed(conn: Connection) -> bool:
+    """Whether *conn* is closed, or already detached from its pool (asyncpg releases a pooled
+    connection itself when the server goes away)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+def translate(
+    exc: BaseException, what: str, failure: Failure, scrub: Callable[[str], str], url: str | None = None
+) -> ConvostoreError:
+    """Our error for a driver error (the caller raises it ``from exc``); *scrub* removes
+    passwords from the text, *url* names the server when no connection could be had."""
+    if failure is Failure.TIMED_OUT:
+        return StoreTimeout(f"{what}: timed out ({describe(exc)})")
+    if failure is Failure.NOT_SENT:
+        where = redact(url) if url else "the database"
+        if isinstance(exc, asyncio.TimeoutError):
+            return StoreUnavailable(scrub(f"cannot connect to {where}: no connection could be opened or freed in time"))
+        return StoreUnavailable(scrub(f"cannot connect to {where}: {describe(exc)}"))
+    if failure is not Failure.STATEMENT:
+        return StoreUnavailable(scrub(f"{what}: {failure.value}: {describe(exc)}"))
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return SessionNotFound(f"{what}: the session does not exist")
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return DuplicateMessageId(f"{what}: an id is already taken ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.CheckViolationError):
+        return InvalidInput(f"{what}: rejected by the schema ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.DataError):  # class 22: too long, bad encoding, out of range...
+        return InvalidInput(f"{what}: {exc}")
+    if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedFunctionError)):
+        return SchemaNotReady(f"{what}: the schema is missing or not migrated ({exc}); run `convostore migrate`")
+    return DatabaseError(scrub(f"{what}: {describe(exc)}"))
+
+
+class _Attempt(Exception):
+    """Internal: an attempt failed with *failure*; ``__cause__`` is the driver error."""
+
+    def __init__(self, failure: Failure, conn: Connection | None) -> None:
+        super().__init__(failure.value)
+        self.failure = failure
+        self.conn = conn
+
+
+async def _keep_session_state(conn: Connection) -> None:
+    """Pool ``reset`` hook. asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore never
+    sets session state (its advisory locks and settings are transaction-scoped), and asyncpg
+    still rolls back an open transaction before calling this hook, so there is nothing to reset."""
+
+
+async def settle_despite_cancel(awaitable: Awaitable[T]) -> T:
+    """Await *awaitable* to its end even if the caller is cancelled meanwhile, then re-raise
+    the cancellation: a cancelled caller never returns before its own write is settled, so
+    its next write cannot overtake it (the Agents SDK's ``_await_mutation``)."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller asked to be cancelled and is told so
+        raise cancelled
+    return task.result()
+
+
+@dataclass
+class _LoopState:
+    """What a runner keeps per event loop."""
+
+    opening: asyncio.Future[asyncpg.Pool] | None = None
+    pool: asyncpg.Pool | None = None
+    locals: dict[str, Any] = field(default_factory=dict)
+    # An async generator the loop closes in shutdown_asyncgens(): our hook to close the pool
+    # while the loop still runs (asyncio.run() calls it before closing the loop).
+    closer: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """How pools are built (durations in seconds)."""
+
+    min_size: int = 1
+    max_size: int = 10
+    command_timeout: float | None = 30.0
+    acquire_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    max_inactive_connection_lifetime: float = 300.0
+    pgbouncer: bool = False
+    connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs functions of a connection against one database (see the module docstring).
+
+    *url* is resolved on first use: the given URL, else ``$DATABASE_URL``, else the embedded
+    PostgreSQL (started in a thread). Thread-safe: each thread's event loop gets its own pool.
+    *prepare* runs on each new pool before any call may use it (the store migrates there).
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        options: PoolOptions,
+        retry: RetryPolicy,
+        *,
+        prepare: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        self._url = url
+        self._prepare = prepare
+        self.options = options
+        self.retry = retry
+        self._lock = threading.Lock()
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._closed = False
+        self._secrets: list[str] = _secrets_of(url) if url else []
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str | None:
+        """The database URL once resolved (``None`` before first use, if none was given)."""
+        return self._url
+
+    def scrub(self, text: str) -> str:
+        """*text* with this runner's passwords replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def resolve_url(self) -> str:
+        """The URL to connect to (may start the embedded PostgreSQL, in a thread)."""
+        if self._url is None:
+            import os
+
+            url = os.environ.get("DATABASE_URL") or None
+            if url is None:
+                from .embedded import embedded_url
+
+                url = await asyncio.to_thread(embedded_url)
+            self._secrets = _secrets_of(url)
+            self._url = url
+        return self._url
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def reopen(self) -> None:
+        """Allow use again after :meth:`close` (``connect()`` after ``close()``)."""
+        self._closed = False
+
+    def _state(self) -> _LoopState:
+        if self._closed:
+            raise StoreClosed("the store is closed: call connect() to use it again")
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.get(loop)
+            if state is None:
+                self._forget_dead_loops()
+                state = self._loops[loop] = _LoopState()
+        return state
+
+    def _forget_dead_loops(self) -> None:
+        """Drop the pools of loops that closed without shutting their async generators down
+        (the caller holds ``_lock``). Their connections cannot be closed politely any more."""
+        for loop in [loop for loop in self._loops if loop.is_closed()]:
+            pool = self._loops.pop(loop).pool
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    pool.terminate()
+
+    def loop_local(self, key: str, factory: Callable[[], T]) -> T:
+        """A per-event-loop object (e.g. the append coalescer), made by *factory* on first use."""
+        state = self._state()
+        value = state.locals.get(key)
+        if value is None:
+            value = state.locals[key] = factory()
+        return cast(T, value)
+
+    def find_local(self, key: str) -> Any:
+        """The per-event-loop object *key* of the running loop, or ``None`` if there is none."""
+        with self._lock:
+            state = self._loops.get(asyncio.get_running_loop())
+        return None if state is None else state.locals.get(key)
+
+    def current_pool(self) -> asyncpg.Pool | None:
+        """This loop's pool, if it is open."""
+        with self._lock:
+            try:
+                state = self._loops.get(asyncio.get_running_loop())
+            except RuntimeError:
+                return None
+        return None if state is None else state.pool
+
+    async def pool(self, budget: float | None = None) -> asyncpg.Pool:
+        """This loop's pool, opened on first use within *budget* seconds. Concurrent first
+        callers share one opening (never two pools for one loop)."""
+        state = self._state()
+        if state.pool is not None:
+            return state.pool
+        if state.opening is None:
+            state.opening = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._open(state, budget))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        return await asyncio.shield(state.opening)
+
+    async def _open(self, state: _LoopState, budget: float | None) -> None:
+        assert state.opening is not None
+        opening = state.opening
+        pool = None
+        try:
+            url = await self.resolve_url()
+            o = self.options
+            pool = asyncpg.create_pool(
+                url,
+                min_size=o.min_size,
+                max_size=o.max_size,
+                command_timeout=o.command_timeout,
+                statement_cache_size=0 if o.pgbouncer else 1024,
+                max_inactive_connection_lifetime=o.max_inactive_connection_lifetime,
+                reset=_keep_session_state,
+                timeout=o.connect_timeout if budget is None else min(o.connect_timeout, budget),
+                **o.connect_kwargs,
+            )
+            async with asyncio.timeout(o.connect_timeout if budget is None else min(o.connect_timeout, budget)):
+                await pool
+            if self._prepare is not None:
+                async with asyncio.timeout(budget), pool.acquire() as conn:
+                    await self._prepare(conn)
+        except BaseException as exc:
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    pool.terminate()
+            state.opening = None
+            opening.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        state.pool = pool
+        state.closer = self._closer(pool)
+        with contextlib.suppress(StopAsyncIteration):
+            await state.closer.__anext__()
+        logger.debug("connected to %s", redact(self._url or ""))
+        opening.set_result(pool)
+
+    async def _closer(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # Reached from loop.shutdown_asyncgens() (end of asyncio.run), or close().
+            with self._lock:
+                for state in self._loops.values():
+                    if state.pool is pool:
+                        state.pool = None
+            await _close_pool(pool)
+
+    async def close(self) -> None:
+        """Close every pool: this loop's politely, other live loops' from their own thread,
+        closed loops' by dropping their connections. Calls made afterwards raise
+        :class:`StoreClosed` until the store is opened again."""
+        self._closed = True
+        with self._lock:
+            states = list(self._loops.items())
+            self._loops.clear()
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, state in states:
+            pool, state.pool = state.pool, None
+            if pool is None:
+                continue
+            if loop is current:
+                await _close_pool(pool)
+            elif not loop.is_closed() and loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_close_pool(pool), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(future), 10)
+            else:
+                with contextlib.suppress(Exception):
+                    pool.terminate()
+
+    # -- running -------------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """The loop time by which a call starting now must end (``None``: no deadline)."""
+        if self.retry.deadline is None:
+            return None
+        return asyncio.get_running_loop().time() + self.retry.deadline
+
+    async def run(
+        self,
+        what: str,
+        fn: Callable[[Connection], Awaitable[T]],
+        *,
+        session_id: str | None = None,
+        idempotent: bool = True,
+        deadline: float | None = None,
+    ) -> T:
+        """Run *fn* on a pooled connection, retrying failures of the connection or server.
+
+        Each attempt gets what is left of the deadline (*deadline*, a loop time, defaults to
+        now plus the policy's). A non-idempotent *fn* (``pop_message``) is retried only when
+        the failure proves it had no effect. Raises only :class:`ConvostoreError`.
+        """
+        attempts = _Attempts(self, what, session_id, deadline)
+        while True:
+            budget = attempts.budget()
+            try:
+                conn, pool = await self._acquire(budget)
+            except _Attempt as failed:
+                await attempts.failed(failed, retry=True)
+                continue
+            lost: _Attempt | None = None
+            try:
+                async with asyncio.timeout(budget):
+                    return await fn(conn)
+            except ConvostoreError:
+                raise  # ours, raised on purpose inside fn: never retried
+            except Exception as exc:
+                lost = self._failed(exc, conn)
+            finally:
+                await _release(pool, conn, lost)
+            assert lost is not None
+            retry = lost.failure is Failure.ROLLED_BACK or (lost.failure is Failure.CONNECTION_LOST and idempotent)
+            await attempts.failed(lost, retry=retry)
+
+    async def _acquire(self, budget: float | None) -> tuple[PoolConnectionProxy[Any], asyncpg.Pool]:
+        """One try at a connection within *budget*; raises :class:`_Attempt` (NOT_SENT)."""
+        try:
+            pool = await self.pool(budget)
+            async with asyncio.timeout(_within(self.options.acquire_timeout, budget)):
+                conn = await pool.acquire()
+        except ConvostoreError:
+            raise
+        except Exception as exc:
+            raise _Attempt(classify(exc, None), None) from exc
+        return conn, pool
+
+    def _failed(self, exc: Exception, conn: Connection) -> _Attempt:
+        failure = classify(exc, conn)
+        if failure is Failure.CONNECTION_LOST and not is_closed(conn):
+            # The connection may be dead or stuck mid-protocol: terminate it so that the pool
+            # replaces it rather than handing it out again (the reset hook is a no-op). Never
+            # after a timeout: asyncpg has asked the server to cancel the statement, and
+            # closing the socket instead would let a statement blocked on a lock run (and
+            # commit) once the lock is free, after its caller was told it failed.
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        failed = _Attempt(failure, conn)
+        failed.__cause__ = exc
+        return failed
+
+    @contextlib.asynccontextmanager
+    async def connection(self, what: str) -> AsyncIterator[Connection]:
+        """A pooled connection for work that cannot be retried as a whole (a streaming import):
+        getting it is retried within the deadline; failures while using it are translated."""
+        attempts = _Attempts(self, what, None, None)
+        while True:
+            try:
+                conn, pool = await self._acquire(attempts.budget())
+                break
+            except _Attempt as failed:
+                await attempts.failed(failed, retry=True)
+        try:
+            yield conn
+        except ConvostoreError:
+            raise
+        except Exception as exc:
+            lost = self._failed(exc, conn)
+            raise translate(exc, what, lost.failure, self.scrub, self.url) from exc
+        finally:
+            await pool.release(conn, timeout=_CANCEL_WAIT)
+
+
+class _Attempts:
+    """The bookkeeping of one call's attempts: its deadline, its count, its backoff."""
+
+    def __init__(self, runner: Runner, what: str, session_id: str | None, deadline: float | None) -> None:
+        self._runner = runner
+        self._loop = asyncio.get_running_loop()
+        self._what = what
+        self._session_id = session_id
+        self._end = deadline if deadline is not None else runner.deadline()
+        self._count = 0
+
+    def budget(self) -> float | None:
+        """Seconds left for the next attempt (``None``: unbounded)."""
+        self._count += 1
+        if self._end is None:
+            return None
+        return max(self._end - self._loop.time(), 0.001)
+
+    async def failed(self, failed: _Attempt, *, retry: bool) -> None:
+        """Sleep before the next attempt, or raise the translated error if there is none."""
+        exc = failed.__cause__
+        assert isinstance(exc, BaseException)
+        policy = self._runner.retry
+        delay = policy.backoff(self._count)
+        left = None if self._end is None else self._end - self._loop.time()
+        out_of_time = left is not None and left < 0.01
+        out_of_attempts = policy.attempts is not None and self._count >= policy.attempts
+        if not retry or out_of_time or out_of_attempts:
+            error = translate(exc, self._what, failed.failure, self._runner.scrub, self._runner.url)
+            if retry:
+                # Transient, but the call is out of time or attempts: say so.
+                why = f"deadline of {policy.deadline}s" if out_of_time else f"{self._count} attempts"
+                error = (StoreTimeout if out_of_time else StoreUnavailable)(f"{error} (gave up after {why})")
+            raise error from exc
+        logger.info(
+            "%s: %s (%s, session %s); retry %d in %.3fs",
+            self._what,
+            failed.failure.value,
+            self._runner.scrub(describe(exc)),
+            self._session_id,
+            self._count,
+            delay,
+        )
+        await asyncio.sleep(delay if left is None else min(delay, left))
+
+
+# How long releasing a connection waits for the server to confirm a cancelled statement
+# before the connection is terminated instead.
+_CANCEL_WAIT = 2.0
+
+
+async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any], failed: _Attempt | None) -> None:
+    # asyncpg shields release itself, so a cancelled caller cannot leak the connection; after
+    # a timeout it first waits (boundedly) for the server to confirm the cancellation.
+    await pool.release(conn, timeout=_CANCEL_WAIT if failed is not None else None)
+
+
+def _within(timeout: float | None, budget: float | None) -> float | None:
+    if budget is None:
+        return timeout
+    if timeout is None:
+        return budget
+    return min(timeout, budget)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except Exception:
+        pool.terminate()
