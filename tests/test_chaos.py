@@ -1,27 +1,44 @@
-"""Chaos: appends keep their promises while the server restarts and connections drop.
+"""The history checker: what callers were told, compared with what is stored, under faults.
 
-32 tasks append for ``CONVOSTORE_CHAOS_SECONDS`` (default 30) through a TCP proxy that drops
-connections at random, to a throwaway PostgreSQL that is stopped and started three times
-(once by crash). Then every acknowledged append is accounted for, Jepsen-style.
+32 writers append for ``CONVOSTORE_CHAOS_SECONDS`` (default 20) to 16 shared sessions of a
+throwaway PostgreSQL, through a TCP proxy that drops connections at random, while
+
+* callers are cancelled at random points of their calls,
+* statements have a short ``command_timeout`` and another connection keeps locking random
+  session rows for longer than that,
+* the server is stopped and started three times (once by crash), each time for less than
+  the calls' deadline.
+
+Every call's outcome is recorded (acknowledged with its seq, cancelled, or failed with its
+error) with its duration. Afterwards, Jepsen-style: every acknowledged append is stored
+exactly once with the seq it was given, batches are whole or absent, each writer's appends
+are stored in the order it made them (cancelled or failed ones included, when stored), no
+call outlived its deadline by more than a second, no call was left pending, and no call
+failed for want of the server (the restarts are shorter than the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import asyncpg
 import pytest
 
-from convostore import ConvostoreError, PostgresSessionStore, RetryPolicy
+from convostore import ConvostoreError, PostgresSessionStore, RetryPolicy, StoreTimeout
 
 from ._chaos import TcpProxy, ThrowawayServer
 
-SECONDS = float(os.environ.get("CONVOSTORE_CHAOS_SECONDS", "30"))
+SECONDS = float(os.environ.get("CONVOSTORE_CHAOS_SECONDS", "20"))
+DEADLINE = 10.0
+COMMAND_TIMEOUT = 0.5
 
 
 @pytest.fixture
@@ -36,85 +53,131 @@ def chaos() -> Iterator[tuple[ThrowawayServer, TcpProxy]]:
 
 
 @dataclass
-class Writer:
-    session_id: str
-    acked: list[tuple[str, int, float]] = field(default_factory=list)  # (id, seq, when)
-    failed: list[str] = field(default_factory=list)
+class Call:
+    """One append as its caller saw it."""
+
+    writer: int
+    index: int
+    texts: list[str]
+    outcome: str = "pending"  # acked, cancelled, timeout, failed
+    seqs: list[int] = field(default_factory=list)
+    error: str = ""
+    took: float = 0.0
 
 
 @pytest.mark.slow
-async def test_no_acknowledged_append_is_lost_duplicated_or_reordered(
+async def test_history_under_cancellations_timeouts_locks_drops_and_restarts(
     chaos: tuple[ThrowawayServer, TcpProxy],
 ) -> None:
     server, proxy = chaos
-    policy = RetryPolicy(attempts=10_000, initial_backoff=0.02, max_backoff=0.5, deadline=15.0)
+    policy = RetryPolicy(initial_backoff=0.02, max_backoff=0.5, deadline=DEADLINE)
     store = PostgresSessionStore(
-        proxy.url, min_size=2, max_size=20, retry=policy, command_timeout=5.0, acquire_timeout=5.0
+        proxy.url, schema="public", max_size=20, retry=policy, command_timeout=COMMAND_TIMEOUT, acquire_timeout=5.0
     )
-    await store.connect()
-    writers = [Writer((await store.create_session(f"user-{w}", "chaos")).id) for w in range(32)]
+    sessions = [(await store.create_session(f"user-{s}", "chaos")).id for s in range(16)]
+    calls: list[Call] = []
     stop = asyncio.Event()
-    ups: list[float] = []
+    restarts: list[float] = []
 
-    async def write(w: int, writer: Writer) -> None:
+    async def write(w: int) -> None:
+        sid = sessions[w % 16]
         i = 0
         while not stop.is_set():
-            message_id = f"{w}-{i}"
+            call = Call(w, i, [f"{w}:{i}:{j}" for j in range(random.choice((1, 1, 1, 2, 3)))])
+            calls.append(call)
+            task = asyncio.create_task(store.add_messages(sid, [{"role": "user", "content": t} for t in call.texts]))
+            start = time.monotonic()
+            if random.random() < 0.05:
+                await asyncio.sleep(random.choice((0, 0.001, 0.005, 0.02)))
+                task.cancel()
             try:
-                stored = await store.add_message(writer.session_id, "user", f"writer {w} #{i}", message_id=message_id)
-            except ConvostoreError:
-                writer.failed.append(message_id)
+                stored = await task
+            except asyncio.CancelledError:
+                call.outcome = "cancelled"
+            except StoreTimeout as exc:
+                call.outcome, call.error = "timeout", str(exc)
+            except ConvostoreError as exc:
+                call.outcome, call.error = "failed", f"{type(exc).__name__}: {exc}"
             else:
-                writer.acked.append((message_id, stored.seq, time.monotonic()))
+                call.outcome, call.seqs = "acked", [m.seq for m in stored]
+            call.took = time.monotonic() - start
             i += 1
 
-    async def faults() -> None:
+    async def restart_server() -> None:
         start = time.monotonic()
         for n, at in enumerate((0.2, 0.45, 0.7)):
             await asyncio.sleep(max(0.0, start + at * SECONDS - time.monotonic()))
             await asyncio.to_thread(server.stop, "immediate" if n == 1 else "fast")
             await asyncio.sleep(1.5)
             await asyncio.to_thread(server.start)
-            ups.append(time.monotonic())
+            restarts.append(time.monotonic())
 
-    async def drops() -> None:
+    async def drop_connections() -> None:
         while not stop.is_set():
             await asyncio.sleep(random.uniform(0.2, 1.0))
             proxy.drop_random()
 
-    tasks = [asyncio.create_task(write(w, writer)) for w, writer in enumerate(writers)]
-    chaos_tasks = [asyncio.create_task(faults()), asyncio.create_task(drops())]
-    await asyncio.sleep(SECONDS)
-    await chaos_tasks[0]
-    stop.set()
-    await asyncio.gather(*tasks, chaos_tasks[1])
+    async def lock_sessions() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(random.uniform(0.3, 1.0))
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                conn = await asyncpg.connect(proxy.url, timeout=2)
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT 1 FROM agent_sessions WHERE id = $1 FOR UPDATE", random.choice(sessions)
+                        )
+                        await asyncio.sleep(COMMAND_TIMEOUT * 2)
+                finally:
+                    await conn.close(timeout=2)
 
-    # Account for every acknowledged append.
-    acked = lost = duplicated = reordered = unacked_present = unacked_absent = 0
-    for writer in writers:
-        stored = await store.get_messages(writer.session_id)
-        ids = [m.id for m in stored]
-        duplicated += len(ids) - len(set(ids))
-        position = {mid: n for n, mid in enumerate(ids)}
-        acked += len(writer.acked)
-        lost += sum(1 for mid, _, _ in writer.acked if mid not in position)
-        order = [position[mid] for mid, _, _ in writer.acked if mid in position]
-        reordered += sum(1 for a, b in itertools.pairwise(order) if a > b)
-        seqs = {m.id: m.seq for m in stored}
-        reordered += sum(1 for mid, seq, _ in writer.acked if mid in seqs and seqs[mid] != seq)
-        unacked_present += sum(1 for mid in writer.failed if mid in position)
-        unacked_absent += sum(1 for mid in writer.failed if mid not in position)
-    all_acks = sorted(t for writer in writers for _, _, t in writer.acked)
-    recovery = [min((t for t in all_acks if t >= up), default=float("inf")) - up for up in ups]
+    writers = [asyncio.create_task(write(w)) for w in range(32)]
+    faults = [asyncio.create_task(f()) for f in (drop_connections, lock_sessions)]
+    restarting = asyncio.create_task(restart_server())
+    await asyncio.sleep(SECONDS)
+    await restarting
+    stop.set()
+    _, pending = await asyncio.wait(writers, timeout=DEADLINE + 5)
+    await asyncio.gather(*faults, return_exceptions=True)
+    assert not pending, f"{len(pending)} writers never returned"
+    assert all(c.outcome != "pending" for c in calls)
+
+    # What is stored, by content ("writer:index:part").
+    stored: dict[str, tuple[str, int]] = {}
+    duplicated = 0
+    for sid in sessions:
+        for m in await store.get_messages(sid):
+            duplicated += m.content in stored
+            stored[m.content] = (sid, m.seq)
     await store.close()
 
-    print(
-        f"\nchaos {SECONDS:.0f}s, 32 writers, 3 restarts, {proxy.dropped} dropped connections: "
-        f"acknowledged {acked}, lost {lost}, duplicated {duplicated}, reordered {reordered}; "
-        f"not acknowledged {unacked_present + unacked_absent} ({unacked_present} stored, {unacked_absent} not); "
-        f"server-up to first write {', '.join(f'{r:.2f}s' for r in recovery)}"
+    outcomes = Counter(c.outcome for c in calls)
+    lost = sum(1 for c in calls if c.outcome == "acked" for t in c.texts if t not in stored)
+    wrong_seq = sum(
+        1
+        for c in calls
+        if c.outcome == "acked"
+        for t, s in zip(c.texts, c.seqs, strict=True)
+        if t in stored and stored[t][1] != s
     )
-    assert len(ups) == 3
-    assert acked > 100
-    assert (lost, duplicated, reordered) == (0, 0, 0)
-    assert all(r < 15 for r in recovery)
+    partial = sum(1 for c in calls if 0 < sum(t in stored for t in c.texts) < len(c.texts))
+    unacked_stored = sum(1 for c in calls if c.outcome != "acked" and c.texts[0] in stored)
+    reordered = 0
+    for w in range(32):
+        seqs = [stored[c.texts[0]][1] for c in calls if c.writer == w and c.texts[0] in stored]
+        reordered += sum(1 for a, b in itertools.pairwise(seqs) if a >= b)
+    slowest = max(c.took for c in calls)
+    failed = Counter(c.error.split(":")[0] for c in calls if c.outcome == "failed")
+    print(
+        f"\nhistory {SECONDS:.0f}s, 32 writers on 16 sessions, 3 restarts, {proxy.dropped} dropped connections: "
+        f"{len(calls)} calls: {outcomes['acked']} acknowledged, {outcomes['cancelled']} cancelled, "
+        f"{outcomes['timeout']} timed out (row locks), {outcomes['failed']} failed {dict(failed)}; "
+        f"lost {lost}, duplicated {duplicated}, wrong seq {wrong_seq}, partial batches {partial}, "
+        f"reordered {reordered}; unacknowledged but stored {unacked_stored}; "
+        f"slowest call {slowest:.2f}s (deadline {DEADLINE:.0f}s)"
+    )
+    assert len(restarts) == 3
+    assert outcomes["acked"] > 100
+    assert (lost, duplicated, wrong_seq, partial, reordered) == (0, 0, 0, 0, 0)
+    assert outcomes["failed"] == 0, f"calls failed although every restart was shorter than the deadline: {failed}"
+    assert slowest <= DEADLINE + 1

@@ -58,7 +58,8 @@ def mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.S
 
 roles = mostly(st.sampled_from(["user", "assistant", "tool", "system", "developer"]), maybe_text)
 contents = mostly(hostile_text, wrong_types)
-optional_ids = mostly(st.one_of(st.none(), hostile_text), wrong_types)
+plain_ids = st.text(alphabet=st.characters(categories=("L", "N", "P", "S")), min_size=1, max_size=30)
+optional_ids = mostly(st.one_of(st.none(), plain_ids), st.one_of(hostile_text, wrong_types))
 tool_calls_ = st.fixed_dictionaries({"id": hostile_text}, optional={"type": hostile_text, "function": json_values})
 tool_call_lists = mostly(st.one_of(st.none(), st.lists(tool_calls_, max_size=3)), st.lists(json_values, max_size=3))
 OUTCOMES: dict[str, int] = {"stored": 0, "refused": 0}
@@ -74,12 +75,22 @@ async def _snapshot(store: PostgresSessionStore, session_id: str) -> Session | N
 
 @FUZZ
 @given(role=roles, content=contents, tool_calls=tool_call_lists, tool_call_id=optional_ids, message_id=optional_ids,
-       raw=st.one_of(st.none(), json_values))  # fmt: skip
+       raw=st.one_of(st.none(), json_values), coherent=st.integers(0, 3))  # fmt: skip
 async def test_add_message(
-    store: PostgresSessionStore, role: Any, content: Any, tool_calls: Any, tool_call_id: Any, message_id: Any, raw: Any
+    store: PostgresSessionStore,
+    role: Any,
+    content: Any,
+    tool_calls: Any,
+    tool_call_id: Any,
+    message_id: Any,
+    raw: Any,
+    coherent: int,
 ) -> None:
-    if role == "tool" and tool_call_id is None:
-        tool_call_id = "call"  # a tool message answers a call: keep most of these valid
+    if coherent:  # mostly a tool_call_id exactly on tool messages, so that both outcomes stay common
+        if role == "tool" and tool_call_id is None:
+            tool_call_id = "call"
+        elif role != "tool":
+            tool_call_id = None
     session = await store.create_session("fuzz", "agent")
     before = await _snapshot(store, session.id)
     try:

@@ -384,11 +384,12 @@ class Runner:
         try:
             yield
         finally:
-            # Reached from loop.shutdown_asyncgens() (end of asyncio.run), or close().
+            # Reached from loop.shutdown_asyncgens(): the end of asyncio.run(), or of each
+            # Runner.run_sync() call, which keeps its loop open; the next call there reopens.
             with self._lock:
                 for state in self._loops.values():
                     if state.pool is pool:
-                        state.pool = None
+                        state.pool, state.opening, state.closer = None, None, None
             await _close_pool(pool)
 
     async def close(self) -> None:

@@ -72,10 +72,10 @@ def safe(text: str, *, oneline: bool = False) -> str:
     return escape(text)
 
 
-def _json_text(value: Any) -> str:
-    """JSON for a terminal: non-ASCII kept, every control character escaped."""
-    text = json.dumps(value, default=_json_default, ensure_ascii=False)
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+def _print_json(value: Any) -> None:
+    """Print *value* as indented JSON: non-ASCII kept, every control character escaped."""
+    text = json.dumps(value, default=_json_default, ensure_ascii=False, indent=2)
+    out.print(_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text), markup=False)
 
 
 # -- options shared by every command ---------------------------------------------------------
@@ -397,7 +397,7 @@ def sessions_list(
     )
     if as_json:
         rows = [{k: v for k, v in asdict(s).items() if k != "messages"} for s in found]
-        out.print_json(_json_text(rows))
+        _print_json(rows)
         return
     table = Table(title=f"sessions of {safe(user, oneline=True)}")
     table.add_column("id", no_wrap=True, min_width=min(36, max((len(s.id) for s in found), default=2)))
@@ -463,7 +463,7 @@ def sessions_show(
         err.print(f"[red]error:[/] no session {safe(session_id, oneline=True)}")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(_json_text(asdict(session)))
+        _print_json(asdict(session))
         return
     out.print(
         f"[bold]session {safe(session.id, oneline=True)}[/]  user {safe(session.user_id, oneline=True)}"
@@ -485,7 +485,7 @@ def stats(
     """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity."""
     report = _run(ctx, lambda s: s.stats())
     if as_json:
-        out.print_json(_json_text(asdict(report)))
+        _print_json(asdict(report))
         return
     out.print(
         f"sessions {report.sessions}  messages {report.messages}  users {report.users}  "

@@ -30,6 +30,7 @@ from .errors import (
     DuplicateMessageId,
     InvalidInput,
     InvalidMessage,
+    InvalidMetadata,
     SchemaNotReady,
     SessionExists,
     SessionNotFound,
@@ -287,6 +288,8 @@ class PostgresSessionStore:
     async def update_metadata(self, session_id: str, patch: Mapping[str, Any]) -> Session:
         """Merge *patch* into the session's metadata (top-level keys; JSONB ``||``)."""
         sid = check.identifier(session_id, "session_id")
+        if patch is None:
+            raise InvalidMetadata("patch must be a mapping, not None")
         data = check.metadata(patch)
         row = await self._write(
             "update_metadata", lambda c: c.fetchrow(self._q.update_metadata, sid, data), session_id=sid
