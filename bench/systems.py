@@ -176,6 +176,7 @@ class Floor(System):
             count,
         )
 
+
 class Convostore(System):
     name = "convostore"
     messages_table = "conversation_messages"
@@ -217,29 +218,36 @@ class Convostore(System):
         raw_sql = "jsonb_build_object('role', 'user', 'content', 'message number ' || g)" if raw else "NULL"
         await self.admin.execute(
             f"""
-            WITH bump AS (UPDATE "{s}".agent_sessions SET last_seq = last_seq + $2 WHERE id = $1
-                          RETURNING last_seq - $2 AS base)
-            INSERT INTO "{s}".conversation_messages (session_id, seq, id, role, content, raw)
-            SELECT $1, bump.base + g, gen_random_uuid()::text, 'user', 'message number ' || g, {raw_sql}
+            WITH bump AS (UPDATE "{s}".agent_sessions SET last_seq = last_seq + $2 WHERE tenant_id = $3 AND id = $1
+                          RETURNING last_seq - $2 AS base, user_id)
+            INSERT INTO "{s}".conversation_messages (tenant_id, session_id, seq, id, user_id, role, content, raw)
+            SELECT $3, $1, bump.base + g, gen_random_uuid()::text, bump.user_id, 'user', 'message number ' || g,
+                   {raw_sql}
             FROM bump, generate_series(1, $2) g
             """,
             sid,
             n,
+            self.store.tenant,
         )
 
     async def fill_old_sessions(self, count: int, user: str) -> None:
         s = self.schema
         await self.admin.execute(
-            f'INSERT INTO "{s}".agent_sessions (id, user_id, agent_name, updated_at, last_seq) '
-            "SELECT 'old-' || g, $1, 'bench', now() - interval '40 days', 2 FROM generate_series(1, $2) g",
+            f'INSERT INTO "{s}".agent_sessions (tenant_id, id, user_id, agent_name, updated_at, last_seq) '
+            "SELECT $3, 'old-' || g, $1, 'bench', now() - interval '40 days', 2 FROM generate_series(1, $2) g",
             user,
             count,
+            self.store.tenant,
         )
         await self.admin.execute(
-            f'INSERT INTO "{s}".conversation_messages (session_id, seq, id, role, content) '
-            "SELECT 'old-' || g, k, 'm' || k, 'user', 'hello' FROM generate_series(1, $1) g, generate_series(1, 2) k",
+            f'INSERT INTO "{s}".conversation_messages (tenant_id, session_id, seq, id, user_id, role, content) '
+            "SELECT $3, 'old-' || g, k, 'm' || k, $2, 'user', 'hello' "
+            "FROM generate_series(1, $1) g, generate_series(1, 2) k",
             count,
+            user,
+            self.store.tenant,
         )
+
 
 class ConvostoreSDK(Convostore):
     name = "convostore-sdk"
@@ -350,6 +358,7 @@ class SQLAlchemySDK(System):
             count,
         )
 
+
 class Langchain(System):
     name = "langchain"
     supports_recent = False
@@ -421,6 +430,7 @@ class Langchain(System):
             "now() - interval '40 days' FROM generate_series(1, $1) g, generate_series(1, 2)",
             count,
         )
+
 
 class Seed(System):
     """The seed document's query pattern (reference implementation written for the bench)."""
@@ -538,6 +548,7 @@ class Seed(System):
             "FROM generate_series(1, $1) g, generate_series(1, 2)",
             count,
         )
+
 
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls for cls in (Floor, Convostore, ConvostoreSDK, SQLAlchemySDK, Langchain, Seed)

@@ -222,7 +222,7 @@ async def test_a_timed_out_batch_is_not_run_again_alone(database_url: str, schem
     appends: list[str] = []
 
     def log(record: Any) -> None:
-        if "unnest(" in record.query:
+        if "convostore_append" in record.query:
             appends.append(record.query)
 
     async def attach(conn: asyncpg.Connection) -> None:
@@ -264,7 +264,7 @@ async def test_waiting_for_room_in_the_queue_is_bounded(database_url: str, schem
             from convostore._validate import message_row
 
             def request(text: str) -> AppendRequest:
-                return AppendRequest(s.id, [message_row({"role": "user", "content": text})], None)
+                return AppendRequest(store.tenant, s.id, [message_row({"role": "user", "content": text})])
 
             loop = asyncio.get_running_loop()
             occupying = asyncio.create_task(writer.submit(request("a"), loop.time() + 5))

@@ -73,12 +73,13 @@ def test_two_processes_sweeping_at_once_delete_each_session_once(database_url: s
     async def prepare() -> None:
         async with PostgresSessionStore(database_url, schema=schema_name) as store:
             await store.pool.execute(
-                f'INSERT INTO "{schema_name}".agent_sessions (id, user_id, agent_name, expires_at) '
-                "SELECT 'exp-' || g, 'u', 'a', now() - interval '1 minute' FROM generate_series(1, 3000) g"
+                f'INSERT INTO "{schema_name}".agent_sessions (tenant_id, id, user_id, agent_name, expires_at) '
+                "SELECT 'default', 'exp-' || g, 'u', 'a', now() - interval '1 minute' FROM generate_series(1, 3000) g"
             )
             await store.pool.execute(
-                f'INSERT INTO "{schema_name}".conversation_messages (session_id, seq, id, role, content) '
-                "SELECT 'exp-' || g, 1, 'm', 'user', 'x' FROM generate_series(1, 3000) g"
+                f'INSERT INTO "{schema_name}".conversation_messages '
+                "(tenant_id, session_id, seq, id, user_id, role, content) "
+                "SELECT 'default', 'exp-' || g, 1, 'm', 'u', 'user', 'x' FROM generate_series(1, 3000) g"
             )
 
     asyncio.run(prepare())

@@ -1,7 +1,7 @@
-"""Running the append statements and reading their answers (one session, or many at once).
+"""Running appends (``convostore_append``) and reading its answers.
 
-Shared by the store (a lone append) and the coalescer (many callers' appends in one
-statement); the SQL itself is in :mod:`convostore._sql`.
+Shared by the store (a lone append) and the coalescer (many callers' appends in one call);
+the function itself is in :mod:`convostore._sql`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ._validate import Row
 from .errors import SessionNotFound, SessionOwnershipError
 
 Stored = list[Any]
-"""The stored rows of a request: records with ``id``, ``seq``, ``created_at``, ``conflict``."""
+"""The stored rows of a request: records with ``id``, ``seq``, ``created_at``, ``outcome``."""
 
 Owner = tuple[str, str] | None
 """``(user_id, agent_name)`` to create the session on first write, or ``None``."""
@@ -27,20 +27,39 @@ Owner = tuple[str, str] | None
 
 @dataclass(slots=True)
 class AppendRequest:
-    """One caller's batch for one session."""
+    """One caller's batch for one session of one tenant.
 
+    *owner*: the user who must own the session (``None``: any user of the tenant). *agent*:
+    create the session on first write for this agent (then *owner* is required). *probe*:
+    the ids were chosen by the caller, so the batch may already be stored even on a first
+    attempt (retries always look).
+    """
+
+    tenant: str
     session_id: str
     rows: list[Row]
-    create_as: Owner
+    owner: str | None = None
+    agent: str | None = None
+    probe: bool = False
+
+    @property
+    def create_as(self) -> Owner:
+        return None if self.agent is None or self.owner is None else (self.owner, self.agent)
 
 
 @dataclass(slots=True)
 class ManyOutcome:
-    """What one multi-session statement did, per request (by position in the batch)."""
+    """What one coalesced call did, per request (by position in the batch)."""
 
     stored: dict[int, Stored] = field(default_factory=dict)
     busy: list[int] = field(default_factory=list)  # session row held by another transaction
-    missing: list[int] = field(default_factory=list)  # nothing stored: no session, other owner, or a race
+    refused: dict[int, Exception] = field(default_factory=dict)  # no such session, or another user's
+
+
+def _refusal(outcome: str, sid: str) -> Exception:
+    if outcome == "o":
+        return SessionOwnershipError(f"session {sid!r} belongs to another user")
+    return SessionNotFound(f"session {sid!r} does not exist")
 
 
 class Appender:
@@ -50,75 +69,68 @@ class Appender:
         self._runner = runner
         self._q = queries
 
-    async def one(self, request: AppendRequest, *, deadline: float | None = None) -> Stored:
-        """Append one request in one statement; raises :class:`SessionNotFound` or
-        :class:`SessionOwnershipError` when it cannot be stored."""
-        sid, create_as = request.session_id, request.create_as
-        columns = [list(col) for col in zip(*request.rows, strict=True)]
-        if create_as is None:
-            sql, args = self._q.append, (sid, *columns)
-        else:
-            sql, args = self._q.append_or_create, (sid, *columns, *create_as)
-        ids = columns[0]
-        q = self._q
+    def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        for index, request in enumerate(batch, start=1):
+            for row in request.rows:
+                for column, value in zip(columns, (index, *row), strict=True):
+                    column.append(value)
+        first = batch[0]
+        scope_user = first.owner if all(r.owner == first.owner for r in batch) else None
+        return (
+            first.tenant,
+            first.session_id,
+            scope_user,
+            probe,
+            wait,
+            [r.session_id for r in batch],
+            [r.owner for r in batch],
+            [r.agent for r in batch],
+            *columns,
+        )
 
-        async def append(conn: Connection) -> Stored:
+    async def _call(self, batch: Sequence[AppendRequest], wait: bool, deadline: float | None) -> list[Any]:
+        sql = self._q.append
+        first_attempt = [any(r.probe for r in batch)]
+
+        async def append(conn: Connection) -> list[Any]:
+            # Only a retry (or caller-chosen ids) can find its batch already stored.
+            probe = first_attempt.pop() if first_attempt else True
             try:
-                stored = await conn.fetch(sql, *args)
+                return await conn.fetch(sql, *self._args(batch, probe, wait))
             except asyncpg.UniqueViolationError:
-                # Rolled back whole. Either an identical batch committed just before us (run
-                # again: it now reads as a replay) or an id is reused (raises again: the
-                # caller's DuplicateMessageId).
-                stored = await conn.fetch(sql, *args)
-            if not stored:
-                # Nothing inserted and nothing found: unknown session, another owner, or an
-                # identical batch racing us (rare: then it is stored, so read it back).
-                owner = await conn.fetchval(q.session_owner, sid)
-                if owner is None:
-                    raise SessionNotFound(f"session {sid!r} does not exist")
-                if create_as is not None and owner != create_as[0]:
-                    raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-                stored = await conn.fetch(q.messages_by_id, sid, ids)
-            return stored
+                # Rolled back whole. An identical batch committed just before us (run again:
+                # it now reads as a replay), or an id is reused (flagged 'c' this time).
+                return await conn.fetch(sql, *self._args(batch, True, wait))
 
-        return await self._runner.run("add_messages", append, session_id=sid, deadline=deadline)
+        return await self._runner.run("add_messages", append, session_id=batch[0].session_id, deadline=deadline)
+
+    async def one(self, request: AppendRequest, *, deadline: float | None = None) -> Stored:
+        """Append one request, waiting for its session's row if another transaction holds it;
+        raises :class:`SessionNotFound` or :class:`SessionOwnershipError`."""
+        records = await self._call([request], True, deadline)
+        for r in records:
+            if r["id"] is None:
+                raise _refusal(r["outcome"], request.session_id)
+        return records
 
     async def many(self, batch: Sequence[AppendRequest], *, deadline: float | None = None) -> ManyOutcome:
-        """Append every request of *batch* (all plain, or all create-on-write, one owner per
-        session) in one statement and one commit."""
-        create = batch[0].create_as is not None
-        columns: list[list[Any]] = [[] for _ in range(10)]
-        for index, request in enumerate(batch):
-            owner, agent = request.create_as or (None, None)
-            for row in request.rows:
-                values = (request.session_id, *row, index, owner, agent)
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value)
-        sql = self._q.append_many_or_create if create else self._q.append_many
-
-        async def run(conn: Connection) -> list[Any]:
-            return await conn.fetch(sql, *columns)
-
-        records = await self._runner.run("add_messages", run, deadline=deadline)
-        busy_sessions = {r["session_id"] for r in records if r["busy"]}
-        found = {(r["session_id"], r["id"]): r for r in records if not r["busy"]}
+        """Append every request of *batch* (one owner per session) in one call and one commit;
+        sessions another transaction holds are reported busy instead of waited for."""
+        records = await self._call(batch, False, deadline)
         outcome = ManyOutcome()
+        inserted: dict[tuple[str, str], Any] = {}
+        for r in records:
+            if r["req"] is None:
+                inserted[(r["session_id"], r["id"])] = r
+            elif r["id"] is not None:
+                outcome.stored.setdefault(r["req"] - 1, []).append(r)
+            elif r["outcome"] == "b":
+                outcome.busy.append(r["req"] - 1)
+            else:
+                outcome.refused[r["req"] - 1] = _refusal(r["outcome"], r["session_id"])
         for index, request in enumerate(batch):
-            sid = request.session_id
-            stored = [found[key] for row in request.rows if (key := (sid, row[0])) in found]
+            stored = [inserted[key] for row in request.rows if (key := (request.session_id, row[0])) in inserted]
             if stored:
                 outcome.stored[index] = stored
-            elif sid in busy_sessions:
-                outcome.busy.append(index)
-            else:
-                outcome.missing.append(index)
         return outcome
-
-    async def owners(self, session_ids: list[str], *, deadline: float | None = None) -> dict[str, str]:
-        """The owner of each of *session_ids* that exists."""
-
-        async def read(conn: Connection) -> list[Any]:
-            return await conn.fetch(self._q.session_owners, session_ids)
-
-        rows = await self._runner.run("add_messages", read, deadline=deadline)
-        return {r["id"]: r["user_id"] for r in rows}

@@ -32,15 +32,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._appends import Appender, AppendRequest, Owner, Stored
-from .errors import (
-    ConvostoreError,
-    DatabaseError,
-    SessionNotFound,
-    SessionOwnershipError,
-    StoreTimeout,
-    StoreUnavailable,
-)
+from ._appends import Appender, AppendRequest, Stored
+from .errors import ConvostoreError, DatabaseError, StoreTimeout, StoreUnavailable
 
 logger = logging.getLogger("convostore.coalesce")
 
@@ -162,11 +155,11 @@ class AppendWriter:
         self._check_idle()
 
     def _take(self) -> list[_Item]:
-        """The oldest requests that fit one statement: same kind (plain or create-on-write),
-        at most max_batch_rows rows, and one owner per session."""
+        """The oldest requests that fit one call: one tenant, at most max_batch_rows rows,
+        and one owner per session."""
         batch: list[_Item] = []
         rows = 0
-        owners: dict[str, Owner] = {}
+        owners: dict[str, str | None] = {}
         while self._pending:
             item = self._pending[0]
             if item.state is _State.DROPPED:
@@ -174,16 +167,16 @@ class AppendWriter:
                 continue
             request = item.request
             if batch and (
-                (request.create_as is None) != (batch[0].request.create_as is None)
+                request.tenant != batch[0].request.tenant
                 or rows + len(request.rows) > self._max_batch_rows
-                or owners.get(request.session_id, request.create_as) != request.create_as
+                or owners.get(request.session_id, request.owner) != request.owner
             ):
                 break
             self._pending.popleft()
             item.state = _State.SENT
             batch.append(item)
             rows += len(request.rows)
-            owners[request.session_id] = request.create_as
+            owners[request.session_id] = request.owner
         return batch
 
     async def _flush(self, batch: list[_Item]) -> None:
@@ -247,6 +240,8 @@ class AppendWriter:
             return
         for index, stored in outcome.stored.items():
             self._settle(batch[index], result=stored)
+        for index, error in outcome.refused.items():
+            self._settle(batch[index], exc=error)
         # Sessions another transaction holds: alone, in order, outside the statement slots.
         busy: dict[str, list[_Item]] = {}
         for index in outcome.busy:
@@ -255,29 +250,6 @@ class AppendWriter:
             for item in items:
                 item.handed_off = True
             self._spawn(self._alone_in_order(items))
-        if outcome.missing:
-            await self._explain([batch[i] for i in outcome.missing], min(deadlines, default=None))
-
-    async def _explain(self, missing: list[_Item], deadline: float | None) -> None:
-        """Requests that stored nothing: unknown session, another owner, or a race with a
-        concurrent creator or an identical request (then sending it alone settles it)."""
-        try:
-            owners = await self._appender.owners(list({i.request.session_id for i in missing}), deadline=deadline)
-        except ConvostoreError as exc:
-            for item in missing:
-                self._settle(item, exc=exc)
-            return
-        retry = []
-        for item in missing:
-            request = item.request
-            owner = owners.get(request.session_id)
-            if owner is None:
-                self._settle(item, exc=SessionNotFound(f"session {request.session_id!r} does not exist"))
-            elif request.create_as is not None and owner != request.create_as[0]:
-                self._settle(item, exc=SessionOwnershipError(f"session {request.session_id!r} belongs to another user"))
-            else:
-                retry.append(item)
-        await asyncio.gather(*(self._alone(i) for i in retry))
 
 
 async def _settled(future: asyncio.Future[Stored]) -> None:

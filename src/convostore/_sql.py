@@ -3,9 +3,15 @@
 Templates refer to tables as ``{s}.name``; :func:`render` substitutes the schema once, after
 :func:`quote_ident` has validated and quoted it. Values always travel as ``$n`` parameters.
 
-Shapes are chosen so that the tables can later be distributed by ``session_id`` (Citus):
-every message statement filters by ``session_id``, every key on messages includes it, and
-ordering uses a per-session counter kept on the session row, never a global sequence.
+Every statement is scoped: ``$1`` is the tenant (``NULL`` only in an operator's statement
+across tenants), and a user, where one is given, narrows it further. Rows carry their
+tenant (and messages their owner), so no scope needs a join or a subquery.
+
+Shapes are chosen so that the tables can be distributed by session id (Citus): every
+message statement filters by ``session_id``, every key on messages includes it, ordering
+uses a per-session counter kept on the session row (never a global sequence), and the two
+hot paths are functions that a distributed database can route whole to the node holding
+the session (``convostore_append``, ``convostore_read``).
 """
 
 from __future__ import annotations
@@ -30,197 +36,217 @@ def quote_ident(name: str) -> str:
 _MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
 _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at"
 
-# Appending: one statement. The session row's UPDATE both allocates the batch's seq range
-# (last_seq) and serialises appends per session, so seq is strictly increasing in commit
-# order. A batch is atomic, so if its first id is stored the whole batch was: `replay`
-# probes that one id, and a retried batch (same client-generated ids) then returns the rows
-# stored the first time, flagging `conflict` where an id holds a different message. Any
-# other reuse of an id is refused by the unique index, which rolls the statement back.
-# Lookups are LATERAL ... LIMIT 1 so that they stay index probes whatever the statistics.
-_APPEND_HEAD = """
-WITH new AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[])
-        WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, ord)
-), replay AS (
-    SELECT 1 FROM {s}.conversation_messages m
-    WHERE m.session_id = $1 AND m.id = ($2::text[])[1]
-    LIMIT 1
-), prior AS (
-    SELECT m.id, m.seq, m.created_at,
-           (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
-               IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
-    FROM new n CROSS JOIN LATERAL (
-        SELECT * FROM {s}.conversation_messages x WHERE x.session_id = $1 AND x.id = n.id LIMIT 1
-    ) m
-    WHERE EXISTS (SELECT 1 FROM replay)
-), bump AS (
-"""
-_APPEND_TAIL = """
-), ins AS (
-    INSERT INTO {s}.conversation_messages
-        (session_id, seq, id, role, content, tool_calls, tool_call_id, raw)
-    SELECT $1, bump.base + new.ord, new.id, new.role, new.content, new.tool_calls,
-           new.tool_call_id, new.raw
-    FROM bump CROSS JOIN new
-    RETURNING id, seq, created_at
-)
-SELECT id, seq, created_at, false AS conflict FROM ins
-UNION ALL
-SELECT id, seq, created_at, conflict FROM prior
+# -- the functions (created by migrations) -----------------------------------------------------
+
+# Every append is one call of this function: one round trip, one commit, whether it carries
+# one caller's batch or many callers' batches for many sessions (coalesced).
+#
+# * Order: each session's row is updated to allocate the batch's seq range (last_seq) and
+#   stays locked until commit, so seq is gap-free and in commit order per session.
+# * Exactly once: ids come from the client. With p_probe (a retry, or ids the caller chose),
+#   a request with a stored id is a replay: its stored rows are returned ('r', or 'c' where
+#   the id holds another message) and nothing is written. Without p_probe a reused id fails
+#   the unique index, which rolls the whole call back.
+# * Ownership in the same call: a request's owner (if given) must own the session; with an
+#   agent, an absent session is created on first write.
+# * With p_wait false (a coalesced batch), rows other transactions hold are skipped and their
+#   requests reported busy ('b') instead of stalling the whole batch; 'n' is no such session,
+#   'o' another user's.
+# * p_route is a session of the batch: a sharded database routes the call by it, and the
+#   batch only holds sessions of that session's shard.
+APPEND_FUNCTION = """
+CREATE OR REPLACE FUNCTION {s}.convostore_append(
+    p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
+    p_req_sessions text[], p_req_owners text[], p_req_agents text[],
+    p_reqs int[], p_ids text[], p_roles text[], p_contents text[],
+    p_tool_calls jsonb[], p_tool_call_ids text[], p_raws jsonb[]
+) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_done int[] := '{}';
+    v_sessions text[];
+    v_counts bigint[];
+    v_owners text[];
+    v_agents text[];
+    v_bumped text[];
+    v_bases bigint[];
+    v_holders text[];
+    v_round int;
+BEGIN
+    PERFORM set_config('convostore.tenant', p_tenant, true),
+            set_config('convostore.user', coalesce(p_scope_user, '*'), true);
+    IF p_probe THEN
+        -- (LATERAL ... LIMIT 1: an index probe per id, whatever the statistics say.)
+        SELECT coalesce(array_agg(DISTINCT n.req), '{}') INTO v_done
+          FROM unnest(p_reqs, p_ids) AS n(req, id)
+         CROSS JOIN LATERAL (SELECT 1 FROM {s}.conversation_messages m
+                              WHERE m.tenant_id = p_tenant AND m.session_id = p_req_sessions[n.req] AND m.id = n.id
+                              LIMIT 1) hit;
+        IF cardinality(v_done) > 0 THEN
+            RETURN QUERY
+            SELECT n.req, m.session_id::text, m.id::text, m.seq, m.created_at,
+                   CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+                             IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw)
+                        THEN 'r' ELSE 'c' END
+              FROM unnest(p_reqs, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+                   AS n(req, id, role, content, tool_calls, tool_call_id, raw)
+             CROSS JOIN LATERAL (SELECT * FROM {s}.conversation_messages x
+                                  WHERE x.tenant_id = p_tenant AND x.session_id = p_req_sessions[n.req] AND x.id = n.id
+                                  LIMIT 1) m
+             WHERE n.req = ANY (v_done);
+        END IF;
+    END IF;
+    IF cardinality(p_req_sessions) = 1 AND cardinality(v_done) = 0 THEN
+        v_sessions := p_req_sessions;
+        v_counts := ARRAY[cardinality(p_ids)];
+        v_owners := p_req_owners;
+        v_agents := p_req_agents;
+    ELSE
+        SELECT array_agg(c.sid ORDER BY c.sid), array_agg(c.n ORDER BY c.sid),
+               array_agg(c.owner ORDER BY c.sid), array_agg(c.agent ORDER BY c.sid)
+          INTO v_sessions, v_counts, v_owners, v_agents
+          FROM (SELECT p_req_sessions[r] AS sid, count(*) AS n,
+                       min(p_req_owners[r]) AS owner, min(p_req_agents[r]) AS agent
+                  FROM unnest(p_reqs) AS r WHERE r <> ALL (v_done) GROUP BY 1) c;
+        IF v_sessions IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    v_bumped := '{}';
+    v_bases := '{}';
+    v_holders := '{}';
+    FOR v_round IN 1..2 LOOP
+        IF p_wait THEN
+            WITH bumped AS (
+                UPDATE {s}.agent_sessions s
+                   SET last_seq = s.last_seq + c.n, updated_at = now(),
+                       expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+                  FROM unnest(v_sessions, v_counts, v_owners) AS c(sid, n, owner)
+                 WHERE s.tenant_id = p_tenant AND s.id = ANY (v_sessions) AND s.id = c.sid
+                   AND c.sid <> ALL (v_bumped) AND (c.owner IS NULL OR s.user_id = c.owner)
+                RETURNING s.id, s.last_seq - c.n AS base, s.user_id
+            )
+            SELECT v_bumped || coalesce(array_agg(b.id), '{}'), v_bases || coalesce(array_agg(b.base), '{}'),
+                   v_holders || coalesce(array_agg(b.user_id), '{}')
+              INTO v_bumped, v_bases, v_holders FROM bumped b;
+        ELSE
+            WITH bumped AS (
+                UPDATE {s}.agent_sessions s
+                   SET last_seq = s.last_seq + c.n, updated_at = now(),
+                       expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+                  FROM unnest(v_sessions, v_counts, v_owners) AS c(sid, n, owner)
+                 WHERE s.tenant_id = p_tenant AND s.id = ANY (v_sessions) AND s.id = c.sid
+                   AND c.sid <> ALL (v_bumped) AND (c.owner IS NULL OR s.user_id = c.owner)
+                   AND s.id IN (SELECT l.id FROM {s}.agent_sessions l
+                                 WHERE l.tenant_id = p_tenant AND l.id = ANY (v_sessions)
+                                 ORDER BY l.id FOR UPDATE SKIP LOCKED)
+                RETURNING s.id, s.last_seq - c.n AS base, s.user_id
+            )
+            SELECT v_bumped || coalesce(array_agg(b.id), '{}'), v_bases || coalesce(array_agg(b.base), '{}'),
+                   v_holders || coalesce(array_agg(b.user_id), '{}')
+              INTO v_bumped, v_bases, v_holders FROM bumped b;
+        END IF;
+        EXIT WHEN cardinality(v_bumped) = cardinality(v_sessions) OR v_round = 2;
+        -- Create on first write what does not exist yet. A concurrent creator may win the
+        -- race; when waiting, the second round then finds (and waits for) its row.
+        WITH created AS (
+            INSERT INTO {s}.agent_sessions AS s (tenant_id, id, user_id, agent_name, last_seq)
+            SELECT p_tenant, c.sid, c.owner, c.agent, c.n
+              FROM unnest(v_sessions, v_counts, v_owners, v_agents) AS c(sid, n, owner, agent)
+             WHERE c.agent IS NOT NULL AND c.owner IS NOT NULL AND c.sid <> ALL (v_bumped)
+               AND NOT EXISTS (SELECT 1 FROM {s}.agent_sessions x WHERE x.tenant_id = p_tenant AND x.id = c.sid)
+             ORDER BY c.sid
+            ON CONFLICT DO NOTHING
+            RETURNING s.id, 0::bigint AS base, s.user_id
+        )
+        SELECT v_bumped || coalesce(array_agg(c.id), '{}'), v_bases || coalesce(array_agg(c.base), '{}'),
+               v_holders || coalesce(array_agg(c.user_id), '{}')
+          INTO v_bumped, v_bases, v_holders FROM created c;
+        EXIT WHEN cardinality(v_bumped) = cardinality(v_sessions) OR NOT p_wait;
+    END LOOP;
+    IF cardinality(v_bumped) < cardinality(v_sessions) THEN
+        -- Why the others cannot be written: no such session ('n'), another user's ('o'), or
+        -- held by another transaction ('b': the caller sends the request again alone).
+        RETURN QUERY
+        SELECT r.req, c.sid, NULL::text, NULL::bigint, NULL::timestamptz,
+               CASE WHEN s.id IS NULL AND c.agent IS NULL THEN 'n'
+                    WHEN s.id IS NULL OR (c.owner IS NOT NULL AND s.user_id <> c.owner) THEN 'o'
+                    ELSE 'b' END
+          FROM unnest(v_sessions, v_owners, v_agents) AS c(sid, owner, agent)
+          JOIN (SELECT DISTINCT x AS req FROM unnest(p_reqs) AS x WHERE x <> ALL (v_done)) r
+            ON p_req_sessions[r.req] = c.sid
+          LEFT JOIN {s}.agent_sessions s ON s.tenant_id = p_tenant AND s.id = c.sid
+         WHERE c.sid <> ALL (v_bumped);
+    END IF;
+    RETURN QUERY
+    INSERT INTO {s}.conversation_messages AS m
+        (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw)
+    SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
+           n.role, n.content, n.tool_calls, n.tool_call_id, n.raw
+      FROM unnest(p_reqs, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+           WITH ORDINALITY AS n(req, id, role, content, tool_calls, tool_call_id, raw, ord)
+      JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = p_req_sessions[n.req]
+     WHERE n.req <> ALL (v_done)
+    RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
+END
+$fn$;
 """
 
-APPEND = (
-    _APPEND_HEAD
-    + """
-    UPDATE {s}.agent_sessions
-       SET last_seq = last_seq + cardinality($2::text[]),
-           updated_at = now(),
-           expires_at = CASE WHEN ttl IS NULL THEN expires_at ELSE now() + ttl END
-     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM replay)
-    RETURNING last_seq - cardinality($2::text[]) AS base
-"""
-    + _APPEND_TAIL
-)
-
-# The same, creating the session on first write (the Agents SDK adapter's case). A session
-# that exists under another user is neither written nor returned ($8 is the owner).
-APPEND_OR_CREATE = (
-    _APPEND_HEAD
-    + """
-    INSERT INTO {s}.agent_sessions AS s (id, user_id, agent_name, last_seq)
-    SELECT $1, $8, $9, cardinality($2::text[])
-     WHERE NOT EXISTS (SELECT 1 FROM replay)
-    ON CONFLICT (id) DO UPDATE
-       SET last_seq = s.last_seq + excluded.last_seq,
-           updated_at = now(),
-           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
-     WHERE s.user_id = excluded.user_id
-    RETURNING s.last_seq - cardinality($2::text[]) AS base
-"""
-    + _APPEND_TAIL
-)
-
-# Coalesced appends: many callers' batches, for any sessions, in one statement and one
-# commit. $8 numbers the caller (request) of each row; a request is a replay when its first
-# id is stored. Session rows are locked in id order, so two such statements never deadlock.
-_MULTI_HEAD = """
-WITH new AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::jsonb[], $8::int[], $9::text[], $10::text[])
-        WITH ORDINALITY AS n(session_id, id, role, content, tool_calls, tool_call_id, raw, req, owner,
-                             agent, ord)
-), replayed AS (
-    SELECT f.req FROM (SELECT DISTINCT ON (req) req, session_id, id FROM new ORDER BY req, ord) f
-    CROSS JOIN LATERAL (
-        SELECT 1 FROM {s}.conversation_messages x WHERE x.session_id = f.session_id AND x.id = f.id LIMIT 1
-    ) hit
-), prior AS (
-    SELECT n.req, m.session_id, m.id, m.seq, m.created_at,
-           (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
-               IS DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw) AS conflict
-    FROM new n JOIN replayed r ON r.req = n.req
-    CROSS JOIN LATERAL (
-        SELECT * FROM {s}.conversation_messages x WHERE x.session_id = n.session_id AND x.id = n.id LIMIT 1
-    ) m
-), fresh AS (
-    SELECT * FROM new WHERE req NOT IN (SELECT req FROM replayed)
-), counts AS (
-    SELECT session_id, min(owner) AS owner, min(agent) AS agent, count(*) AS n
-    FROM fresh GROUP BY session_id
-),
-"""
-_MULTI_TAIL = """
-), ins AS (
-    INSERT INTO {s}.conversation_messages
-        (session_id, seq, id, role, content, tool_calls, tool_call_id, raw)
-    SELECT f.session_id, b.base + row_number() OVER (PARTITION BY f.session_id ORDER BY f.ord),
-           f.id, f.role, f.content, f.tool_calls, f.tool_call_id, f.raw
-    FROM fresh f JOIN based b ON b.id = f.session_id
-    RETURNING session_id, id, seq, created_at
-)
-SELECT session_id, id, seq, created_at, false AS conflict, false AS busy FROM ins
-UNION ALL
-SELECT session_id, id, seq, created_at, conflict, false FROM prior
+# A session's messages (the latest p_limit below seq p_below, or all), oldest first, each
+# with the session's owner. No row: no such session. With p_user, a session of another user
+# yields one row holding its owner and no message.
+READ_FUNCTION = """
+CREATE OR REPLACE FUNCTION {s}.convostore_read(
+    p_tenant text, p_session text, p_user text, p_below bigint, p_limit bigint
+) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
+                 tool_call_id text, raw jsonb, created_at timestamptz)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_owner text;
+BEGIN
+    PERFORM set_config('convostore.tenant', p_tenant, true),
+            set_config('convostore.user', coalesce(p_user, '*'), true);
+    SELECT s.user_id INTO v_owner FROM {s}.agent_sessions s WHERE s.tenant_id = p_tenant AND s.id = p_session;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF p_user IS NOT NULL AND v_owner <> p_user THEN
+        RETURN QUERY SELECT v_owner, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::jsonb,
+                            NULL::text, NULL::jsonb, NULL::timestamptz;
+        RETURN;
+    END IF;
+    IF p_limit IS NULL THEN
+        RETURN QUERY
+        SELECT v_owner, m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
+               m.created_at
+          FROM {s}.conversation_messages m
+         WHERE m.tenant_id = p_tenant AND m.session_id = p_session AND m.seq < coalesce(p_below, 9223372036854775807)
+         ORDER BY m.seq;
+    ELSE
+        RETURN QUERY
+        SELECT v_owner, x.* FROM (
+            SELECT m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw, m.created_at
+              FROM {s}.conversation_messages m
+             WHERE m.tenant_id = p_tenant AND m.session_id = p_session
+               AND m.seq < coalesce(p_below, 9223372036854775807)
+             ORDER BY m.seq DESC
+             LIMIT p_limit
+        ) x ORDER BY x.seq;
+    END IF;
+END
+$fn$;
 """
 
-# The sessions of the batch: those that exist (in this statement's snapshot), and those whose
-# rows this statement could lock. A session whose row another transaction holds is skipped
-# (SKIP LOCKED) and reported `busy`, so that it stalls neither the statement nor its
-# neighbours; the coalescer then sends its requests alone.
-_MULTI_LOCKS = """
-present AS (
-    SELECT s.id, s.user_id FROM {s}.agent_sessions s WHERE s.id = ANY($1::text[])
-), locked AS (
-    SELECT s.id FROM {s}.agent_sessions s
-    WHERE s.id = ANY($1::text[]) AND s.id IN (SELECT session_id FROM counts)
-    ORDER BY s.id
-    FOR UPDATE SKIP LOCKED
-),
-"""
-_MULTI_BUSY = """
-UNION ALL
-SELECT c.session_id, NULL, NULL, NULL, false, true FROM counts c
-WHERE c.session_id IN (SELECT id FROM present) AND c.session_id NOT IN (SELECT id FROM locked)
-"""
+APPEND = "SELECT * FROM {s}.convostore_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5)"
 
-APPEND_MANY = (
-    _MULTI_HEAD
-    + _MULTI_LOCKS
-    + """
-based AS (
-    UPDATE {s}.agent_sessions s
-       SET last_seq = s.last_seq + c.n,
-           updated_at = now(),
-           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
-      FROM counts c
-     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND s.id IN (SELECT id FROM locked)
-    RETURNING s.id, s.last_seq - c.n AS base
-"""
-    + _MULTI_TAIL
-    + _MULTI_BUSY
-)
+# -- sessions ---------------------------------------------------------------------------------
 
-# The same, creating sessions on first write: absent sessions are inserted (a concurrent
-# creator wins the race and the request is sent again alone); present ones are bumped only
-# when the request's owner owns them.
-APPEND_MANY_OR_CREATE = (
-    _MULTI_HEAD
-    + _MULTI_LOCKS
-    + """
-created AS (
-    INSERT INTO {s}.agent_sessions (id, user_id, agent_name, last_seq)
-    SELECT session_id, owner, agent, n FROM counts
-    WHERE session_id NOT IN (SELECT id FROM present)
-    ORDER BY session_id
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, 0::bigint AS base
-), bumped AS (
-    UPDATE {s}.agent_sessions s
-       SET last_seq = s.last_seq + c.n,
-           updated_at = now(),
-           expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
-      FROM counts c
-     WHERE s.id = ANY($1::text[]) AND s.id = c.session_id AND s.id IN (SELECT id FROM locked)
-       AND s.user_id = c.owner
-    RETURNING s.id, s.last_seq - c.n AS base
-), based AS (
-    SELECT id, base FROM created UNION ALL SELECT id, base FROM bumped
-"""
-    + _MULTI_TAIL
-    + _MULTI_BUSY
-)
-
-SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE id = $1"
-SESSION_OWNERS = "SELECT id, user_id FROM {s}.agent_sessions WHERE id = ANY($1::text[])"
-
-MESSAGES_BY_ID = f"""
-SELECT {_MESSAGE_COLUMNS}, false AS conflict FROM {{s}}.conversation_messages
-WHERE session_id = $1 AND id = ANY($2::text[]) ORDER BY seq
-"""
+SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2"
 
 CREATE_SESSION = f"""
-INSERT INTO {{s}}.agent_sessions (id, user_id, agent_name, metadata, ttl, expires_at)
-VALUES ($1, $2, $3, $4::jsonb, $5::interval, now() + COALESCE($6::interval, $5::interval))
+INSERT INTO {{s}}.agent_sessions (tenant_id, id, user_id, agent_name, metadata, ttl, expires_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::interval, now() + COALESCE($7::interval, $6::interval))
 RETURNING {_SESSION_COLUMNS}
 """
 
@@ -230,102 +256,58 @@ SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
        m.created_at AS m_created_at
 FROM {s}.agent_sessions s
-LEFT JOIN {s}.conversation_messages m ON m.session_id = s.id
-WHERE s.id = $1
-ORDER BY m.seq
-"""
-
-GET_ALL_MESSAGES = f"""
-SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
-WHERE session_id = $1 AND seq < COALESCE($2::bigint, 9223372036854775807)
-ORDER BY seq
-"""
-
-# The latest $3 messages (below seq $2), read backwards through the primary key and
-# returned in chronological order.
-GET_LATEST_MESSAGES = f"""
-SELECT {_MESSAGE_COLUMNS} FROM (
-    SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
-    WHERE session_id = $1 AND seq < COALESCE($2::bigint, 9223372036854775807)
-    ORDER BY seq DESC
-    LIMIT $3
-) latest
-ORDER BY seq
-"""
-
-# The same for a given owner ($4), in one round trip: no row means no such session; a row
-# whose owner differs means the session is someone else's (and carries no messages).
-GET_OWNED_MESSAGES = """
-SELECT s.user_id AS owner, m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at
-FROM {s}.agent_sessions s
-LEFT JOIN LATERAL (
-    SELECT * FROM {s}.conversation_messages x
-    WHERE x.session_id = s.id AND x.seq < COALESCE($2::bigint, 9223372036854775807)
-    ORDER BY x.seq DESC
-    LIMIT $3
-) m ON s.user_id = $4
-WHERE s.id = $1
+LEFT JOIN {s}.conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id AND m.session_id = $2
+WHERE s.tenant_id = $1 AND s.id = $2
 ORDER BY m.seq
 """
 
 # Locking the newest row with LIMIT 1 FOR UPDATE: a pop that loses the race for it skips
-# the row its rival deleted and takes the next one, so each message is popped once.
+# the row its rival deleted and takes the next one, so each message is popped once. With
+# $3, only a message of that owner (messages carry their session's owner).
 POP_MESSAGE = """
 WITH victim AS (
-    SELECT session_id, seq FROM {s}.conversation_messages
-    WHERE session_id = $1 ORDER BY seq DESC LIMIT 1 FOR UPDATE
+    SELECT seq FROM {s}.conversation_messages
+    WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
+    ORDER BY seq DESC LIMIT 1 FOR UPDATE
 )
 DELETE FROM {s}.conversation_messages m USING victim
-WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
+WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.seq = victim.seq
 RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
 """
 
-POP_OWNED_MESSAGE = """
-WITH victim AS (
-    SELECT m.session_id, m.seq FROM {s}.conversation_messages m
-    WHERE m.session_id = $1
-      AND EXISTS (SELECT 1 FROM {s}.agent_sessions o WHERE o.id = $1 AND o.user_id = $2)
-    ORDER BY m.seq DESC LIMIT 1 FOR UPDATE OF m
-)
-DELETE FROM {s}.conversation_messages m USING victim
-WHERE m.session_id = $1 AND m.session_id = victim.session_id AND m.seq = victim.seq
-RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
-"""
-
-CLEAR_SESSION = "DELETE FROM {s}.conversation_messages WHERE session_id = $1"
-CLEAR_OWNED_SESSION = """
+CLEAR_SESSION = """
 DELETE FROM {s}.conversation_messages
-WHERE session_id = $1
-  AND EXISTS (SELECT 1 FROM {s}.agent_sessions o WHERE o.id = $1 AND o.user_id = $2)
+WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
 """
-SESSION_EXISTS = "SELECT EXISTS (SELECT 1 FROM {s}.agent_sessions WHERE id = $1)"
-DELETE_SESSION = "DELETE FROM {s}.agent_sessions WHERE id = $1"
+
+DELETE_SESSION = """
+DELETE FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
+"""
 
 UPDATE_METADATA = f"""
-UPDATE {{s}}.agent_sessions SET metadata = metadata || $2::jsonb, updated_at = now()
-WHERE id = $1
+UPDATE {{s}}.agent_sessions SET metadata = metadata || $4::jsonb, updated_at = now()
+WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
 RETURNING {_SESSION_COLUMNS}
 """
 
 SET_EXPIRY = f"""
 UPDATE {{s}}.agent_sessions
-   SET ttl = $2::interval, expires_at = CASE WHEN $3 THEN NULL ELSE now() + COALESCE($4::interval, $2::interval) END
-WHERE id = $1
+   SET ttl = $4::interval, expires_at = CASE WHEN $5 THEN NULL ELSE now() + COALESCE($6::interval, $4::interval) END
+WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
 RETURNING {_SESSION_COLUMNS}
 """
 
 # A user's sessions, newest first, keyset-paginated by (updated_at, id) on
-# idx_sessions_user_id; with up to $6 latest messages each, in the same round trip.
+# idx_sessions_user_id; with up to $7 latest messages each, in the same round trip.
 _USER_PAGE = """
 WITH page AS (
     SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at
     FROM {s}.agent_sessions
-    WHERE user_id = $1
-      AND (updated_at, id) < (COALESCE($2::timestamptz, 'infinity'), COALESCE($3::text, ''))
-      AND ($5::text IS NULL OR agent_name = $5)
+    WHERE tenant_id = $1 AND user_id = $2
+      AND (updated_at, id) < (COALESCE($3::timestamptz, 'infinity'), COALESCE($4::text, ''))
+      AND ($6::text IS NULL OR agent_name = $6)
     ORDER BY updated_at DESC, id DESC
-    LIMIT $4
+    LIMIT $5
 )
 """
 
@@ -338,9 +320,9 @@ SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.
 FROM page p
 LEFT JOIN LATERAL (
     SELECT * FROM {s}.conversation_messages x
-    WHERE x.session_id = p.id
+    WHERE x.tenant_id = $1 AND x.session_id = p.id
     ORDER BY x.seq DESC
-    LIMIT $6
+    LIMIT $7
 ) m ON true
 ORDER BY p.updated_at DESC, p.id DESC, m.seq
 """
@@ -349,138 +331,155 @@ ORDER BY p.updated_at DESC, p.id DESC, m.seq
 USER_SESSIONS = (
     _USER_PAGE
     + """
-SELECT p.*, (SELECT count(*) FROM {s}.conversation_messages x WHERE x.session_id = p.id)
+SELECT p.*, (SELECT count(*) FROM {s}.conversation_messages x WHERE x.tenant_id = $1 AND x.session_id = p.id)
        AS message_count
 FROM page p
 ORDER BY p.updated_at DESC, p.id DESC
 """
 )
 
-# Bounded batch deletes for retention: SKIP LOCKED leaves sessions that live writers hold
-# to a later batch instead of waiting on them; each batch is its own short transaction.
+# -- retention ---------------------------------------------------------------------------------
+
 # The cutoff of an idle-session cleanup is fixed once, at its start, from the server's clock:
 # every batch (and a dry run's count) then agrees on what "idle" means.
 IDLE_CUTOFF = "SELECT now() - $1::interval"
 
+# Bounded batch deletes: SKIP LOCKED leaves sessions that live writers hold to a later batch
+# instead of waiting on them; each batch is its own short transaction. $1 is the tenant
+# (NULL: every tenant, an operator's cleanup).
 DELETE_IDLE_BATCH = """
 WITH victims AS (
-    SELECT id FROM {s}.agent_sessions
-    WHERE updated_at < $1::timestamptz
-      AND ($2::text IS NULL OR user_id = $2)
-      AND ($3::text IS NULL OR agent_name = $3)
+    SELECT tenant_id, id FROM {s}.agent_sessions
+    WHERE updated_at < $2::timestamptz
+      AND ($1::text IS NULL OR tenant_id = $1)
+      AND ($3::text IS NULL OR user_id = $3)
+      AND ($4::text IS NULL OR agent_name = $4)
     ORDER BY updated_at
-    LIMIT $4
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
 RETURNING s.id
 """
 
 COUNT_IDLE = """
 SELECT count(*) FROM {s}.agent_sessions
-WHERE updated_at < $1::timestamptz
-  AND ($2::text IS NULL OR user_id = $2)
-  AND ($3::text IS NULL OR agent_name = $3)
+WHERE updated_at < $2::timestamptz
+  AND ($1::text IS NULL OR tenant_id = $1)
+  AND ($3::text IS NULL OR user_id = $3)
+  AND ($4::text IS NULL OR agent_name = $4)
 """
 
 DELETE_EXPIRED_BATCH = """
 WITH victims AS (
-    SELECT id FROM {s}.agent_sessions
-    WHERE expires_at <= now()
+    SELECT tenant_id, id FROM {s}.agent_sessions
+    WHERE expires_at <= now() AND ($1::text IS NULL OR tenant_id = $1)
     ORDER BY expires_at
-    LIMIT $1
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
 RETURNING s.id
 """
 
 DELETE_USER_BATCH = """
 WITH victims AS (
-    SELECT id FROM {s}.agent_sessions WHERE user_id = $1 LIMIT $2 FOR UPDATE
+    SELECT id FROM {s}.agent_sessions WHERE tenant_id = $1 AND user_id = $2 LIMIT $3 FOR UPDATE
 ), gone AS (
-    DELETE FROM {s}.conversation_messages m USING victims v WHERE m.session_id = v.id
+    DELETE FROM {s}.conversation_messages m USING victims v
+    WHERE m.tenant_id = $1 AND m.session_id = v.id
     RETURNING 1
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.id = v.id
+DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = $1 AND s.id = v.id
 RETURNING s.id, (SELECT count(*) FROM gone) AS messages
 """
 
 # -- export / import (convostore.transfer) --------------------------------------------------
 
 EXPORT_SESSIONS_PAGE = """
-SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
+SELECT tenant_id, id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
        extract(epoch FROM ttl)::float8 AS ttl_seconds, last_seq
 FROM {s}.agent_sessions
-WHERE ($1::text IS NULL OR user_id = $1)
-  AND ($2::text IS NULL OR id = $2)
-  AND id > COALESCE($3::text, '')
-ORDER BY id
-LIMIT $4
+WHERE ($1::text IS NULL OR tenant_id = $1)
+  AND ($2::text IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR id = $3)
+  AND (tenant_id, id) > (COALESCE($4::text, ''), COALESCE($5::text, ''))
+ORDER BY tenant_id, id
+LIMIT $6
 """
 
 EXPORT_MESSAGES_PAGE = f"""
 SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
-WHERE session_id = $1 AND seq > $2
+WHERE tenant_id = $1 AND session_id = $2 AND seq > $3
 ORDER BY seq
-LIMIT $3
+LIMIT $4
 """
 
 # Import compares before it writes: what is stored under the file's session ids, and under
 # its (session, message id) and (session, seq) keys. Rows found identical are skipped, rows
 # found different are conflicts; only absent rows are inserted.
-IMPORT_STORED_SESSIONS = "SELECT id, user_id, agent_name FROM {s}.agent_sessions WHERE id = ANY($1::text[])"
+IMPORT_STORED_SESSIONS = """
+SELECT id, user_id, agent_name FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = ANY($2::text[])
+"""
 
 _STORED = "m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.session_id"
 IMPORT_STORED_MESSAGES = f"""
-SELECT {_STORED} FROM unnest($1::text[], $2::text[]) AS k(session_id, id)
-JOIN {{s}}.conversation_messages m ON m.session_id = k.session_id AND m.id = k.id
+SELECT {_STORED} FROM unnest($2::text[], $3::text[]) AS k(session_id, id)
+JOIN {{s}}.conversation_messages m ON m.tenant_id = $1 AND m.session_id = k.session_id AND m.id = k.id
 UNION
-SELECT {_STORED} FROM unnest($1::text[], $3::bigint[]) AS k(session_id, seq)
-JOIN {{s}}.conversation_messages m ON m.session_id = k.session_id AND m.seq = k.seq
+SELECT {_STORED} FROM unnest($2::text[], $4::bigint[]) AS k(session_id, seq)
+JOIN {{s}}.conversation_messages m ON m.tenant_id = $1 AND m.session_id = k.session_id AND m.seq = k.seq
 """
 
 IMPORT_SESSIONS = """
 INSERT INTO {s}.agent_sessions
-    (id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl, last_seq)
-SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
+    (tenant_id, id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl, last_seq)
+SELECT $1, id, user_id, agent_name, metadata, created_at, updated_at, expires_at,
        make_interval(secs => ttl_seconds), last_seq
-FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[],
-            $7::timestamptz[], $8::float8[], $9::bigint[])
+FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[], $7::timestamptz[],
+            $8::timestamptz[], $9::float8[], $10::bigint[])
     AS t(id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl_seconds, last_seq)
 """
 
+# Messages take their owner from their session (imported or present).
 IMPORT_MESSAGES = """
 INSERT INTO {s}.conversation_messages
-    (session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                     $7::text[], $8::jsonb[], $9::timestamptz[])
+    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at)
+SELECT $1, t.session_id, t.seq, t.id, s.user_id, t.role, t.content, t.tool_calls, t.tool_call_id, t.raw, t.created_at
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+            $8::text[], $9::jsonb[], $10::timestamptz[])
+    AS t(session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at)
+JOIN {s}.agent_sessions s ON s.tenant_id = $1 AND s.id = t.session_id
 """
 
 # Keeps the counter ahead of imported seqs, so later appends continue after them.
 RAISE_LAST_SEQ = """
 UPDATE {s}.agent_sessions s SET last_seq = m.max_seq
 FROM (SELECT session_id, max(seq) AS max_seq FROM {s}.conversation_messages
-      WHERE session_id = ANY($1::text[]) GROUP BY session_id) m
-WHERE s.id = m.session_id AND s.last_seq < m.max_seq
+      WHERE tenant_id = $1 AND session_id = ANY($2::text[]) GROUP BY session_id) m
+WHERE s.tenant_id = $1 AND s.id = m.session_id AND s.last_seq < m.max_seq
 """
 
 # -- stats ---------------------------------------------------------------------------------
 
 STATS = """
-SELECT (SELECT count(*) FROM {s}.agent_sessions) AS sessions,
-       (SELECT count(*) FROM {s}.conversation_messages) AS messages,
-       (SELECT count(DISTINCT user_id) FROM {s}.agent_sessions) AS users,
-       (SELECT min(created_at) FROM {s}.agent_sessions) AS oldest_session,
-       (SELECT max(updated_at) FROM {s}.agent_sessions) AS newest_activity,
-       (SELECT count(*) FROM {s}.agent_sessions WHERE expires_at IS NOT NULL) AS with_expiry
+SELECT (SELECT count(*) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS sessions,
+       (SELECT count(*) FROM {s}.conversation_messages WHERE $1::text IS NULL OR tenant_id = $1) AS messages,
+       (SELECT count(DISTINCT (tenant_id, user_id)) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1)
+           AS users,
+       (SELECT min(created_at) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS oldest_session,
+       (SELECT max(updated_at) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS newest_activity,
+       (SELECT count(*) FROM {s}.agent_sessions WHERE expires_at IS NOT NULL AND ($1::text IS NULL OR tenant_id = $1))
+           AS with_expiry
 """
 
 STATS_BY_AGENT = """
 SELECT s.agent_name, count(*) AS sessions, COALESCE(sum(mc.n), 0)::bigint AS messages
 FROM {s}.agent_sessions s
-LEFT JOIN (SELECT session_id, count(*) AS n FROM {s}.conversation_messages GROUP BY session_id) mc
-       ON mc.session_id = s.id
+LEFT JOIN (SELECT tenant_id, session_id, count(*) AS n FROM {s}.conversation_messages
+           WHERE $1::text IS NULL OR tenant_id = $1 GROUP BY tenant_id, session_id) mc
+       ON mc.tenant_id = s.tenant_id AND mc.session_id = s.id
+WHERE $1::text IS NULL OR s.tenant_id = $1
 GROUP BY s.agent_name
 ORDER BY sessions DESC, s.agent_name
 """
@@ -498,29 +497,19 @@ class Queries:
     """The statements above with the schema substituted; built once per store."""
 
     append: str
-    append_or_create: str
-    append_many: str
-    append_many_or_create: str
+    read: str
     session_owner: str
-    session_owners: str
-    messages_by_id: str
     create_session: str
     get_session: str
-    get_all_messages: str
-    get_latest_messages: str
-    get_owned_messages: str
     pop_message: str
-    pop_owned_message: str
     clear_session: str
-    clear_owned_session: str
-    session_exists: str
     delete_session: str
     update_metadata: str
     set_expiry: str
     user_sessions_with_messages: str
     user_sessions: str
-    delete_idle_batch: str
     idle_cutoff: str
+    delete_idle_batch: str
     count_idle: str
     delete_expired_batch: str
     delete_user_batch: str

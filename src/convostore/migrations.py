@@ -15,7 +15,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._sql import quote_ident
+from ._sql import APPEND_FUNCTION, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -97,6 +97,59 @@ CREATE INDEX IF NOT EXISTS idx_sessions_expires_at
     ON {s}.agent_sessions (expires_at) WHERE expires_at IS NOT NULL;
 """,
     ),
+    Migration(
+        3,
+        "tenants",
+        """
+-- Every row carries its tenant (the application), and messages their owner too, so that
+-- every statement and every row-level security policy can scope by them without a join or
+-- a subquery (which distributed tables cannot hold). A session id is unique per tenant.
+ALTER TABLE {s}.agent_sessions ADD COLUMN IF NOT EXISTS tenant_id varchar(255) NOT NULL DEFAULT 'default';
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS tenant_id varchar(255) NOT NULL DEFAULT 'default';
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS user_id varchar(255);
+UPDATE {s}.conversation_messages m SET user_id = s.user_id
+  FROM {s}.agent_sessions s WHERE s.id = m.session_id AND m.user_id IS NULL;
+ALTER TABLE {s}.conversation_messages ALTER COLUMN user_id SET NOT NULL;
+-- No defaults: a statement that forgets the tenant fails instead of writing into 'default'.
+ALTER TABLE {s}.agent_sessions ALTER COLUMN tenant_id DROP DEFAULT;
+ALTER TABLE {s}.conversation_messages ALTER COLUMN tenant_id DROP DEFAULT;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'agent_sessions_tenant_id_check'
+                   AND conrelid = '{s}.agent_sessions'::regclass) THEN
+        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_tenant_id_check CHECK (tenant_id <> '');
+    END IF;
+    -- Keys: (tenant_id, id) for sessions, (tenant_id, session_id, seq) and (tenant_id,
+    -- session_id, id) for messages; the foreign key follows.
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'conversation_messages_session_id_fkey'
+               AND conrelid = '{s}.conversation_messages'::regclass) THEN
+        ALTER TABLE {s}.conversation_messages DROP CONSTRAINT conversation_messages_session_id_fkey;
+        ALTER TABLE {s}.conversation_messages DROP CONSTRAINT conversation_messages_pkey;
+        ALTER TABLE {s}.agent_sessions DROP CONSTRAINT agent_sessions_pkey;
+        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_pkey PRIMARY KEY (tenant_id, id);
+        ALTER TABLE {s}.conversation_messages
+            ADD CONSTRAINT conversation_messages_pkey PRIMARY KEY (tenant_id, session_id, seq);
+        ALTER TABLE {s}.conversation_messages ADD CONSTRAINT conversation_messages_session_fkey
+            FOREIGN KEY (tenant_id, session_id) REFERENCES {s}.agent_sessions (tenant_id, id) ON DELETE CASCADE;
+        DROP INDEX {s}.idx_messages_session_id;
+        DROP INDEX {s}.idx_sessions_user_id;
+    END IF;
+    -- Times that Python's datetime could not read back are refused by the table too.
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'agent_sessions_readable_times'
+                   AND conrelid = '{s}.agent_sessions'::regclass) THEN
+        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_readable_times
+            CHECK (ttl IS NULL OR ttl <= interval '36525 days') NOT VALID;
+        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_readable_expiry
+            CHECK (expires_at IS NULL OR expires_at < '9999-01-01') NOT VALID;
+    END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_session_id
+    ON {s}.conversation_messages (tenant_id, session_id, id);
+CREATE INDEX IF NOT EXISTS idx_sessions_user_id
+    ON {s}.agent_sessions (tenant_id, user_id, updated_at DESC, id DESC);
+""",
+    ),
+    Migration(4, "append_and_read_functions", APPEND_FUNCTION + READ_FUNCTION),
 )
 
 _LEDGER = """

@@ -111,6 +111,7 @@ class PostgresSessionStore:
         min_size: int = 1,
         max_size: int = 10,
         schema: str | None = None,
+        tenant: str | None = None,
         apply_migrations: bool | None = True,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
@@ -123,6 +124,7 @@ class PostgresSessionStore:
     ) -> None:
         self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
         self._q: Queries = render(self._schema)  # validates the schema name now
+        self._tenant = check.identifier(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._apply_migrations = apply_migrations
         options = PoolOptions(
             min_size=min_size,
@@ -145,6 +147,11 @@ class PostgresSessionStore:
     def schema(self) -> str:
         """The PostgreSQL schema holding the tables."""
         return self._schema
+
+    @property
+    def tenant(self) -> str:
+        """The tenant (application) this store's calls act in (``$CONVOSTORE_TENANT`` or ``"default"``)."""
+        return self._tenant
 
     @property
     def database_url(self) -> str | None:
@@ -259,6 +266,7 @@ class PostgresSessionStore:
         """
         sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
         args = (
+            self._tenant,
             sid,
             check.identifier(user_id, "user_id"),
             check.identifier(agent_name, "agent_name"),
@@ -281,7 +289,7 @@ class PostgresSessionStore:
     async def get_session(self, session_id: str) -> Session | None:
         """The session with all its messages in order, or ``None`` if it does not exist."""
         sid = check.identifier(session_id, "session_id")
-        rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, sid), session_id=sid)
+        rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, self._tenant, sid), session_id=sid)
         found = sessions_from_joined_rows(rows)
         return found[0] if found else None
 
@@ -292,7 +300,9 @@ class PostgresSessionStore:
             raise InvalidMetadata("patch must be a mapping, not None")
         data = check.metadata(patch)
         row = await self._write(
-            "update_metadata", lambda c: c.fetchrow(self._q.update_metadata, sid, data), session_id=sid
+            "update_metadata",
+            lambda c: c.fetchrow(self._q.update_metadata, self._tenant, sid, None, data),
+            session_id=sid,
         )
         if row is None:
             raise SessionNotFound(f"session {sid!r} does not exist")
@@ -310,7 +320,9 @@ class PostgresSessionStore:
         sliding, fixed = check.duration(ttl, "ttl"), check.duration(expires_in, "expires_in")
         clear = sliding is None and fixed is None
         row = await self._write(
-            "set_expiry", lambda c: c.fetchrow(self._q.set_expiry, sid, sliding, clear, fixed), session_id=sid
+            "set_expiry",
+            lambda c: c.fetchrow(self._q.set_expiry, self._tenant, sid, None, sliding, clear, fixed),
+            session_id=sid,
         )
         if row is None:
             raise SessionNotFound(f"session {sid!r} does not exist")
@@ -319,7 +331,9 @@ class PostgresSessionStore:
     async def delete_session(self, session_id: str) -> bool:
         """Delete the session and its messages; ``False`` if it did not exist."""
         sid = check.identifier(session_id, "session_id")
-        status = await self._write("delete_session", lambda c: c.execute(self._q.delete_session, sid), session_id=sid)
+        status = await self._write(
+            "delete_session", lambda c: c.execute(self._q.delete_session, self._tenant, sid, None), session_id=sid
+        )
         return status != "DELETE 0"
 
     async def get_user_sessions(
@@ -346,12 +360,12 @@ class PostgresSessionStore:
         after_time = cursor.updated_at if cursor else None
         after_id = cursor.id if cursor else None
         if with_messages:
-            args = (uid, after_time, after_id, page, agent, per_session)
+            args = (self._tenant, uid, after_time, after_id, page, agent, per_session)
             rows = await self._run("get_user_sessions", lambda c: c.fetch(self._q.user_sessions_with_messages, *args))
             return sessions_from_joined_rows(rows)
         rows = await self._run(
             "get_user_sessions",
-            lambda c: c.fetch(self._q.user_sessions, uid, after_time, after_id, page, agent),
+            lambda c: c.fetch(self._q.user_sessions, self._tenant, uid, after_time, after_id, page, agent),
         )
         return [session_from_row(r, count=r["message_count"]) for r in rows]
 
@@ -392,9 +406,9 @@ class PostgresSessionStore:
         session owned by another user raises :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        create_as = None
+        owner = agent = None
         if user_id is not None:
-            create_as = (check.identifier(user_id, "user_id"), check.identifier(agent_name, "agent_name"))
+            owner, agent = check.identifier(user_id, "user_id"), check.identifier(agent_name, "agent_name")
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
             raise InvalidMessage("messages must be a sequence of NewMessage or mappings")
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
@@ -403,14 +417,15 @@ class PostgresSessionStore:
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
-        request = AppendRequest(sid, rows, create_as)
+        supplied = any((m.id if isinstance(m, NewMessage) else m.get("id")) is not None for m in messages)
+        request = AppendRequest(self._tenant, sid, rows, owner, agent, probe=supplied)
         deadline = self._runner.deadline()
         if self._coalesce:
             writer = self._runner.loop_local("appends", lambda: AppendWriter(self._appender))
             stored = await writer.submit(request, deadline)
         else:
             stored = await settle_despite_cancel(self._appender.one(request, deadline=deadline))
-        if len(stored) != len(rows) or any(r["conflict"] for r in stored):
+        if len(stored) != len(rows) or any(r["outcome"] == "c" for r in stored):
             raise DuplicateMessageId(
                 f"session {sid!r} already holds different messages with some of these ids: "
                 f"{sorted({r['id'] for r in stored})[:5]}"
@@ -449,26 +464,18 @@ class PostgresSessionStore:
         sid = check.identifier(session_id, "session_id")
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
-        if user_id is not None:
-            uid = check.identifier(user_id, "user_id")
-            rows = await self._run(
-                "get_messages", lambda c: c.fetch(self._q.get_owned_messages, sid, below, n, uid), session_id=sid
-            )
-            if rows and rows[0]["owner"] != uid:
-                raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-            return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid)
-        if n is None:
-            rows = await self._run(
-                "get_messages", lambda c: c.fetch(self._q.get_all_messages, sid, below), session_id=sid
-            )
-        else:
-            rows = await self._run(
-                "get_messages", lambda c: c.fetch(self._q.get_latest_messages, sid, below, n), session_id=sid
-            )
-        return messages_from_rows(rows, sid)
+        uid = check.optional_identifier(user_id, "user_id")
+        rows = await self._run(
+            "get_messages", lambda c: c.fetch(self._q.read, self._tenant, sid, uid, below, n), session_id=sid
+        )
+        if uid is not None and rows and rows[0]["owner"] != uid:
+            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+        return messages_from_rows([r[1:] for r in rows], sid)
 
     async def _check_owner(self, sid: str, uid: str) -> None:
-        owner = await self._run("check owner", lambda c: c.fetchval(self._q.session_owner, sid), session_id=sid)
+        owner = await self._run(
+            "check owner", lambda c: c.fetchval(self._q.session_owner, self._tenant, sid), session_id=sid
+        )
         if owner is not None and owner != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
 
@@ -480,20 +487,15 @@ class PostgresSessionStore:
         *user_id*, another user's session raises :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        if user_id is None:
-            row = await self._write(
-                "pop_message", lambda c: c.fetchrow(self._q.pop_message, sid), session_id=sid, idempotent=False
-            )
-        else:
-            uid = check.identifier(user_id, "user_id")
-            row = await self._write(
-                "pop_message",
-                lambda c: c.fetchrow(self._q.pop_owned_message, sid, uid),
-                session_id=sid,
-                idempotent=False,
-            )
-            if row is None:
-                await self._check_owner(sid, uid)
+        uid = check.optional_identifier(user_id, "user_id")
+        row = await self._write(
+            "pop_message",
+            lambda c: c.fetchrow(self._q.pop_message, self._tenant, sid, uid),
+            session_id=sid,
+            idempotent=False,
+        )
+        if row is None and uid is not None:
+            await self._check_owner(sid, uid)
         return None if row is None else messages_from_rows([row], sid)[0]
 
     async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
@@ -502,17 +504,12 @@ class PostgresSessionStore:
         With *user_id*, another user's session raises :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        if user_id is None:
-            status = await self._write(
-                "clear_session", lambda c: c.execute(self._q.clear_session, sid), session_id=sid
-            )
-        else:
-            uid = check.identifier(user_id, "user_id")
-            status = await self._write(
-                "clear_session", lambda c: c.execute(self._q.clear_owned_session, sid, uid), session_id=sid
-            )
-            if status == "DELETE 0":
-                await self._check_owner(sid, uid)
+        uid = check.optional_identifier(user_id, "user_id")
+        status = await self._write(
+            "clear_session", lambda c: c.execute(self._q.clear_session, self._tenant, sid, uid), session_id=sid
+        )
+        if status == "DELETE 0" and uid is not None:
+            await self._check_owner(sid, uid)
         return int(status.split()[-1])
 
     # -- retention ---------------------------------------------------------------------------
@@ -575,6 +572,7 @@ class PostgresSessionStore:
         not idle). *on_batch* is called with each batch's count (progress bars).
         """
         args = (
+            self._tenant,
             await self._cutoff(older_than, cutoff),
             check.optional_identifier(user_id, "user_id"),
             check.optional_identifier(agent_name, "agent_name"),
@@ -592,6 +590,7 @@ class PostgresSessionStore:
     ) -> int:
         """How many sessions :meth:`delete_idle_sessions` would delete now."""
         args = (
+            self._tenant,
             await self._cutoff(older_than, cutoff),
             check.optional_identifier(user_id, "user_id"),
             check.optional_identifier(agent_name, "agent_name"),
@@ -603,7 +602,7 @@ class PostgresSessionStore:
         self, *, batch_size: int = 1000, on_batch: Callable[[int], None] | None = None
     ) -> int:
         """Delete sessions whose expiry has passed; safe to run from several processes at once."""
-        args = (self._batch(batch_size),)
+        args = (self._tenant, self._batch(batch_size))
         return await self._delete_in_batches("delete_expired_sessions", self._q.delete_expired_batch, args, on_batch)
 
     async def delete_user(
@@ -619,7 +618,9 @@ class PostgresSessionStore:
         size = self._batch(batch_size)
         sessions = messages = 0
         while True:
-            rows = await self._write("delete_user", lambda c: c.fetch(self._q.delete_user_batch, uid, size))
+            rows = await self._write(
+                "delete_user", lambda c: c.fetch(self._q.delete_user_batch, self._tenant, uid, size)
+            )
             if rows:
                 sessions += len(rows)
                 messages += int(rows[0]["messages"])
@@ -655,8 +656,8 @@ class PostgresSessionStore:
         """
 
         async def read(conn: Connection) -> StoreStats:
-            totals = await conn.fetchrow(self._q.stats)
-            agents = await conn.fetch(self._q.stats_by_agent)
+            totals = await conn.fetchrow(self._q.stats, self._tenant)
+            agents = await conn.fetch(self._q.stats_by_agent, self._tenant)
             sizes = await conn.fetch(self._q.stats_sizes, self._schema)
             assert totals is not None
             return StoreStats(

@@ -75,16 +75,17 @@ async def export_jsonl(
     """
     uid = check.optional_identifier(user_id, "user_id")
     sid = check.optional_identifier(session_id, "session_id")
-    runner, q = store.runner, store.queries
+    runner, q, tenant = store.runner, store.queries, store.tenant
     after: str | None = None
     while True:
-        page = await runner.run("export", _fetch(q.export_sessions_page, uid, sid, after, _PAGE))
+        page = await runner.run("export", _fetch(q.export_sessions_page, tenant, uid, sid, tenant, after, _PAGE))
         if sid is not None and after is None and not page:
             raise SessionNotFound(f"session {sid!r} does not exist")
         for s in page:
             yield json.dumps(
                 {
                     "type": "session",
+                    "tenant_id": s["tenant_id"],
                     "id": s["id"],
                     "user_id": s["user_id"],
                     "agent_name": s["agent_name"],
@@ -100,7 +101,7 @@ async def export_jsonl(
             seq = 0
             while True:
                 messages = await runner.run(
-                    "export", _fetch(q.export_messages_page, s["id"], seq, _MESSAGE_PAGE), session_id=s["id"]
+                    "export", _fetch(q.export_messages_page, tenant, s["id"], seq, _MESSAGE_PAGE), session_id=s["id"]
                 )
                 for m in messages:
                     yield json.dumps(
@@ -214,6 +215,7 @@ class _Import:
     """The state of one import: decisions about sessions, counts, conflicts."""
 
     strict: bool
+    tenant: str
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
@@ -254,7 +256,8 @@ class _Import:
             await self._messages(conn, q, messages)
 
     async def _sessions(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
-        stored = {r["id"]: r for r in await conn.fetch(q.import_stored_sessions, [row[0] for _, row in batch])}
+        stored_rows = await conn.fetch(q.import_stored_sessions, self.tenant, [row[0] for _, row in batch])
+        stored = {r["id"]: r for r in stored_rows}
         new: dict[str, tuple[Any, ...]] = {}
         for line, row in batch:
             sid, user, agent = row[0], row[1], row[2]
@@ -273,7 +276,7 @@ class _Import:
             else:
                 self.counts["sessions_present"] += 1
         if new and self.writing:
-            await conn.execute(q.import_sessions, *[list(c) for c in zip(*new.values(), strict=True)])
+            await conn.execute(q.import_sessions, self.tenant, *[list(c) for c in zip(*new.values(), strict=True)])
             self.counts["sessions_added"] += len(new)
 
     async def _messages(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
@@ -282,7 +285,7 @@ class _Import:
         if not wanted:
             return
         keys = [row[0] for _, row in wanted], [row[2] for _, row in wanted], [row[1] for _, row in wanted]
-        stored_rows = await conn.fetch(q.import_stored_messages, *keys)
+        stored_rows = await conn.fetch(q.import_stored_messages, self.tenant, *keys)
         by_id = {(r["session_id"], r["id"]): r for r in stored_rows}
         by_seq = {(r["session_id"], r["seq"]): r for r in stored_rows}
         new: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -304,8 +307,8 @@ class _Import:
                 new[(sid, mid)] = row
                 taken_seqs.add((sid, seq))
         if new and self.writing:
-            await conn.execute(q.import_messages, *[list(c) for c in zip(*new.values(), strict=True)])
-            await conn.execute(q.raise_last_seq, list({key[0] for key in new}))
+            await conn.execute(q.import_messages, self.tenant, *[list(c) for c in zip(*new.values(), strict=True)])
+            await conn.execute(q.raise_last_seq, self.tenant, list({key[0] for key in new}))
             self.counts["messages_added"] += len(new)
 
     def report(self) -> ImportReport:
@@ -346,7 +349,7 @@ async def import_jsonl(
     if on_conflict not in ("error", "skip"):
         raise InvalidInput(f"on_conflict must be 'error' or 'skip', not {on_conflict!r}")
     q = store.queries
-    state = _Import(strict=on_conflict == "error")
+    state = _Import(strict=on_conflict == "error", tenant=store.tenant)
     declared: set[str] = set()
     async with store.runner.connection("import") as conn, conn.transaction():
         try:
@@ -384,8 +387,13 @@ async def _read(
         if kind == "session":
             row = _session_row(obj, number)
             declared.add(row[0])
-            state.sessions.append((number, row))
             state.counts["sessions_read"] += 1
+            tenant = obj.get("tenant_id", state.tenant)
+            if tenant != state.tenant:  # a store imports into its own tenant only
+                state.refused.add(row[0])
+                state.conflict(number, f"session {row[0]!r} is of tenant {tenant!r}; importing into {state.tenant!r}")
+            else:
+                state.sessions.append((number, row))
         elif kind == "message":
             row = _message_row(obj, number)
             if row[0] not in declared:
