@@ -409,10 +409,11 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
     ids = [f"probe-{i}" for i in range(n)]
     t = store.tenant
     rows = (ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n)
-    single = (t, session.id, None, False, True, [session.id], [None], [None], [1] * n, *rows)
-    retried = (t, session.id, None, True, True, [session.id], [None], [None], [1] * n, *rows)
-    many = (t, session.id, None, True, False, [session.id, other.id], [None, None], [None, None],
-            [1, 2] * (n // 2), *rows)  # fmt: skip
+    one = ([1] * n, [session.id] * n, [None] * n, [None] * n)
+    single = (t, session.id, None, False, True, *one, *rows)
+    retried = (t, session.id, None, True, True, *one, *rows)
+    many = (t, session.id, None, True, False, [1, 2] * (n // 2), [session.id, other.id] * (n // 2), [None] * n,
+            [None] * n, *rows)  # fmt: skip
     cases = [
         (store.queries.append, single, n),
         (store.queries.append, retried, n),

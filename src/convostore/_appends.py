@@ -70,24 +70,16 @@ class Appender:
         self._q = queries
 
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
-        columns: list[list[Any]] = [[] for _ in range(7)]
+        # Per message: its request, session, owner, agent, then its columns.
+        columns: list[list[Any]] = [[] for _ in range(10)]
         for index, request in enumerate(batch, start=1):
+            head = (index, request.session_id, request.owner, request.agent)
             for row in request.rows:
-                for column, value in zip(columns, (index, *row), strict=True):
+                for column, value in zip(columns, (*head, *row), strict=True):
                     column.append(value)
         first = batch[0]
         scope_user = first.owner if all(r.owner == first.owner for r in batch) else None
-        return (
-            first.tenant,
-            first.session_id,
-            scope_user,
-            probe,
-            wait,
-            [r.session_id for r in batch],
-            [r.owner for r in batch],
-            [r.agent for r in batch],
-            *columns,
-        )
+        return (first.tenant, first.session_id, scope_user, probe, wait, *columns)
 
     async def _call(self, batch: Sequence[AppendRequest], wait: bool, deadline: float | None) -> list[Any]:
         sql = self._q.append

@@ -77,35 +77,34 @@ class AppendWriter:
         self._idle.set()
 
     async def submit(self, request: AppendRequest, deadline: float | None) -> Stored:
-        """Append *request*; returns once its rows are committed. *deadline* is a loop time."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._room.acquire()
-        except TimeoutError:
-            raise StoreTimeout("add_messages: too many appends waiting; none finished within the deadline") from None
-        item = _Item(request, loop.create_future(), deadline)
+        """Append *request*; returns once its rows are committed. *deadline* is a loop time:
+        a request still queued then is dropped with :class:`StoreTimeout`, and a sent one is
+        bounded by it (its call gets what is left of the earliest deadline of its batch)."""
+        if self._room.locked():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._room.acquire()
+            except TimeoutError:
+                raise StoreTimeout(
+                    "add_messages: too many appends waiting; none finished within the deadline"
+                ) from None
+        else:
+            await self._room.acquire()  # free: no wait, no timer on the hot path
+        item = _Item(request, asyncio.get_running_loop().create_future(), deadline)
         self._pending.append(item)
         self._idle.clear()
         if not self._holding:
             self._dispatch()
         try:
-            timeout = None if deadline is None else max(deadline - loop.time(), 0)
-            await asyncio.wait({item.future}, timeout=timeout)
+            return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             if item.state is _State.QUEUED:
                 self._drop(item)
                 raise
-            # Sent: its statement commits or fails as a whole. Wait for that before giving
-            # the caller its cancellation, so that its next append cannot overtake this one.
+            # Sent: its call commits or fails as a whole. Wait for that before giving the
+            # caller its cancellation, so that its next append cannot overtake this one.
             await _settled(item.future)
             raise
-        if not item.future.done():
-            if item.state is _State.QUEUED:
-                self._drop(item)
-                raise StoreTimeout("add_messages: not sent within the deadline (the append queue was busy)")
-            await _settled(item.future)  # its statement runs within the same deadline
-        return item.future.result()
 
     def _settle(self, item: _Item, *, result: Stored | None = None, exc: BaseException | None = None) -> None:
         """Give *item*'s caller its rows or its error (once; later calls do nothing)."""
@@ -160,10 +159,16 @@ class AppendWriter:
         batch: list[_Item] = []
         rows = 0
         owners: dict[str, str | None] = {}
+        now = asyncio.get_running_loop().time()
         while self._pending:
             item = self._pending[0]
             if item.state is _State.DROPPED:
                 self._pending.popleft()
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._pending.popleft()
+                item.state = _State.DROPPED
+                self._settle(item, exc=StoreTimeout("add_messages: not sent within the deadline (the queue was busy)"))
                 continue
             request = item.request
             if batch and (

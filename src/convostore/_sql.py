@@ -57,9 +57,8 @@ _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, e
 APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.convostore_append(
     p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
-    p_req_sessions text[], p_req_owners text[], p_req_agents text[],
-    p_reqs int[], p_ids text[], p_roles text[], p_contents text[],
-    p_tool_calls jsonb[], p_tool_call_ids text[], p_raws jsonb[]
+    p_reqs int[], p_sessions text[], p_owners text[], p_agents text[],
+    p_ids text[], p_roles text[], p_contents text[], p_tool_calls jsonb[], p_tool_call_ids text[], p_raws jsonb[]
 ) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -68,9 +67,9 @@ DECLARE
     v_counts bigint[];
     v_owners text[];
     v_agents text[];
-    v_bumped text[];
-    v_bases bigint[];
-    v_holders text[];
+    v_bumped text[] := '{}';
+    v_bases bigint[] := '{}';
+    v_holders text[] := '{}';
     v_round int;
 BEGIN
     PERFORM set_config('convostore.tenant', p_tenant, true),
@@ -78,9 +77,9 @@ BEGIN
     IF p_probe THEN
         -- (LATERAL ... LIMIT 1: an index probe per id, whatever the statistics say.)
         SELECT coalesce(array_agg(DISTINCT n.req), '{}') INTO v_done
-          FROM unnest(p_reqs, p_ids) AS n(req, id)
+          FROM unnest(p_reqs, p_sessions, p_ids) AS n(req, sid, id)
          CROSS JOIN LATERAL (SELECT 1 FROM {s}.conversation_messages m
-                              WHERE m.tenant_id = p_tenant AND m.session_id = p_req_sessions[n.req] AND m.id = n.id
+                              WHERE m.tenant_id = p_tenant AND m.session_id = n.sid AND m.id = n.id
                               LIMIT 1) hit;
         IF cardinality(v_done) > 0 THEN
             RETURN QUERY
@@ -88,33 +87,31 @@ BEGIN
                    CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
                              IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw)
                         THEN 'r' ELSE 'c' END
-              FROM unnest(p_reqs, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
-                   AS n(req, id, role, content, tool_calls, tool_call_id, raw)
+              FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+                   AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw)
              CROSS JOIN LATERAL (SELECT * FROM {s}.conversation_messages x
-                                  WHERE x.tenant_id = p_tenant AND x.session_id = p_req_sessions[n.req] AND x.id = n.id
+                                  WHERE x.tenant_id = p_tenant AND x.session_id = n.sid AND x.id = n.id
                                   LIMIT 1) m
              WHERE n.req = ANY (v_done);
         END IF;
     END IF;
-    IF cardinality(p_req_sessions) = 1 AND cardinality(v_done) = 0 THEN
-        v_sessions := p_req_sessions;
+    IF p_reqs[1] = p_reqs[cardinality(p_reqs)] AND cardinality(v_done) = 0 THEN
+        -- One request (the lone append): no grouping needed.
+        v_sessions := ARRAY[p_sessions[1]];
         v_counts := ARRAY[cardinality(p_ids)];
-        v_owners := p_req_owners;
-        v_agents := p_req_agents;
+        v_owners := ARRAY[p_owners[1]];
+        v_agents := ARRAY[p_agents[1]];
     ELSE
         SELECT array_agg(c.sid ORDER BY c.sid), array_agg(c.n ORDER BY c.sid),
                array_agg(c.owner ORDER BY c.sid), array_agg(c.agent ORDER BY c.sid)
           INTO v_sessions, v_counts, v_owners, v_agents
-          FROM (SELECT p_req_sessions[r] AS sid, count(*) AS n,
-                       min(p_req_owners[r]) AS owner, min(p_req_agents[r]) AS agent
-                  FROM unnest(p_reqs) AS r WHERE r <> ALL (v_done) GROUP BY 1) c;
+          FROM (SELECT n.sid, count(*) AS n, min(n.owner) AS owner, min(n.agent) AS agent
+                  FROM unnest(p_reqs, p_sessions, p_owners, p_agents) AS n(req, sid, owner, agent)
+                 WHERE n.req <> ALL (v_done) GROUP BY n.sid) c;
         IF v_sessions IS NULL THEN
             RETURN;
         END IF;
     END IF;
-    v_bumped := '{}';
-    v_bases := '{}';
-    v_holders := '{}';
     FOR v_round IN 1..2 LOOP
         IF p_wait THEN
             WITH bumped AS (
@@ -168,24 +165,23 @@ BEGIN
         -- Why the others cannot be written: no such session ('n'), another user's ('o'), or
         -- held by another transaction ('b': the caller sends the request again alone).
         RETURN QUERY
-        SELECT r.req, c.sid, NULL::text, NULL::bigint, NULL::timestamptz,
-               CASE WHEN s.id IS NULL AND c.agent IS NULL THEN 'n'
-                    WHEN s.id IS NULL OR (c.owner IS NOT NULL AND s.user_id <> c.owner) THEN 'o'
+        SELECT r.req, r.sid, NULL::text, NULL::bigint, NULL::timestamptz,
+               CASE WHEN s.id IS NULL AND r.agent IS NULL THEN 'n'
+                    WHEN s.id IS NULL OR (r.owner IS NOT NULL AND s.user_id <> r.owner) THEN 'o'
                     ELSE 'b' END
-          FROM unnest(v_sessions, v_owners, v_agents) AS c(sid, owner, agent)
-          JOIN (SELECT DISTINCT x AS req FROM unnest(p_reqs) AS x WHERE x <> ALL (v_done)) r
-            ON p_req_sessions[r.req] = c.sid
-          LEFT JOIN {s}.agent_sessions s ON s.tenant_id = p_tenant AND s.id = c.sid
-         WHERE c.sid <> ALL (v_bumped);
+          FROM (SELECT DISTINCT n.req, n.sid, n.owner, n.agent
+                  FROM unnest(p_reqs, p_sessions, p_owners, p_agents) AS n(req, sid, owner, agent)
+                 WHERE n.req <> ALL (v_done) AND n.sid <> ALL (v_bumped)) r
+          LEFT JOIN {s}.agent_sessions s ON s.tenant_id = p_tenant AND s.id = r.sid;
     END IF;
     RETURN QUERY
     INSERT INTO {s}.conversation_messages AS m
         (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw)
     SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
            n.role, n.content, n.tool_calls, n.tool_call_id, n.raw
-      FROM unnest(p_reqs, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
-           WITH ORDINALITY AS n(req, id, role, content, tool_calls, tool_call_id, raw, ord)
-      JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = p_req_sessions[n.req]
+      FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+           WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)
+      JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = n.sid
      WHERE n.req <> ALL (v_done)
     RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
 END

@@ -119,18 +119,19 @@ BEGIN
                    AND conrelid = '{s}.agent_sessions'::regclass) THEN
         ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_tenant_id_check CHECK (tenant_id <> '');
     END IF;
-    -- Keys: (tenant_id, id) for sessions, (tenant_id, session_id, seq) and (tenant_id,
-    -- session_id, id) for messages; the foreign key follows.
+    -- Keys: (id, tenant_id) for sessions, (session_id, tenant_id, seq) and (session_id,
+    -- tenant_id, id) for messages; the foreign key follows. The session id leads: it is the
+    -- selective column (and a distributed table's key); a tenant may hold millions of rows.
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'conversation_messages_session_id_fkey'
                AND conrelid = '{s}.conversation_messages'::regclass) THEN
         ALTER TABLE {s}.conversation_messages DROP CONSTRAINT conversation_messages_session_id_fkey;
         ALTER TABLE {s}.conversation_messages DROP CONSTRAINT conversation_messages_pkey;
         ALTER TABLE {s}.agent_sessions DROP CONSTRAINT agent_sessions_pkey;
-        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_pkey PRIMARY KEY (tenant_id, id);
+        ALTER TABLE {s}.agent_sessions ADD CONSTRAINT agent_sessions_pkey PRIMARY KEY (id, tenant_id);
         ALTER TABLE {s}.conversation_messages
-            ADD CONSTRAINT conversation_messages_pkey PRIMARY KEY (tenant_id, session_id, seq);
+            ADD CONSTRAINT conversation_messages_pkey PRIMARY KEY (session_id, tenant_id, seq);
         ALTER TABLE {s}.conversation_messages ADD CONSTRAINT conversation_messages_session_fkey
-            FOREIGN KEY (tenant_id, session_id) REFERENCES {s}.agent_sessions (tenant_id, id) ON DELETE CASCADE;
+            FOREIGN KEY (session_id, tenant_id) REFERENCES {s}.agent_sessions (id, tenant_id) ON DELETE CASCADE;
         DROP INDEX {s}.idx_messages_session_id;
         DROP INDEX {s}.idx_sessions_user_id;
     END IF;
@@ -144,7 +145,7 @@ BEGIN
     END IF;
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_session_id
-    ON {s}.conversation_messages (tenant_id, session_id, id);
+    ON {s}.conversation_messages (session_id, tenant_id, id);
 CREATE INDEX IF NOT EXISTS idx_sessions_user_id
     ON {s}.agent_sessions (tenant_id, user_id, updated_at DESC, id DESC);
 """,
