@@ -246,6 +246,10 @@ class Runner:
     ) -> None:
         self._url = url
         self._prepare = prepare
+        # Whether the connecting role is subject to row-level security (set by the store when a
+        # pool opens): then every statement that is not one of the scope-setting functions runs
+        # in a transaction that first sets its scope.
+        self.row_security = False
         self.options = options
         self.retry = retry
         self._lock = threading.Lock()
@@ -434,13 +438,18 @@ class Runner:
         session_id: str | None = None,
         idempotent: bool = True,
         deadline: float | None = None,
+        scope: tuple[str, str] | None = None,
     ) -> T:
         """Run *fn* on a pooled connection, retrying failures of the connection or server.
 
         Each attempt gets what is left of the deadline (*deadline*, a loop time, defaults to
         now plus the policy's). A non-idempotent *fn* (``pop_message``) is retried only when
-        the failure proves it had no effect. Raises only :class:`ConvostoreError`.
+        the failure proves it had no effect. *scope* is ``(tenant, user or "*")`` for
+        row-level security: when the role is subject to it, *fn* runs in a transaction that
+        sets it first. Raises only :class:`ConvostoreError`.
         """
+        if scope is not None and self.row_security:
+            fn = _in_scope(fn, *scope)
         attempts = _Attempts(self, what, session_id, deadline)
         while True:
             budget = attempts.budget()
@@ -490,9 +499,10 @@ class Runner:
         return failed
 
     @contextlib.asynccontextmanager
-    async def connection(self, what: str) -> AsyncIterator[Connection]:
-        """A pooled connection for work that cannot be retried as a whole (a streaming import):
-        getting it is retried within the deadline; failures while using it are translated."""
+    async def transaction(self, what: str, *, scope: tuple[str, str] | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection in a transaction, for work that cannot be retried as a whole (a
+        streaming import): getting the connection is retried within the deadline; failures
+        while using it are translated. *scope* as for :meth:`run`."""
         attempts = _Attempts(self, what, None, None)
         while True:
             try:
@@ -501,7 +511,12 @@ class Runner:
             except _Attempt as failed:
                 await attempts.failed(failed, retry=True)
         try:
-            yield conn
+            async with conn.transaction():
+                if scope is not None and self.row_security:
+                    tenant, user = scope
+                    await conn.execute(f"SET LOCAL convostore.tenant = {_literal(tenant)}; "
+                                       f"SET LOCAL convostore.user = {_literal(user)}")  # fmt: skip
+                yield conn
         except ConvostoreError:
             raise
         except Exception as exc:
@@ -555,6 +570,27 @@ class _Attempts:
             delay,
         )
         await asyncio.sleep(delay if left is None else min(delay, left))
+
+
+def _literal(value: str) -> str:
+    """*value* as an SQL string literal, whatever ``standard_conforming_strings`` says."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _in_scope(fn: Callable[[Connection], Awaitable[T]], tenant: str, user: str) -> Callable[[Connection], Awaitable[T]]:
+    """*fn* in a transaction that first sets the row-level security scope. SET LOCAL (not
+    set_config) because a distributed database propagates it to the nodes it involves; the
+    transaction ends with the call (an aborted one is rolled back when the pool takes the
+    connection back)."""
+    begin = f"BEGIN; SET LOCAL convostore.tenant = {_literal(tenant)}; SET LOCAL convostore.user = {_literal(user)}"
+
+    async def scoped(conn: Connection) -> T:
+        await conn.execute(begin)
+        result = await fn(conn)
+        await conn.execute("COMMIT")
+        return result
+
+    return scoped
 
 
 # How long releasing a connection waits for the server to confirm a cancelled statement

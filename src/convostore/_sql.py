@@ -271,13 +271,28 @@ WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.seq = victim.seq
 RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
 """
 
+# Deletions record themselves in the audit trail in the same statement ($4: the actor).
 CLEAR_SESSION = """
-DELETE FROM {s}.conversation_messages
-WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
+WITH gone AS (
+    DELETE FROM {s}.conversation_messages
+    WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
+    RETURNING user_id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, session_id, rows)
+    SELECT 'clear_session', $4, $1, min(user_id), $2, count(*) FROM gone HAVING count(*) > 0
+)
+SELECT count(*) FROM gone
 """
 
 DELETE_SESSION = """
-DELETE FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
+WITH gone AS (
+    DELETE FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
+    RETURNING user_id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, session_id, rows)
+    SELECT 'delete_session', $4, $1, user_id, $2, 1 FROM gone
+)
+SELECT count(*) FROM gone
 """
 
 UPDATE_METADATA = f"""
@@ -353,9 +368,15 @@ WITH victims AS (
     ORDER BY updated_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
+    RETURNING s.id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows, details)
+    SELECT 'delete_idle_sessions', $6, $1, $3, count(*), jsonb_build_object('idle_before', $2::timestamptz)
+    FROM gone HAVING count(*) > 0
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
-RETURNING s.id
+SELECT id FROM gone
 """
 
 COUNT_IDLE = """
@@ -369,25 +390,43 @@ WHERE updated_at < $2::timestamptz
 DELETE_EXPIRED_BATCH = """
 WITH victims AS (
     SELECT tenant_id, id FROM {s}.agent_sessions
-    WHERE expires_at <= now() AND ($1::text IS NULL OR tenant_id = $1)
+    WHERE expires_at <= now() AND ($1::text IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR user_id = $3)
     ORDER BY expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
+    RETURNING s.id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows)
+    SELECT 'delete_expired_sessions', $4, $1, $3, count(*) FROM gone HAVING count(*) > 0
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
-RETURNING s.id
+SELECT id FROM gone
 """
 
 DELETE_USER_BATCH = """
 WITH victims AS (
     SELECT id FROM {s}.agent_sessions WHERE tenant_id = $1 AND user_id = $2 LIMIT $3 FOR UPDATE
-), gone AS (
+), messages AS (
     DELETE FROM {s}.conversation_messages m USING victims v
     WHERE m.tenant_id = $1 AND m.session_id = v.id
     RETURNING 1
+), sessions AS (
+    DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = $1 AND s.id = v.id
+    RETURNING s.id
+), counts AS (
+    SELECT (SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM messages) AS messages
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows, details)
+    SELECT 'delete_user', $4, $1, $2, c.sessions, jsonb_build_object('messages', c.messages)
+    FROM counts c WHERE c.sessions > 0
 )
-DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = $1 AND s.id = v.id
-RETURNING s.id, (SELECT count(*) FROM gone) AS messages
+SELECT sessions, messages FROM counts
+"""
+
+AUDIT = """
+INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, session_id, rows, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
 """
 
 # -- export / import (convostore.transfer) --------------------------------------------------
@@ -458,24 +497,24 @@ WHERE s.tenant_id = $1 AND s.id = m.session_id AND s.last_seq < m.max_seq
 
 # -- stats ---------------------------------------------------------------------------------
 
-STATS = """
-SELECT (SELECT count(*) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS sessions,
-       (SELECT count(*) FROM {s}.conversation_messages WHERE $1::text IS NULL OR tenant_id = $1) AS messages,
-       (SELECT count(DISTINCT (tenant_id, user_id)) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1)
-           AS users,
-       (SELECT min(created_at) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS oldest_session,
-       (SELECT max(updated_at) FROM {s}.agent_sessions WHERE $1::text IS NULL OR tenant_id = $1) AS newest_activity,
-       (SELECT count(*) FROM {s}.agent_sessions WHERE expires_at IS NOT NULL AND ($1::text IS NULL OR tenant_id = $1))
-           AS with_expiry
+# $1: the tenant (NULL: every tenant), $2: the user (NULL: every user).
+_IN_SCOPE = "($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR user_id = $2)"
+STATS = f"""
+WITH s AS (SELECT * FROM {{s}}.agent_sessions WHERE {_IN_SCOPE})
+SELECT (SELECT count(*) FROM s) AS sessions,
+       (SELECT count(*) FROM {{s}}.conversation_messages WHERE {_IN_SCOPE}) AS messages,
+       (SELECT count(DISTINCT (tenant_id, user_id)) FROM s) AS users,
+       (SELECT min(created_at) FROM s) AS oldest_session,
+       (SELECT max(updated_at) FROM s) AS newest_activity,
+       (SELECT count(*) FROM s WHERE expires_at IS NOT NULL) AS with_expiry
 """
 
-STATS_BY_AGENT = """
+STATS_BY_AGENT = f"""
 SELECT s.agent_name, count(*) AS sessions, COALESCE(sum(mc.n), 0)::bigint AS messages
-FROM {s}.agent_sessions s
-LEFT JOIN (SELECT tenant_id, session_id, count(*) AS n FROM {s}.conversation_messages
-           WHERE $1::text IS NULL OR tenant_id = $1 GROUP BY tenant_id, session_id) mc
+FROM (SELECT * FROM {{s}}.agent_sessions WHERE {_IN_SCOPE}) s
+LEFT JOIN (SELECT tenant_id, session_id, count(*) AS n FROM {{s}}.conversation_messages
+           WHERE {_IN_SCOPE} GROUP BY tenant_id, session_id) mc
        ON mc.tenant_id = s.tenant_id AND mc.session_id = s.id
-WHERE $1::text IS NULL OR s.tenant_id = $1
 GROUP BY s.agent_name
 ORDER BY sessions DESC, s.agent_name
 """
@@ -509,6 +548,7 @@ class Queries:
     count_idle: str
     delete_expired_batch: str
     delete_user_batch: str
+    audit: str
     export_sessions_page: str
     export_messages_page: str
     import_stored_sessions: str

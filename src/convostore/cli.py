@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import getpass
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -85,6 +87,7 @@ def _print_json(value: Any) -> None:
 class _Options:
     database_url: str | None = None
     schema: str | None = None
+    tenant: str | None = None
     debug: bool = False
 
 
@@ -97,7 +100,14 @@ DatabaseUrl = Annotated[
 Schema = Annotated[
     str | None, typer.Option("--schema", envvar="CONVOSTORE_SCHEMA", show_envvar=True, help="Schema of the tables.")
 ]
+Tenant = Annotated[
+    str | None,
+    typer.Option(
+        "--tenant", envvar="CONVOSTORE_TENANT", show_envvar=True, help="The application whose sessions to act on."
+    ),
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+AllTenants = Annotated[bool, typer.Option("--all-tenants", help="Every tenant (an operator's run), not one.")]
 
 
 def _version(value: bool) -> None:
@@ -113,12 +123,13 @@ def _main(
     ctx: typer.Context,
     database_url: DatabaseUrl = None,
     schema: Schema = None,
+    tenant: Tenant = None,
     debug: Debug = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    ctx.obj = _Options(database_url, schema, debug)
+    ctx.obj = _Options(database_url, schema, tenant, debug)
     _configure_logging(debug)
 
 
@@ -137,18 +148,25 @@ def common(fn: Callable[..., T]) -> Callable[..., T]:
     extra = [
         inspect.Parameter("database_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DatabaseUrl),
         inspect.Parameter("schema", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Schema),
+        inspect.Parameter("tenant", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Tenant),
         inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Debug),
     ]
 
     @functools.wraps(fn)
     def command(
-        ctx: typer.Context, *args: Any, database_url: str | None, schema: str | None, debug: bool, **kwargs: Any
+        ctx: typer.Context,
+        *args: Any,
+        database_url: str | None,
+        schema: str | None,
+        tenant: str | None,
+        debug: bool,
+        **kwargs: Any,
     ) -> T:
         opts: _Options = ctx.obj
         source = ctx.get_parameter_source
         # Given after the subcommand wins over before it, and a value from the environment
         # (which both levels read) only where nothing was given explicitly.
-        for name, value in (("database_url", database_url), ("schema", schema)):
+        for name, value in (("database_url", database_url), ("schema", schema), ("tenant", tenant)):
             given = source(name)
             if (value is not None and given is not None and given.name == "COMMANDLINE") or getattr(opts, name) is None:
                 setattr(opts, name, value)
@@ -160,7 +178,13 @@ def common(fn: Callable[..., T]) -> Callable[..., T]:
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*signature.parameters.values(), *extra]
     )
-    command.__annotations__ = {**fn.__annotations__, "database_url": DatabaseUrl, "schema": Schema, "debug": Debug}
+    command.__annotations__ = {
+        **fn.__annotations__,
+        "database_url": DatabaseUrl,
+        "schema": Schema,
+        "tenant": Tenant,
+        "debug": Debug,
+    }
     return command
 
 
@@ -209,7 +233,14 @@ def _run(
     opts: _Options = ctx.obj
 
     async def main() -> T:
-        async with PostgresSessionStore(opts.database_url, schema=opts.schema, apply_migrations=migrations) as store:
+        store = PostgresSessionStore(
+            opts.database_url,
+            schema=opts.schema,
+            tenant=opts.tenant,
+            actor=os.environ.get("CONVOSTORE_ACTOR") or f"cli:{getpass.getuser()}",
+            apply_migrations=migrations,
+        )
+        async with store:
             return await work(store)
 
     try:
@@ -289,6 +320,7 @@ def cleanup(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    all_tenants: AllTenants = False,
 ) -> None:
     """Delete sessions not updated for --older-than, in batches that skip sessions in use.
 
@@ -299,7 +331,7 @@ def cleanup(
 
     async def work(store: PostgresSessionStore) -> tuple[int, int]:
         cutoff = await store.idle_cutoff(age)
-        total = await store.count_idle_sessions(cutoff=cutoff, user_id=user, agent_name=agent)
+        total = await store.count_idle_sessions(cutoff=cutoff, user_id=user, agent_name=agent, all_tenants=all_tenants)
         if dry_run or total == 0:
             return total, 0
         with _progress(total, "deleting") as progress:
@@ -308,6 +340,7 @@ def cleanup(
                 cutoff=cutoff,
                 user_id=user,
                 agent_name=agent,
+                all_tenants=all_tenants,
                 batch_size=batch_size,
                 on_batch=lambda n: progress.advance(task, n),
             )
@@ -325,9 +358,10 @@ def cleanup(
 def sweep(
     ctx: typer.Context,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sessions per transaction.")] = 1000,
+    all_tenants: AllTenants = False,
 ) -> None:
     """Delete sessions whose expiry (TTL) has passed; safe to run from several places at once."""
-    deleted = _run(ctx, lambda s: s.delete_expired_sessions(batch_size=batch_size))
+    deleted = _run(ctx, lambda s: s.delete_expired_sessions(batch_size=batch_size, all_tenants=all_tenants))
     out.print(f"deleted {deleted} expired sessions")
 
 
@@ -481,9 +515,10 @@ def sessions_show(
 def stats(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    all_tenants: AllTenants = False,
 ) -> None:
     """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity."""
-    report = _run(ctx, lambda s: s.stats())
+    report = _run(ctx, lambda s: s.stats(all_tenants=all_tenants))
     if as_json:
         _print_json(asdict(report))
         return
@@ -521,6 +556,7 @@ def export_(
     user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    all_tenants: AllTenants = False,
 ) -> None:
     """Write sessions and messages as JSON Lines (streaming; lossless; see `import`)."""
     if user is not None and session is not None:
@@ -531,7 +567,7 @@ def export_(
         count = 0
         target = output.open("w", encoding="utf-8") if output else sys.stdout
         try:
-            async for line in export_jsonl(store, user_id=user, session_id=session):
+            async for line in export_jsonl(store, user_id=user, session_id=session, all_tenants=all_tenants):
                 target.write(line + "\n")
                 count += 1
         finally:

@@ -8,6 +8,7 @@ loop's pool (and, the first time, migrates or checks the schema).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import uuid
@@ -24,10 +25,12 @@ from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
 from ._rows import messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
-from ._sql import Queries, render
+from ._sql import Queries, quote_ident, render
 from ._types import Connection
 from .errors import (
+    ConfigurationError,
     DuplicateMessageId,
+    InvalidIdentifier,
     InvalidInput,
     InvalidMessage,
     InvalidMetadata,
@@ -58,6 +61,14 @@ logger = logging.getLogger("convostore")
 T = TypeVar("T")
 
 __all__ = ["ErasureReport", "PostgresSessionStore", "redact"]
+
+
+# Whether the connected role is restricted by row-level security on the tables: not a
+# superuser, not BYPASSRLS, and not (a member of) their owner.
+_ROW_SECURITY = """
+SELECT NOT (r.rolsuper OR r.rolbypassrls OR pg_has_role(current_user, c.relowner, 'USAGE'))
+FROM pg_roles r, pg_class c WHERE r.rolname = current_user AND c.oid = to_regclass($1)
+"""
 
 
 async def _nothing(conn: Connection) -> None:
@@ -92,6 +103,11 @@ class PostgresSessionStore:
     Options (durations are float seconds):
 
     * ``schema``: where the tables live (default ``$CONVOSTORE_SCHEMA`` or ``public``).
+    * ``tenant``: the application whose sessions this store reads and writes (default
+      ``$CONVOSTORE_TENANT`` or ``"default"``); :meth:`scoped` gives views of other tenants
+      or of one user. Session ids are unique per tenant.
+    * ``actor``: who the audit trail records for deletions, erasures, exports and imports
+      made through this store (default ``$CONVOSTORE_ACTOR``), beside the database role.
     * ``min_size`` / ``max_size``: bounds of each event loop's pool.
     * ``command_timeout``: per-statement limit; ``acquire_timeout``: wait for a pooled
       connection; ``connect_timeout``: opening a connection. Each is further bounded by what
@@ -112,6 +128,7 @@ class PostgresSessionStore:
         max_size: int = 10,
         schema: str | None = None,
         tenant: str | None = None,
+        actor: str | None = None,
         apply_migrations: bool | None = True,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
@@ -125,6 +142,8 @@ class PostgresSessionStore:
         self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
         self._q: Queries = render(self._schema)  # validates the schema name now
         self._tenant = check.identifier(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
+        self._user: str | None = None  # the user a scoped view acts for (None: every user)
+        self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
         self._apply_migrations = apply_migrations
         options = PoolOptions(
             min_size=min_size,
@@ -152,6 +171,48 @@ class PostgresSessionStore:
     def tenant(self) -> str:
         """The tenant (application) this store's calls act in (``$CONVOSTORE_TENANT`` or ``"default"``)."""
         return self._tenant
+
+    @property
+    def user(self) -> str | None:
+        """The user a scoped view acts for (``None``: every user of the tenant)."""
+        return self._user
+
+    def scoped(self, *, tenant: str | None = None, user: str | None = None) -> PostgresSessionStore:
+        """A view of this store acting in *tenant* (default: this store's) for *user*.
+
+        The view shares this store's connections (closing either closes both). With *user*,
+        every call of the view acts for that user alone: ``user_id`` arguments default to it,
+        another user's id is refused, and a session of another user raises
+        :class:`~convostore.errors.SessionOwnershipError` (or, under row-level security,
+        is not seen at all). A user view cannot be widened again.
+        """
+        new_tenant = check.identifier(tenant, "tenant") if tenant is not None else self._tenant
+        new_user = check.optional_identifier(user, "user")
+        if self._user is not None and (new_user != self._user or new_tenant != self._tenant):
+            raise SessionOwnershipError(f"this view acts for user {self._user!r} of tenant {self._tenant!r} only")
+        view = copy.copy(self)
+        view._tenant, view._user, view._sweeper = new_tenant, new_user, None
+        return view
+
+    def acting_user(self, user_id: object = None) -> str | None:
+        """The user a call acts for: *user_id*, or the view's user; another user is refused."""
+        uid = check.optional_identifier(user_id, "user_id")
+        if self._user is None:
+            return uid
+        if uid is not None and uid != self._user:
+            raise SessionOwnershipError(f"this view acts for user {self._user!r}, not {uid!r}")
+        return self._user
+
+    def scope(self, all_tenants: bool = False) -> tuple[str, str] | None:
+        """The row-level security scope of a call; ``None`` for an operator's call across
+        tenants, which a role subject to row-level security cannot make."""
+        if not all_tenants:
+            return (self._tenant, self._user or "*")
+        if self._user is not None:
+            raise SessionOwnershipError(f"this view acts for user {self._user!r}; it cannot act across tenants")
+        if self._runner.row_security:
+            raise ConfigurationError("calls across tenants need a role that row-level security does not restrict")
+        return None
 
     @property
     def database_url(self) -> str | None:
@@ -184,7 +245,14 @@ class PostgresSessionStore:
         return self
 
     async def _prepare(self, conn: Connection) -> None:
-        """Run once per new pool, before any call uses it: migrate, or check the schema."""
+        """Run once per new pool, before any call uses it: migrate, or check the schema; then
+        find out whether this role is subject to row-level security."""
+        await self._check_schema(conn)
+        self._runner.row_security = bool(
+            await conn.fetchval(_ROW_SECURITY, f"{quote_ident(self._schema)}.agent_sessions")
+        )
+
+    async def _check_schema(self, conn: Connection) -> None:
         if self._apply_migrations:
             await apply_migrations(conn, self._schema)
         elif self._apply_migrations is False:
@@ -232,8 +300,11 @@ class PostgresSessionStore:
         *,
         session_id: str | None = None,
         idempotent: bool = True,
+        all_tenants: bool = False,
     ) -> Awaitable[T]:
-        return self._runner.run(what, fn, session_id=session_id, idempotent=idempotent)
+        """Run *fn* in this store's scope (see :meth:`Runner.run <convostore._runner.Runner.run>`)."""
+        scope = self.scope(all_tenants)
+        return self._runner.run(what, fn, session_id=session_id, idempotent=idempotent, scope=scope)
 
     def _write(
         self,
@@ -242,15 +313,18 @@ class PostgresSessionStore:
         *,
         session_id: str | None = None,
         idempotent: bool = True,
+        all_tenants: bool = False,
     ) -> Awaitable[T]:
         """A write: like :meth:`_run`, but a cancelled caller waits for the write to settle."""
-        return settle_despite_cancel(self._runner.run(what, fn, session_id=session_id, idempotent=idempotent))
+        return settle_despite_cancel(
+            self._run(what, fn, session_id=session_id, idempotent=idempotent, all_tenants=all_tenants)
+        )
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def create_session(
         self,
-        user_id: str,
+        user_id: str | None,
         agent_name: str,
         metadata: Mapping[str, Any] | None = None,
         *,
@@ -258,30 +332,40 @@ class PostgresSessionStore:
         ttl: timedelta | float | None = None,
         expires_in: timedelta | float | None = None,
     ) -> Session:
-        """Create a session and return it (id generated unless *session_id* is given).
+        """Create a session of *user_id* (in a user view, ``None`` means the view's user) and
+        return it; the id is generated unless *session_id* is given.
 
         *ttl* gives the session a sliding expiry, renewed by every append; *expires_in* a
         fixed one (each at most 100 years). Expired sessions are removed by
         :meth:`delete_expired_sessions`. An existing *session_id* raises :class:`SessionExists`.
         """
-        sid = check.identifier(session_id, "session_id") if session_id is not None else str(uuid.uuid4())
+        owner = self.acting_user(user_id)
+        if owner is None:
+            raise InvalidIdentifier("user_id must be given (the session's owner)")
+        chosen = session_id is not None
+        sid = check.identifier(session_id, "session_id") if chosen else str(uuid.uuid4())
         args = (
             self._tenant,
             sid,
-            check.identifier(user_id, "user_id"),
+            owner,
             check.identifier(agent_name, "agent_name"),
             check.metadata(metadata),
             check.duration(ttl, "ttl"),
             check.duration(expires_in, "expires_in"),
         )
+        attempts = 0
 
         async def create(conn: Connection) -> Any:
+            nonlocal attempts
+            attempts += 1
             try:
                 return await conn.fetchrow(self._q.create_session, *args)
             except asyncpg.UniqueViolationError:
-                # Also what a retry finds when its first attempt committed unacknowledged:
-                # the caller chose the id, so it can tell by reading the session.
-                raise SessionExists(f"session {sid!r} already exists") from None
+                if chosen or attempts == 1:
+                    raise SessionExists(f"session {sid!r} already exists") from None
+                # Our own new id, found on a retry: the first attempt committed unacknowledged.
+                rows = await conn.fetch(self._q.get_session, self._tenant, sid)
+                return rows[0]
 
         row = await self._write("create_session", create, session_id=sid)
         return session_from_row(row)
@@ -291,7 +375,19 @@ class PostgresSessionStore:
         sid = check.identifier(session_id, "session_id")
         rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, self._tenant, sid), session_id=sid)
         found = sessions_from_joined_rows(rows)
-        return found[0] if found else None
+        if not found:
+            return None
+        if self._user is not None and found[0].user_id != self._user:
+            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+        return found[0]
+
+    async def _missing(self, sid: str) -> SessionNotFound | SessionOwnershipError:
+        """Why a statement scoped to this view's user found no session *sid*."""
+        if self._user is not None:
+            owner = await self._run("check owner", lambda c: c.fetchval(self._q.session_owner, self._tenant, sid))
+            if owner is not None:
+                return SessionOwnershipError(f"session {sid!r} belongs to another user")
+        return SessionNotFound(f"session {sid!r} does not exist")
 
     async def update_metadata(self, session_id: str, patch: Mapping[str, Any]) -> Session:
         """Merge *patch* into the session's metadata (top-level keys; JSONB ``||``)."""
@@ -301,11 +397,11 @@ class PostgresSessionStore:
         data = check.metadata(patch)
         row = await self._write(
             "update_metadata",
-            lambda c: c.fetchrow(self._q.update_metadata, self._tenant, sid, None, data),
+            lambda c: c.fetchrow(self._q.update_metadata, self._tenant, sid, self._user, data),
             session_id=sid,
         )
         if row is None:
-            raise SessionNotFound(f"session {sid!r} does not exist")
+            raise await self._missing(sid)
         return session_from_row(row)
 
     async def set_expiry(
@@ -321,24 +417,30 @@ class PostgresSessionStore:
         clear = sliding is None and fixed is None
         row = await self._write(
             "set_expiry",
-            lambda c: c.fetchrow(self._q.set_expiry, self._tenant, sid, None, sliding, clear, fixed),
+            lambda c: c.fetchrow(self._q.set_expiry, self._tenant, sid, self._user, sliding, clear, fixed),
             session_id=sid,
         )
         if row is None:
-            raise SessionNotFound(f"session {sid!r} does not exist")
+            raise await self._missing(sid)
         return session_from_row(row)
 
     async def delete_session(self, session_id: str) -> bool:
-        """Delete the session and its messages; ``False`` if it did not exist."""
+        """Delete the session and its messages; ``False`` if it did not exist. Audited."""
         sid = check.identifier(session_id, "session_id")
-        status = await self._write(
-            "delete_session", lambda c: c.execute(self._q.delete_session, self._tenant, sid, None), session_id=sid
+        gone = await self._write(
+            "delete_session",
+            lambda c: c.fetchval(self._q.delete_session, self._tenant, sid, self._user, self._actor),
+            session_id=sid,
         )
-        return status != "DELETE 0"
+        if not gone and self._user is not None:
+            missing = await self._missing(sid)
+            if isinstance(missing, SessionOwnershipError):
+                raise missing
+        return bool(gone)
 
     async def get_user_sessions(
         self,
-        user_id: str,
+        user_id: str | None = None,
         limit: int = 10,
         *,
         before: Session | SessionCursor | None = None,
@@ -346,13 +448,16 @@ class PostgresSessionStore:
         messages_limit: int | None = None,
         agent_name: str | None = None,
     ) -> list[Session]:
-        """A user's sessions, most recently updated first, in one query.
+        """A user's sessions (in a user view, ``None`` means the view's user), most recently
+        updated first, in one query.
 
         Pass the last session of a page as *before* for the next page (keyset pagination:
         as fast on page 1,000 as on page 1). With *with_messages*, each session carries its
         messages (the latest *messages_limit* of them, if given); without, only their count.
         """
-        uid = check.identifier(user_id, "user_id")
+        uid = self.acting_user(user_id)
+        if uid is None:
+            raise InvalidIdentifier("user_id must be given")
         page = check.limit(limit)
         per_session = check.limit(messages_limit, "messages_limit")
         agent = check.optional_identifier(agent_name, "agent_name")
@@ -394,21 +499,21 @@ class PostgresSessionStore:
         user_id: str | None = None,
         agent_name: str = "agent",
     ) -> list[Message]:
-        """Append *messages* atomically in one statement and return them as stored.
+        """Append *messages* atomically in one round trip and return them as stored.
 
         The batch gets consecutive ``seq`` numbers after every message committed before it,
-        and the session's ``updated_at`` (and sliding expiry) move in the same statement.
+        and the session's ``updated_at`` (and sliding expiry) move in the same call.
         Appending a batch whose ids are already stored (a retry) returns the stored rows and
         writes nothing; reusing an id for a different message raises :class:`DuplicateMessageId`.
 
         Without *user_id*, an unknown session raises :class:`SessionNotFound`. With it, the
         session is created on first write (owned by *user_id*, for *agent_name*) and a
-        session owned by another user raises :class:`SessionOwnershipError`.
+        session owned by another user raises :class:`SessionOwnershipError` (as it does in a
+        user view, whose user owns what it creates).
         """
         sid = check.identifier(session_id, "session_id")
-        owner = agent = None
-        if user_id is not None:
-            owner, agent = check.identifier(user_id, "user_id"), check.identifier(agent_name, "agent_name")
+        owner = self.acting_user(user_id)
+        agent = check.identifier(agent_name, "agent_name") if user_id is not None else None
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
             raise InvalidMessage("messages must be a sequence of NewMessage or mappings")
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
@@ -458,19 +563,19 @@ class PostgresSessionStore:
 
         *before_seq* pages backwards: pass the ``seq`` of the oldest message you hold to get
         the *limit* messages before it. An unknown session has no messages (``[]``). With
-        *user_id*, a session owned by another user raises :class:`SessionOwnershipError`
-        (checked in the same query).
+        *user_id* (or in a user view), a session owned by another user raises
+        :class:`SessionOwnershipError` (checked in the same query).
         """
         sid = check.identifier(session_id, "session_id")
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
-        uid = check.optional_identifier(user_id, "user_id")
+        uid = self.acting_user(user_id)
         rows = await self._run(
             "get_messages", lambda c: c.fetch(self._q.read, self._tenant, sid, uid, below, n), session_id=sid
         )
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-        return messages_from_rows([r[1:] for r in rows], sid)
+        return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid)
 
     async def _check_owner(self, sid: str, uid: str) -> None:
         owner = await self._run(
@@ -484,10 +589,11 @@ class PostgresSessionStore:
 
         Atomic: concurrent pops each get a different message. Not retried after a failure
         that may have taken effect, since a retry could pop a second message. With
-        *user_id*, another user's session raises :class:`SessionOwnershipError`.
+        *user_id* (or in a user view), another user's session raises
+        :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        uid = check.optional_identifier(user_id, "user_id")
+        uid = self.acting_user(user_id)
         row = await self._write(
             "pop_message",
             lambda c: c.fetchrow(self._q.pop_message, self._tenant, sid, uid),
@@ -499,18 +605,21 @@ class PostgresSessionStore:
         return None if row is None else messages_from_rows([row], sid)[0]
 
     async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
-        """Delete every message of the session (the session stays); return how many.
+        """Delete every message of the session (the session stays); return how many. Audited.
 
-        With *user_id*, another user's session raises :class:`SessionOwnershipError`.
+        With *user_id* (or in a user view), another user's session raises
+        :class:`SessionOwnershipError`.
         """
         sid = check.identifier(session_id, "session_id")
-        uid = check.optional_identifier(user_id, "user_id")
-        status = await self._write(
-            "clear_session", lambda c: c.execute(self._q.clear_session, self._tenant, sid, uid), session_id=sid
+        uid = self.acting_user(user_id)
+        count = await self._write(
+            "clear_session",
+            lambda c: c.fetchval(self._q.clear_session, self._tenant, sid, uid, self._actor),
+            session_id=sid,
         )
-        if status == "DELETE 0" and uid is not None:
+        if not count and uid is not None:
             await self._check_owner(sid, uid)
-        return int(status.split()[-1])
+        return int(count)
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -519,12 +628,13 @@ class PostgresSessionStore:
         what: str,
         sql: str,
         args: tuple[Any, ...],
+        batch_size: int,
         on_batch: Callable[[int], None] | None,
+        all_tenants: bool,
     ) -> int:
         total = 0
-        batch_size = args[-1]
         while True:
-            rows = await self._write(what, lambda c: c.fetch(sql, *args))
+            rows = await self._write(what, lambda c: c.fetch(sql, *args), all_tenants=all_tenants)
             total += len(rows)
             if on_batch is not None and rows:
                 on_batch(len(rows))
@@ -554,6 +664,15 @@ class PostgresSessionStore:
         assert older_than is not None
         return await self.idle_cutoff(older_than)
 
+    async def tenant_for(self, all_tenants: bool = False) -> str | None:
+        """The tenant an operator call covers (``None``: every tenant, once the role is known
+        to be allowed across tenants)."""
+        if not all_tenants:
+            return self._tenant
+        await self._runner.run("connect", _nothing)  # the pool's role decides what is allowed
+        self.scope(all_tenants=True)
+        return None
+
     async def delete_idle_sessions(
         self,
         older_than: timedelta | float | None = None,
@@ -561,6 +680,7 @@ class PostgresSessionStore:
         cutoff: datetime | None = None,
         user_id: str | None = None,
         agent_name: str | None = None,
+        all_tenants: bool = False,
         batch_size: int = 1000,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
@@ -568,17 +688,21 @@ class PostgresSessionStore:
 
         The cutoff is fixed once, at the start, so a long cleanup never reaches sessions that
         were not idle long enough when it began. Works in batches of *batch_size*, each its
-        own short transaction, skipping sessions that a live writer holds locked (they are
-        not idle). *on_batch* is called with each batch's count (progress bars).
+        own short transaction (and audit record), skipping sessions that a live writer holds
+        locked (they are not idle). *all_tenants* widens it to every tenant (an operator's
+        cleanup). *on_batch* is called with each batch's count (progress bars).
         """
+        size = self._batch(batch_size)
         args = (
-            self._tenant,
+            await self.tenant_for(all_tenants),
             await self._cutoff(older_than, cutoff),
-            check.optional_identifier(user_id, "user_id"),
+            self.acting_user(user_id),
             check.optional_identifier(agent_name, "agent_name"),
-            self._batch(batch_size),
+            size,
+            self._actor,
         )
-        return await self._delete_in_batches("delete_idle_sessions", self._q.delete_idle_batch, args, on_batch)
+        sql = self._q.delete_idle_batch
+        return await self._delete_in_batches("delete_idle_sessions", sql, args, size, on_batch, all_tenants)
 
     async def count_idle_sessions(
         self,
@@ -587,51 +711,63 @@ class PostgresSessionStore:
         cutoff: datetime | None = None,
         user_id: str | None = None,
         agent_name: str | None = None,
+        all_tenants: bool = False,
     ) -> int:
         """How many sessions :meth:`delete_idle_sessions` would delete now."""
         args = (
-            self._tenant,
+            await self.tenant_for(all_tenants),
             await self._cutoff(older_than, cutoff),
-            check.optional_identifier(user_id, "user_id"),
+            self.acting_user(user_id),
             check.optional_identifier(agent_name, "agent_name"),
         )
-        count = await self._run("count_idle_sessions", lambda c: c.fetchval(self._q.count_idle, *args))
+        count = await self._run(
+            "count_idle_sessions", lambda c: c.fetchval(self._q.count_idle, *args), all_tenants=all_tenants
+        )
         return int(count)
 
     async def delete_expired_sessions(
-        self, *, batch_size: int = 1000, on_batch: Callable[[int], None] | None = None
+        self,
+        *,
+        all_tenants: bool = False,
+        batch_size: int = 1000,
+        on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete sessions whose expiry has passed; safe to run from several processes at once."""
-        args = (self._tenant, self._batch(batch_size))
-        return await self._delete_in_batches("delete_expired_sessions", self._q.delete_expired_batch, args, on_batch)
+        """Delete sessions whose expiry has passed; safe to run from several processes at once.
+        Audited per batch; *all_tenants* widens it to every tenant."""
+        size = self._batch(batch_size)
+        args = (await self.tenant_for(all_tenants), size, self._user, self._actor)
+        sql = self._q.delete_expired_batch
+        return await self._delete_in_batches("delete_expired_sessions", sql, args, size, on_batch, all_tenants)
 
     async def delete_user(
-        self, user_id: str, *, batch_size: int = 500, on_batch: Callable[[int], None] | None = None
+        self, user_id: str | None = None, *, batch_size: int = 500, on_batch: Callable[[int], None] | None = None
     ) -> ErasureReport:
-        """Erase every session and message of *user_id* (right to erasure).
+        """Erase every session and message of *user_id* in this tenant (right to erasure).
 
-        Batched: each batch of sessions is deleted with its messages in one statement, so a
-        failure never leaves a session without some of its messages; re-running finishes
-        the job.
+        Batched: each batch of sessions is deleted with its messages in one statement (with
+        its audit record), so a failure never leaves a session without some of its messages;
+        re-running finishes the job.
         """
-        uid = check.identifier(user_id, "user_id")
+        uid = self.acting_user(user_id)
+        if uid is None:
+            raise InvalidIdentifier("user_id must be given")
         size = self._batch(batch_size)
         sessions = messages = 0
         while True:
-            rows = await self._write(
-                "delete_user", lambda c: c.fetch(self._q.delete_user_batch, self._tenant, uid, size)
+            row = await self._write(
+                "delete_user", lambda c: c.fetchrow(self._q.delete_user_batch, self._tenant, uid, size, self._actor)
             )
-            if rows:
-                sessions += len(rows)
-                messages += int(rows[0]["messages"])
-                if on_batch is not None:
-                    on_batch(len(rows))
-            if len(rows) < size:
+            assert row is not None
+            sessions += row["sessions"]
+            messages += row["messages"]
+            if on_batch is not None and row["sessions"]:
+                on_batch(row["sessions"])
+            if row["sessions"] < size:
                 return ErasureReport(uid, sessions, messages)
 
     def start_sweeper(self, interval: float, *, batch_size: int = 1000) -> Sweeper:
-        """Delete expired sessions every *interval* seconds in a background task of the
-        running event loop.
+        """Delete expired sessions of this store's tenant every *interval* seconds in a
+        background task of the running event loop.
 
         Returns the running :class:`~convostore.cleanup.Sweeper`; :meth:`stop_sweeper` (or
         :meth:`close`) stops it. Safe with other processes sweeping the same database.
@@ -649,15 +785,17 @@ class PostgresSessionStore:
         if sweeper is not None:
             await sweeper.stop()
 
-    async def stats(self) -> StoreStats:
-        """Counts, per-agent totals, table and index sizes, oldest and newest activity.
+    async def stats(self, *, all_tenants: bool = False) -> StoreStats:
+        """Counts, per-agent totals, table and index sizes, oldest and newest activity of this
+        tenant (of this view's user; of every tenant with *all_tenants*).
 
         Three statements; it scans both tables, so it is an operator's tool, not a hot path.
         """
+        tenant = await self.tenant_for(all_tenants)
 
         async def read(conn: Connection) -> StoreStats:
-            totals = await conn.fetchrow(self._q.stats, self._tenant)
-            agents = await conn.fetch(self._q.stats_by_agent, self._tenant)
+            totals = await conn.fetchrow(self._q.stats, tenant, self._user)
+            agents = await conn.fetch(self._q.stats_by_agent, tenant, self._user)
             sizes = await conn.fetch(self._q.stats_sizes, self._schema)
             assert totals is not None
             return StoreStats(
@@ -671,7 +809,22 @@ class PostgresSessionStore:
                 tables=tuple(TableSize(r["name"], r["table_bytes"], r["index_bytes"]) for r in sizes),
             )
 
-        return await self._run("stats", read)
+        return await self._run("stats", read, all_tenants=all_tenants)
+
+    def audit_args(
+        self, action: str, *, rows: int, all_tenants: bool = False, details: Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        """The arguments of the ``audit`` statement recording *action* made through this store
+        (for convostore's own modules: export and import)."""
+        tenant = None if all_tenants else self._tenant
+        return (action, self._actor, tenant, self._user, None, rows, check.metadata(details))
+
+    async def audit(
+        self, action: str, *, rows: int, all_tenants: bool = False, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record *action* in the audit trail (see :meth:`audit_args`)."""
+        args = self.audit_args(action, rows=rows, all_tenants=all_tenants, details=details)
+        await self._write("audit", lambda c: c.execute(self._q.audit, *args), all_tenants=all_tenants)
 
     @staticmethod
     def _batch(size: object) -> int:

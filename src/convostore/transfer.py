@@ -18,6 +18,7 @@ the same ids) are conflicts, refused unless asked to skip them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,23 +67,30 @@ async def export_jsonl(
     *,
     user_id: str | None = None,
     session_id: str | None = None,
+    all_tenants: bool = False,
 ) -> AsyncIterator[str]:
-    """Yield the export, one JSON line (without newline) at a time.
+    """Yield the export of the store's tenant (of every tenant with *all_tenants*), one JSON
+    line (without newline) at a time; in a user view, only that user's sessions.
 
     Reads sessions page by page and each session's messages in pages by ``seq``, every page
     one retried statement, so memory stays flat however large the export. An unknown
-    *session_id* raises :class:`~convostore.errors.SessionNotFound`.
+    *session_id* raises :class:`~convostore.errors.SessionNotFound`. The export is recorded
+    in the audit trail once it has been read to the end.
     """
-    uid = check.optional_identifier(user_id, "user_id")
+    uid = store.acting_user(user_id)
     sid = check.optional_identifier(session_id, "session_id")
-    runner, q, tenant = store.runner, store.queries, store.tenant
-    after: str | None = None
+    tenant = await store.tenant_for(all_tenants)
+    scope = store.scope(all_tenants)
+    runner, q = store.runner, store.queries
+    after: tuple[str | None, str | None] = (None, None)
+    exported = 0
     while True:
-        page = await runner.run("export", _fetch(q.export_sessions_page, tenant, uid, sid, tenant, after, _PAGE))
-        if sid is not None and after is None and not page:
+        page = await runner.run("export", _fetch(q.export_sessions_page, tenant, uid, sid, *after, _PAGE), scope=scope)
+        if sid is not None and after == (None, None) and not page:
             raise SessionNotFound(f"session {sid!r} does not exist")
         for s in page:
-            yield json.dumps(
+            exported += 1
+            yield _dumps(
                 {
                     "type": "session",
                     "tenant_id": s["tenant_id"],
@@ -95,16 +103,18 @@ async def export_jsonl(
                     "expires_at": _iso(s["expires_at"]),
                     "ttl_seconds": s["ttl_seconds"],
                     "last_seq": s["last_seq"],
-                },
-                ensure_ascii=False,
+                }
             )
             seq = 0
             while True:
                 messages = await runner.run(
-                    "export", _fetch(q.export_messages_page, tenant, s["id"], seq, _MESSAGE_PAGE), session_id=s["id"]
+                    "export",
+                    _fetch(q.export_messages_page, s["tenant_id"], s["id"], seq, _MESSAGE_PAGE),
+                    session_id=s["id"],
+                    scope=scope,
                 )
                 for m in messages:
-                    yield json.dumps(
+                    yield _dumps(
                         {
                             "type": "message",
                             "session_id": s["id"],
@@ -116,15 +126,26 @@ async def export_jsonl(
                             "tool_call_id": m["tool_call_id"],
                             "raw": load_json(m["raw"]),
                             "created_at": _iso(m["created_at"]),
-                        },
-                        ensure_ascii=False,
+                        }
                     )
                 if len(messages) < _MESSAGE_PAGE:
                     break
                 seq = messages[-1]["seq"]
         if len(page) < _PAGE:
-            return
-        after = page[-1]["id"]
+            break
+        after = (page[-1]["tenant_id"], page[-1]["id"])
+    details = {"user_id": uid, "session_id": sid}
+    await store.audit("export", rows=exported, all_tenants=all_tenants, details=details)
+
+
+# C1 controls and the bidirectional overrides stay escaped, so that printing an export to a
+# terminal shows them instead of obeying them (JSON already escapes C0 controls).
+_UNSAFE = re.compile(r"[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _dumps(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _fetch(sql: str, *args: Any) -> Callable[[Connection], Any]:
@@ -216,6 +237,7 @@ class _Import:
 
     strict: bool
     tenant: str
+    user: str | None  # a user view imports that user's sessions only
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
@@ -262,7 +284,10 @@ class _Import:
         for line, row in batch:
             sid, user, agent = row[0], row[1], row[2]
             have = stored.get(sid)
-            if have is None:
+            if self.user is not None and user != self.user:
+                self.refused.add(sid)
+                self.conflict(line, f"session {sid!r} belongs to {user!r}; importing for {self.user!r} only")
+            elif have is None:
                 if sid in new:  # the same session twice in the file: the first one counts
                     self.counts["sessions_present"] += 1
                 else:
@@ -349,9 +374,9 @@ async def import_jsonl(
     if on_conflict not in ("error", "skip"):
         raise InvalidInput(f"on_conflict must be 'error' or 'skip', not {on_conflict!r}")
     q = store.queries
-    state = _Import(strict=on_conflict == "error", tenant=store.tenant)
+    state = _Import(strict=on_conflict == "error", tenant=store.tenant, user=store.user)
     declared: set[str] = set()
-    async with store.runner.connection("import") as conn, conn.transaction():
+    async with store.runner.transaction("import", scope=store.scope()) as conn:
         try:
             await _read(state, declared, lines, on_line, conn, q)
         except asyncpg.UniqueViolationError as exc:
@@ -360,7 +385,14 @@ async def import_jsonl(
             ) from exc
         if state.strict and state.conflicts_seen:
             raise ImportConflict(state.conflicts)
-    return state.report()
+        report = state.report()
+        details = {
+            "sessions": report.sessions_added,
+            "messages": report.messages_added,
+            "conflicts": len(report.conflicts),
+        }
+        await conn.execute(q.audit, *store.audit_args("import", rows=report.messages_added, details=details))
+    return report
 
 
 async def _read(
