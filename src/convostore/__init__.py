@@ -5,6 +5,7 @@ The public surface is re-exported here; see the README for a tour.
 
 from .cleanup import Sweeper, cleanup_old_sessions
 from .errors import (
+    AccessDenied,
     ConfigurationError,
     ConvostoreError,
     DatabaseError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MIGRATIONS",
+    "AccessDenied",
     "AgentStats",
     "ConfigurationError",
     "ConvostoreError",

@@ -31,6 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ._types import Connection
 from .errors import (
+    AccessDenied,
     ConvostoreError,
     DatabaseError,
     DuplicateMessageId,
@@ -163,6 +164,8 @@ def translate(
         return InvalidInput(f"{what}: rejected by the schema ({exc.constraint_name})")
     if isinstance(exc, asyncpg.DataError):  # class 22: too long, bad encoding, out of range...
         return InvalidInput(f"{what}: {exc}")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):  # 42501: privileges, or row-level security
+        return AccessDenied(f"{what}: the database role may not do this ({exc})")
     if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedFunctionError)):
         return SchemaNotReady(f"{what}: the schema is missing or not migrated ({exc}); run `convostore migrate`")
     return DatabaseError(scrub(f"{what}: {describe(exc)}"))
@@ -448,8 +451,6 @@ class Runner:
         row-level security: when the role is subject to it, *fn* runs in a transaction that
         sets it first. Raises only :class:`ConvostoreError`.
         """
-        if scope is not None and self.row_security:
-            fn = _in_scope(fn, *scope)
         attempts = _Attempts(self, what, session_id, deadline)
         while True:
             budget = attempts.budget()
@@ -458,10 +459,12 @@ class Runner:
             except _Attempt as failed:
                 await attempts.failed(failed, retry=True)
                 continue
+            # Known once a pool has opened (the store finds it out then).
+            call = _in_scope(fn, *scope) if scope is not None and self.row_security else fn
             lost: _Attempt | None = None
             try:
                 async with asyncio.timeout(budget):
-                    return await fn(conn)
+                    return await call(conn)
             except ConvostoreError:
                 raise  # ours, raised on purpose inside fn: never retried
             except Exception as exc:
@@ -514,8 +517,8 @@ class Runner:
             async with conn.transaction():
                 if scope is not None and self.row_security:
                     tenant, user = scope
-                    await conn.execute(f"SET LOCAL convostore.tenant = {_literal(tenant)}; "
-                                       f"SET LOCAL convostore.user = {_literal(user)}")  # fmt: skip
+                    await conn.execute(f"SET LOCAL convostore.tenant_id = {_literal(tenant)}; "
+                                       f"SET LOCAL convostore.user_id = {_literal(user)}")  # fmt: skip
                 yield conn
         except ConvostoreError:
             raise
@@ -582,7 +585,9 @@ def _in_scope(fn: Callable[[Connection], Awaitable[T]], tenant: str, user: str) 
     set_config) because a distributed database propagates it to the nodes it involves; the
     transaction ends with the call (an aborted one is rolled back when the pool takes the
     connection back)."""
-    begin = f"BEGIN; SET LOCAL convostore.tenant = {_literal(tenant)}; SET LOCAL convostore.user = {_literal(user)}"
+    begin = (
+        f"BEGIN; SET LOCAL convostore.tenant_id = {_literal(tenant)}; SET LOCAL convostore.user_id = {_literal(user)}"
+    )
 
     async def scoped(conn: Connection) -> T:
         await conn.execute(begin)

@@ -72,8 +72,8 @@ DECLARE
     v_holders text[] := '{}';
     v_round int;
 BEGIN
-    PERFORM set_config('convostore.tenant', p_tenant, true),
-            set_config('convostore.user', coalesce(p_scope_user, '*'), true);
+    PERFORM set_config('convostore.tenant_id', p_tenant, true),
+            set_config('convostore.user_id', coalesce(p_scope_user, '*'), true);
     IF p_probe THEN
         -- (LATERAL ... LIMIT 1: an index probe per id, whatever the statistics say.)
         SELECT coalesce(array_agg(DISTINCT n.req), '{}') INTO v_done
@@ -200,8 +200,8 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     v_owner text;
 BEGIN
-    PERFORM set_config('convostore.tenant', p_tenant, true),
-            set_config('convostore.user', coalesce(p_user, '*'), true);
+    PERFORM set_config('convostore.tenant_id', p_tenant, true),
+            set_config('convostore.user_id', coalesce(p_user, '*'), true);
     SELECT s.user_id INTO v_owner FROM {s}.agent_sessions s WHERE s.tenant_id = p_tenant AND s.id = p_session;
     IF NOT FOUND THEN
         RETURN;

@@ -49,6 +49,8 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List and show sessions.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(sessions_app, name="sessions")
+roles_app = typer.Typer(help="Database roles for production.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(roles_app, name="roles")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -304,6 +306,25 @@ def migrate(
             out.print(f"applied {m.version:04d}_{m.name}")
     else:
         out.print("schema is up to date")
+
+
+@roles_app.command("create")
+@common
+def roles_create(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Option("--owner", help="Owns the schema; run migrations as it.")] = "convostore_owner",
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="The application's role: row-level security applies.")
+    ] = "convostore_app",
+) -> None:
+    """Create the owner and runtime roles and hand the schema to them (run after migrate,
+    as a role that may create roles; again after later migrations). Sets no passwords."""
+    from .roles import create_roles
+
+    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime))
+    for name in (roles.owner, roles.runtime):
+        out.print(f"{'created' if name in roles.created else 'updated'} role {safe(name, oneline=True)}")
+    out.print("set their passwords with ALTER ROLE ... PASSWORD, or use your server's authentication")
 
 
 # -- retention --------------------------------------------------------------------------------

@@ -45,7 +45,12 @@ class SessionNotFound(ConvostoreError, LookupError):
     """The session does not exist (or was deleted)."""
 
 
-class SessionOwnershipError(ConvostoreError, PermissionError):
+class AccessDenied(ConvostoreError, PermissionError):
+    """Not allowed: the database role lacks the privilege, row-level security refused a row
+    outside the call's scope, or the call reaches beyond its view's scope."""
+
+
+class SessionOwnershipError(AccessDenied):
     """The session exists but belongs to another user."""
 
 
@@ -94,6 +99,7 @@ class DatabaseError(ConvostoreError):
 
 
 __all__ = [
+    "AccessDenied",
     "ConfigurationError",
     "ConvostoreError",
     "DatabaseError",

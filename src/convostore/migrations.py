@@ -156,19 +156,21 @@ CREATE INDEX IF NOT EXISTS idx_sessions_user_id
         "row_level_security_and_audit",
         """
 -- Row-level security: a role that neither owns the tables nor bypasses RLS sees and
--- changes only the rows of the scope its transaction set (SET LOCAL convostore.tenant and
--- convostore.user; '*' for every user of the tenant). Nothing set: nothing visible. The
+-- changes only the rows of the scope its transaction set (SET LOCAL convostore.tenant_id and
+-- convostore.user_id; '*' for every user of the tenant). Nothing set: nothing visible. The
 -- policies hold no subquery: tenant and owner are on every row.
 ALTER TABLE {s}.agent_sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE {s}.conversation_messages ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS convostore_scope ON {s}.agent_sessions;
 CREATE POLICY convostore_scope ON {s}.agent_sessions
-    USING (tenant_id = current_setting('convostore.tenant', true)
-           AND (current_setting('convostore.user', true) = '*' OR user_id = current_setting('convostore.user', true)));
+    USING (tenant_id = current_setting('convostore.tenant_id', true)
+           AND (current_setting('convostore.user_id', true) = '*'
+                OR user_id = current_setting('convostore.user_id', true)));
 DROP POLICY IF EXISTS convostore_scope ON {s}.conversation_messages;
 CREATE POLICY convostore_scope ON {s}.conversation_messages
-    USING (tenant_id = current_setting('convostore.tenant', true)
-           AND (current_setting('convostore.user', true) = '*' OR user_id = current_setting('convostore.user', true)));
+    USING (tenant_id = current_setting('convostore.tenant_id', true)
+           AND (current_setting('convostore.user_id', true) = '*'
+                OR user_id = current_setting('convostore.user_id', true)));
 
 -- The audit trail: deletions, erasures, exports and imports, written in the same statement
 -- or transaction as what they record. The runtime role may only insert into it.

@@ -1,0 +1,308 @@
+"""Nobody reads a conversation that is not theirs: tenants, user views, row-level security.
+
+Tenant B's data is seeded by a superuser; then every public method of the store (and the
+functions that take one), the CLI, the Agents SDK session and raw SQL are tried from tenant
+A, under the runtime role that row-level security restricts, and B must come out exactly as
+it was, with nothing of it returned. A method added later without a scope fails the walk,
+because the walk refuses methods it has no call for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+import convostore
+from convostore import ConvostoreError, NewMessage, PostgresSessionStore
+from convostore.cli import app
+from convostore.openai_agents import PostgresSession
+from convostore.roles import create_roles
+
+
+def _as_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+@pytest.fixture
+def roles(database_url: str, schema_name: str) -> Iterator[tuple[str, str]]:
+    """The schema migrated, tenant A and B seeded, and (owner URL, runtime URL)."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, runtime = f"cs_owner_{suffix}", f"cs_app_{suffix}"
+
+    async def setup() -> None:
+        async with PostgresSessionStore(database_url, schema=schema_name) as admin:
+            await create_roles(admin, owner=owner, runtime=runtime)
+            await _seed(admin)
+
+    async def teardown() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
+            for role in (runtime, owner):
+                await conn.execute(f'DROP OWNED BY "{role}"')
+                await conn.execute(f'DROP ROLE "{role}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        yield _as_user(database_url, owner), _as_user(database_url, runtime)
+    finally:
+        asyncio.run(teardown())
+
+
+B_SESSIONS = ("b-shared", "b-own")
+
+
+async def _seed(admin: PostgresSessionStore) -> None:
+    """Tenant B: bob's sessions (one with the id tenant A also uses); tenant A: alice's."""
+    b = admin.scoped(tenant="B")
+    for sid in B_SESSIONS:
+        await b.create_session("bob", "agent", {"secret": "b-metadata"}, session_id=sid, expires_in=0.001)
+        await b.add_messages(sid, [NewMessage("user", "b-secret-1"), NewMessage("assistant", "b-secret-2")])
+    await b.pool.execute(f"UPDATE \"{admin.schema}\".agent_sessions SET updated_at = now() - interval '400 days'")
+    a = admin.scoped(tenant="A")
+    await a.create_session("alice", "agent", session_id="b-shared")
+    await a.add_message("b-shared", "user", "alice's own")
+
+
+async def _snapshot(url: str, schema: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [
+            tuple(r)
+            for r in await conn.fetch(
+                f"""SELECT s.id, s.user_id, s.agent_name, s.metadata, s.updated_at, s.expires_at, s.last_seq,
+                           m.seq, m.id, m.content
+                    FROM "{schema}".agent_sessions s
+                    LEFT JOIN "{schema}".conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id
+                    WHERE s.tenant_id = 'B' ORDER BY 1, 8"""
+            )
+        ]
+    finally:
+        await conn.close()
+
+
+def _leaks(value: Any) -> bool:
+    """Whether *value* shows anything of tenant B (tenant A has its own sessions, even its own
+    bob and its own "b-own": only B's contents mark B)."""
+    text = repr(value)
+    return "b-secret" in text or "b-metadata" in text
+
+
+# Every public method, and how tenant A tries to reach tenant B through it.
+Call = Callable[[PostgresSessionStore], Awaitable[Any]]
+
+
+async def _export(store: PostgresSessionStore) -> list[str]:
+    return [line async for line in convostore.export_jsonl(store)]
+
+
+async def _import(store: PostgresSessionStore) -> Any:
+    lines = [
+        json.dumps({"type": "session", "tenant_id": "B", "id": "b-own", "user_id": "bob", "agent_name": "agent",
+                    "metadata": {}, "created_at": "2026-01-01T00:00:00+00:00",
+                    "updated_at": "2026-01-01T00:00:00+00:00", "last_seq": 9}),
+        json.dumps({"type": "message", "session_id": "b-own", "id": "injected", "seq": 9, "role": "user",
+                    "content": "into B?", "created_at": "2026-01-01T00:00:00+00:00"}),
+    ]  # fmt: skip
+    return await convostore.import_jsonl(store, lines, on_conflict="skip")
+
+
+WALK: dict[str, Call] = {
+    "create_session": lambda s: s.create_session(s.user or "bob", "agent", session_id="b-own"),
+    "get_session": lambda s: s.get_session("b-own"),
+    "update_metadata": lambda s: s.update_metadata("b-own", {"secret": "overwritten"}),
+    "set_expiry": lambda s: s.set_expiry("b-own", ttl=60),
+    "delete_session": lambda s: s.delete_session("b-own"),
+    "get_user_sessions": lambda s: s.get_user_sessions(s.user or "bob"),
+    "add_message": lambda s: s.add_message("b-own", "user", "appended from A"),
+    "add_messages": lambda s: s.add_messages("b-own", [NewMessage("user", "x")], user_id=s.user or "bob"),
+    "get_messages": lambda s: s.get_messages("b-own"),
+    "pop_message": lambda s: s.pop_message("b-own"),
+    "clear_session": lambda s: s.clear_session("b-own"),
+    "idle_cutoff": lambda s: s.idle_cutoff(timedelta(days=1)),
+    "delete_idle_sessions": lambda s: s.delete_idle_sessions(timedelta(days=1)),
+    "count_idle_sessions": lambda s: s.count_idle_sessions(timedelta(days=1)),
+    "delete_expired_sessions": lambda s: s.delete_expired_sessions(),
+    "delete_user": lambda s: s.delete_user(s.user or "bob"),
+    "stats": lambda s: s.stats(),
+    "audit": lambda s: s.audit("probe", rows=0),
+    "migrate": lambda s: s.migrate(),
+    "migration_status": lambda s: s.migration_status(),
+    "tenant_for": lambda s: s.tenant_for(),
+    "export_jsonl": _export,
+    "import_jsonl": _import,
+    "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
+}
+# Methods that touch no conversation data (lifecycle, views, helpers).
+NO_DATA = {"connect", "close", "scoped", "acting_user", "scope", "audit_args", "start_sweeper", "stop_sweeper"}
+# Operators' calls across tenants: a role under row-level security is refused them outright.
+ACROSS_TENANTS: dict[str, Call] = {
+    "delete_idle_sessions": lambda s: s.delete_idle_sessions(timedelta(days=1), all_tenants=True),
+    "count_idle_sessions": lambda s: s.count_idle_sessions(timedelta(days=1), all_tenants=True),
+    "delete_expired_sessions": lambda s: s.delete_expired_sessions(all_tenants=True),
+    "stats": lambda s: s.stats(all_tenants=True),
+    "export_jsonl": lambda s: _consume(convostore.export_jsonl(s, all_tenants=True)),
+}
+
+
+async def _consume(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
+
+
+def test_the_walk_covers_every_public_method() -> None:
+    public = {
+        name
+        for name, member in inspect.getmembers(PostgresSessionStore)
+        if not name.startswith("_") and callable(member) and not isinstance(member, property)
+    }
+    functions = {"export_jsonl", "import_jsonl", "cleanup_old_sessions"}
+    assert public | functions == set(WALK) | NO_DATA, (
+        "a public method without a scope walk: add it to WALK (or NO_DATA if it touches no data)"
+    )
+
+
+@pytest.mark.parametrize("role", ["runtime", "owner"])
+@pytest.mark.parametrize("user", [None, "alice"])
+async def test_tenant_a_reaches_nothing_of_tenant_b(
+    roles: tuple[str, str], database_url: str, schema_name: str, role: str, user: str | None
+) -> None:
+    owner_url, runtime_url = roles
+    before = await _snapshot(database_url, schema_name)
+    assert len(before) == 4
+    store = PostgresSessionStore(runtime_url if role == "runtime" else owner_url, schema=schema_name, tenant="A")
+    view = store.scoped(user=user) if user else store
+    try:
+        # Not a vacuous walk: tenant A's own conversation is there for it.
+        assert [m.content for m in await view.get_messages("b-shared")] == ["alice's own"]
+        for name, call in WALK.items():
+            try:
+                result = await call(view)
+            except ConvostoreError:
+                continue  # refused is fine; what matters is B below
+            assert not _leaks(result), f"{name} returned tenant B's data: {result!r}"
+        for call in ACROSS_TENANTS.values():
+            if role == "runtime" or user:
+                with pytest.raises(ConvostoreError):
+                    await call(view)
+    finally:
+        await store.close()
+    assert await _snapshot(database_url, schema_name) == before
+
+
+async def test_raw_sql_under_the_runtime_role_sees_only_its_scope(roles: tuple[str, str], schema_name: str) -> None:
+    _, runtime_url = roles
+    conn = await asyncpg.connect(runtime_url)
+    s = f'"{schema_name}"'
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {s}.agent_sessions") == 0
+        assert await conn.fetchval(f"SELECT count(*) FROM {s}.conversation_messages") == 0
+        async with conn.transaction():
+            await conn.execute("SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = '*'")
+            assert await conn.fetchval(f"SELECT count(*) FROM {s}.agent_sessions") == 1
+            assert await conn.fetchval(f"UPDATE {s}.agent_sessions SET metadata = '{{}}' WHERE tenant_id = 'B'") is None
+            assert (await conn.execute(f"DELETE FROM {s}.conversation_messages WHERE tenant_id = 'B'")) == "DELETE 0"
+        async with conn.transaction():
+            await conn.execute("SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = 'alice'")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # WITH CHECK: no row into another scope
+                await conn.execute(
+                    f"INSERT INTO {s}.agent_sessions (tenant_id, id, user_id, agent_name) VALUES ('B', 'x', 'bob', 'a')"
+                )
+        for statement in (
+            f"SELECT * FROM {s}.convostore_audit",
+            f"DELETE FROM {s}.convostore_audit",
+            f"UPDATE {s}.convostore_audit SET rows = 0",
+            f"TRUNCATE {s}.convostore_audit",
+            f"DROP TABLE {s}.agent_sessions",
+            f"ALTER TABLE {s}.agent_sessions DISABLE ROW LEVEL SECURITY",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def test_the_cli_in_tenant_a_reaches_nothing_of_tenant_b(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    _, runtime_url = roles
+    before = asyncio.run(_snapshot(database_url, schema_name))
+    env = {"DATABASE_URL": runtime_url, "CONVOSTORE_SCHEMA": schema_name, "CONVOSTORE_TENANT": "A"}
+    runner = CliRunner()
+    for args in (
+        ["sessions", "list", "--user", "bob", "--json"],
+        ["sessions", "show", "b-own"],
+        ["export"],
+        ["delete-user", "bob", "--yes"],
+        ["cleanup", "--older-than", "1d"],
+        ["sweep"],
+        ["stats", "--json"],
+    ):
+        result = runner.invoke(app, args, env=env)
+        assert not _leaks(result.output), (args, result.output)
+    refused = runner.invoke(app, ["cleanup", "--older-than", "1d", "--all-tenants"], env=env)
+    assert refused.exit_code == 1
+    assert asyncio.run(_snapshot(database_url, schema_name)) == before
+
+
+async def test_the_sdk_session_in_tenant_a_reaches_nothing_of_tenant_b(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    _, runtime_url = roles
+    before = await _snapshot(database_url, schema_name)
+    store = PostgresSessionStore(runtime_url, schema=schema_name, tenant="A")
+    try:
+        session = PostgresSession("b-own", store=store, user_id="bob")
+        assert await session.get_items() == []
+        assert await session.pop_item() is None
+        await session.clear_session()
+        await session.add_items([{"role": "user", "content": "a's own b-own"}])
+        assert [i["content"] for i in await session.get_items()] == ["a's own b-own"]  # type: ignore[typeddict-item]
+    finally:
+        await store.close()
+    assert await _snapshot(database_url, schema_name) == before
+
+
+async def test_deletions_exports_and_imports_are_audited(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    owner_url, runtime_url = roles
+    store = PostgresSessionStore(runtime_url, schema=schema_name, tenant="A", actor="support:eve")
+    try:
+        await store.create_session("carol", "agent", session_id="c1")
+        await store.add_message("c1", "user", "hello")
+        await store.clear_session("c1")
+        await store.delete_session("c1")
+        await _consume(convostore.export_jsonl(store, user_id="alice"))
+        await store.delete_user("alice")
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(owner_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT db_role, actor, action, tenant_id, user_id, session_id, rows "
+            f"FROM \"{schema_name}\".convostore_audit WHERE actor = 'support:eve' ORDER BY at"
+        )
+    finally:
+        await conn.close()
+    runtime = urlsplit(runtime_url).username
+    assert [(r["action"], r["tenant_id"], r["rows"]) for r in rows] == [
+        ("clear_session", "A", 1),
+        ("delete_session", "A", 1),
+        ("export", "A", 1),
+        ("delete_user", "A", 1),
+    ]
+    assert {r["db_role"] for r in rows} == {runtime}
