@@ -306,3 +306,60 @@ async def test_deletions_exports_and_imports_are_audited(
         ("delete_user", "A", 1),
     ]
     assert {r["db_role"] for r in rows} == {runtime}
+
+
+INJECTION = [
+    "'",
+    "''; DROP TABLE agent_sessions; --",
+    "x' OR '1'='1",
+    "/* comment */ --",
+    "%",
+    "%s%n%%",
+    "$1",
+    "\\",
+    "\\'; SELECT 1; --",
+    "*",
+    "default",
+    "\uff21\uff2c\uff29\uff23\uff25",  # fullwidth ALICE
+    "\u0430lice",  # Cyrillic a
+    "alice\u200b",  # zero-width space
+    "nul\x00byte",
+    "🎉",
+]
+
+
+@pytest.mark.parametrize("text", INJECTION)
+async def test_hostile_strings_in_every_field_change_nothing_else(
+    roles: tuple[str, str], database_url: str, schema_name: str, text: str
+) -> None:
+    """Each string in every field (tenant, user, agent, session and message ids, content,
+    metadata, tool-call ids) either round-trips into its own rows or is refused; no other row
+    changes."""
+    _, runtime_url = roles
+    before = await _snapshot(database_url, schema_name)
+    store = PostgresSessionStore(runtime_url, schema=schema_name, tenant="A")
+    try:
+        try:
+            view = store.scoped(tenant=text, user=text)
+            session = await view.create_session(text, text, {text: text, "k": text}, session_id=text)
+            stored = await view.add_messages(
+                text,
+                [
+                    NewMessage("user", text, id=text),
+                    NewMessage("assistant", text, tool_calls=[{"id": text, "type": "function", text: text}]),
+                    NewMessage("tool", text, tool_call_id=text),
+                ],
+            )
+        except ConvostoreError:
+            assert "\x00" in text or text == "*", f"{text!r} was refused"
+        else:
+            assert session.metadata == {text: text, "k": text}
+            again = await view.get_session(text)
+            assert again is not None
+            assert [m.content for m in again.messages] == [text] * 3
+            assert again.messages == tuple(stored)
+            assert (await view.get_user_sessions())[0].id == text
+        assert [m.content for m in await store.get_messages("b-shared")] == ["alice's own"]
+    finally:
+        await store.close()
+    assert await _snapshot(database_url, schema_name) == before

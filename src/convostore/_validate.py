@@ -45,6 +45,15 @@ def optional_identifier(value: object, what: str) -> str | None:
     return None if value is None else identifier(value, what)
 
 
+def scope_name(value: object, what: str) -> str:
+    """A tenant or user id: an identifier other than ``*``, which row-level security reads as
+    "every user" (a user named ``*`` would see everyone's sessions)."""
+    name = identifier(value, what)
+    if name == "*":
+        raise InvalidIdentifier(f"{what} must not be '*' (it means every user to row-level security)")
+    return name
+
+
 def metadata(value: object) -> str:
     """Session metadata: a JSON object. Returns its stored JSON text."""
     if value is None:

@@ -141,7 +141,7 @@ class PostgresSessionStore:
     ) -> None:
         self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
         self._q: Queries = render(self._schema)  # validates the schema name now
-        self._tenant = check.identifier(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
+        self._tenant = check.scope_name(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._user: str | None = None  # the user a scoped view acts for (None: every user)
         self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
         self._apply_migrations = apply_migrations
@@ -186,8 +186,8 @@ class PostgresSessionStore:
         :class:`~convostore.errors.SessionOwnershipError` (or, under row-level security,
         is not seen at all). A user view cannot be widened again.
         """
-        new_tenant = check.identifier(tenant, "tenant") if tenant is not None else self._tenant
-        new_user = check.optional_identifier(user, "user")
+        new_tenant = check.scope_name(tenant, "tenant") if tenant is not None else self._tenant
+        new_user = None if user is None else check.scope_name(user, "user")
         if self._user is not None and (new_user != self._user or new_tenant != self._tenant):
             raise SessionOwnershipError(f"this view acts for user {self._user!r} of tenant {self._tenant!r} only")
         view = copy.copy(self)
@@ -196,7 +196,7 @@ class PostgresSessionStore:
 
     def acting_user(self, user_id: object = None) -> str | None:
         """The user a call acts for: *user_id*, or the view's user; another user is refused."""
-        uid = check.optional_identifier(user_id, "user_id")
+        uid = None if user_id is None else check.scope_name(user_id, "user_id")
         if self._user is None:
             return uid
         if uid is not None and uid != self._user:

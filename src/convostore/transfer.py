@@ -187,7 +187,7 @@ def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
             raise ImportFileError(line, "metadata must be an object")
         return (
             check.identifier(obj.get("id"), "id"),
-            check.identifier(obj.get("user_id"), "user_id"),
+            check.scope_name(obj.get("user_id"), "user_id"),
             check.identifier(obj.get("agent_name"), "agent_name"),
             check.metadata(metadata),
             _time(obj.get("created_at"), line, "created_at"),
