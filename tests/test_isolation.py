@@ -363,3 +363,21 @@ async def test_hostile_strings_in_every_field_change_nothing_else(
     finally:
         await store.close()
     assert await _snapshot(database_url, schema_name) == before
+
+
+async def test_a_run_for_another_user_cannot_use_a_users_session(store: PostgresSessionStore) -> None:
+    from agents import Agent, Runner, set_tracing_disabled
+
+    from convostore import SessionOwnershipError
+    from convostore.openai_agents import OfflineModel
+
+    set_tracing_disabled(True)
+    agent = Agent(name="A", model=OfflineModel())
+    session = PostgresSession("alices", store=store.scoped(user="alice"))
+    assert session.user_id == "alice"
+    await Runner.run(agent, "My name is Alice", session=session, context={"user_id": "alice"})
+    with pytest.raises(SessionOwnershipError):
+        await Runner.run(agent, "What's my name?", session=session, context={"user_id": "mallory"})
+    with pytest.raises(SessionOwnershipError):
+        await Runner.run(agent, "hi", session=session, context={"tenant_id": "other"})
+    assert len(await session.get_items()) == 2

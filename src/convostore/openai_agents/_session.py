@@ -14,7 +14,7 @@ from agents.items import TResponseInputItem
 from agents.memory.session_settings import SessionSettings, coerce_session_settings, resolve_session_limit
 
 from .. import _validate as check
-from ..errors import InvalidInput, InvalidMessage, StoreUnavailable
+from ..errors import InvalidInput, InvalidMessage, SessionOwnershipError, StoreUnavailable
 from ..store import PostgresSessionStore
 from ._items import to_items, to_message
 
@@ -36,6 +36,12 @@ class PostgresSession:
     and is retried with the same items on the same session object reuses the same message
     ids, so the items are stored once. Across processes, pass ``idempotency_key=`` (the same
     key for the same call) to get the same guarantee.
+
+    Scope: the session acts in *tenant* (default: the store's) for *user_id* (default: the
+    user of a store view made with ``store.scoped(user=...)``, else ``"default"``). When the
+    SDK passes its run context (``wrapper``) and that context names a ``user_id`` or
+    ``tenant_id`` (as attributes or keys), they must be this session's, so that one user's
+    session object can never serve another user's run.
     """
 
     def __init__(
@@ -43,16 +49,18 @@ class PostgresSession:
         session_id: str,
         *,
         store: PostgresSessionStore,
-        user_id: str = "default",
+        user_id: str | None = None,
         agent_name: str = "agent",
+        tenant: str | None = None,
         session_settings: SessionSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        self.session_id: str = check.identifier(session_id, "session_id")
-        self.user_id = check.identifier(user_id, "user_id")
-        self.agent_name = check.identifier(agent_name, "agent_name")
         if not isinstance(store, PostgresSessionStore):
             raise InvalidInput(f"store must be a PostgresSessionStore, not {type(store).__name__}")
-        self.store = store
+        self.session_id: str = check.identifier(session_id, "session_id")
+        self.user_id: str = store.acting_user(user_id) or "default"
+        self.agent_name = check.identifier(agent_name, "agent_name")
+        self.store = store.scoped(tenant=tenant) if tenant is not None else store
+        self.tenant = self.store.tenant
         given = dict(session_settings) if isinstance(session_settings, Mapping) else session_settings
         try:
             settings = coerce_session_settings(given or SessionSettings())
@@ -64,11 +72,27 @@ class PostgresSession:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"PostgresSession({self.session_id!r}, user_id={self.user_id!r}, agent_name={self.agent_name!r})"
+        return (
+            f"PostgresSession({self.session_id!r}, user_id={self.user_id!r}, agent_name={self.agent_name!r}, "
+            f"tenant={self.tenant!r})"
+        )
+
+    def _check_run(self, wrapper: Any) -> None:
+        """Refuse a run whose context names another user or tenant than this session's."""
+        context = getattr(wrapper, "context", None)
+        if context is None:
+            return
+        for key, mine in (("user_id", self.user_id), ("tenant_id", self.tenant)):
+            theirs = context.get(key) if isinstance(context, Mapping) else getattr(context, key, None)
+            if isinstance(theirs, str) and theirs != mine:
+                raise SessionOwnershipError(
+                    f"the run's context is for {key} {theirs!r}; session {self.session_id!r} is {mine!r}'s"
+                )
 
     async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[TResponseInputItem]:
         """The latest *limit* items (default: ``session_settings.limit``; ``None`` or negative:
         all), oldest first."""
+        self._check_run(wrapper)
         effective = resolve_session_limit(limit, self.session_settings)
         if effective is not None and (isinstance(effective, bool) or not isinstance(effective, int)):
             raise InvalidInput(f"limit must be an int or None, not {type(effective).__name__}")
@@ -89,6 +113,7 @@ class PostgresSession:
     ) -> None:
         """Append *items* in order, atomically, in one statement (idempotent on retry: see the
         class docstring)."""
+        self._check_run(wrapper)
         if not items:
             return
         messages = [to_message(item, index) for index, item in enumerate(items)]
@@ -119,6 +144,7 @@ class PostgresSession:
 
     async def pop_item(self, *, wrapper: Any = None) -> TResponseInputItem | None:
         """Remove and return the newest item (each item is popped once under concurrency)."""
+        self._check_run(wrapper)
         message = await self.store.pop_message(self.session_id, user_id=self.user_id)
         if message is None:
             return None
@@ -126,6 +152,7 @@ class PostgresSession:
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
         """Delete every item of this session (the session row and its metadata stay)."""
+        self._check_run(wrapper)
         await self.store.clear_session(self.session_id, user_id=self.user_id)
 
 
