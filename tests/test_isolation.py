@@ -148,7 +148,17 @@ WALK: dict[str, Call] = {
     "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
-NO_DATA = {"connect", "close", "scoped", "acting_user", "scope", "audit_args", "start_sweeper", "stop_sweeper"}
+NO_DATA = {
+    "connect",
+    "close",
+    "scoped",
+    "acting_user",
+    "scope",
+    "audit_args",
+    "start_sweeper",
+    "stop_sweeper",
+    "distribute",
+}
 # Operators' calls across tenants: a role under row-level security is refused them outright.
 ACROSS_TENANTS: dict[str, Call] = {
     "delete_idle_sessions": lambda s: s.delete_idle_sessions(timedelta(days=1), all_tenants=True),

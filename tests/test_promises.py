@@ -684,3 +684,18 @@ async def test_smaller_library_findings(store: PostgresSessionStore) -> None:
     assert await store.get_messages(s.id) == []
     assert await session.get_items() == []
     assert await store.add_messages(s.id, [NewMessage("user", "still fine")])
+
+
+async def test_a_statement_error_while_opening_fails_at_once(
+    database_url: str, schema_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: PostgresSessionStore, conn: Any) -> None:
+        await conn.execute("SELECT * FROM no_such_table_anywhere")
+
+    monkeypatch.setattr(PostgresSessionStore, "_prepare", broken)
+    store = _store(database_url, schema_name)
+    start = time.monotonic()
+    with pytest.raises(SchemaNotReady):
+        await store.get_session("x")
+    assert time.monotonic() - start < 2, "a refused statement was retried until the deadline"
+    await store.close()

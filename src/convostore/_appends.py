@@ -69,6 +69,12 @@ class Appender:
         self._runner = runner
         self._q = queries
 
+    @property
+    def distributed(self) -> bool:
+        """Whether the tables are distributed: then a call may only carry one session (it is
+        delegated whole to the node holding that session)."""
+        return self._runner.distributed
+
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
         # Per message: its request, session, owner, agent, then its columns.
         columns: list[list[Any]] = [[] for _ in range(10)]

@@ -145,7 +145,9 @@ class AppendWriter:
         task.add_done_callback(done)
 
     def _dispatch(self) -> None:
-        while self._in_flight < self._max_in_flight:
+        # Distributed calls each go to one node, in parallel: allow more of them in flight.
+        limit = self._max_in_flight * (4 if self._appender.distributed else 1)
+        while self._in_flight < limit:
             batch = self._take()
             if not batch:
                 break
@@ -154,12 +156,15 @@ class AppendWriter:
         self._check_idle()
 
     def _take(self) -> list[_Item]:
-        """The oldest requests that fit one call: one tenant, at most max_batch_rows rows,
-        and one owner per session."""
+        """The oldest requests that fit one call: one tenant, at most max_batch_rows rows, and
+        one owner per session. On distributed tables, one session per call: the head's
+        requests, taken from anywhere in the queue (each session's order is kept)."""
+        one_session = self._appender.distributed
         batch: list[_Item] = []
         rows = 0
         owners: dict[str, str | None] = {}
         now = asyncio.get_running_loop().time()
+        skipped: list[_Item] = []
         while self._pending:
             item = self._pending[0]
             if item.state is _State.DROPPED:
@@ -171,6 +176,9 @@ class AppendWriter:
                 self._settle(item, exc=StoreTimeout("add_messages: not sent within the deadline (the queue was busy)"))
                 continue
             request = item.request
+            if one_session and batch and request.session_id != batch[0].request.session_id:
+                skipped.append(self._pending.popleft())  # another session's: stays queued
+                continue
             if batch and (
                 request.tenant != batch[0].request.tenant
                 or rows + len(request.rows) > self._max_batch_rows
@@ -182,6 +190,7 @@ class AppendWriter:
             batch.append(item)
             rows += len(request.rows)
             owners[request.session_id] = request.owner
+        self._pending.extendleft(reversed(skipped))
         return batch
 
     async def _flush(self, batch: list[_Item]) -> None:

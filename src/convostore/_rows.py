@@ -32,6 +32,11 @@ def messages_from_rows(rows: Sequence[Any], sid: str) -> list[Message]:
 
 
 def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
+    """A Session from the ``_SESSION_COLUMNS`` of a row: its expiry is the fixed one, or for a
+    sliding expiry (``ttl``) the time *ttl* after its last activity."""
+    expires_at, ttl = row["expires_at"], row["ttl"]
+    if expires_at is None and ttl is not None:
+        expires_at = row["updated_at"] + ttl
     return new_session(
         row["id"],
         row["user_id"],
@@ -40,7 +45,7 @@ def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int
         row["created_at"],
         row["updated_at"],
         len(messages) if count is None else count,
-        row["expires_at"],
+        expires_at,
         messages,
     )
 
@@ -48,7 +53,7 @@ def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int
 def sessions_from_joined_rows(rows: Sequence[Record]) -> list[Session]:
     """Fold session-joined-to-messages rows (ordered by session, then seq) into Sessions.
 
-    Each row is the session's columns (``id`` ... ``expires_at``, 7 of them) followed by
+    Each row is the session's columns (``id`` ... ``ttl``, 8 of them) followed by
     one message in the ``_MESSAGE_COLUMNS`` shape, all NULL for a session without messages.
     """
     sessions: list[Session] = []
@@ -60,7 +65,7 @@ def sessions_from_joined_rows(rows: Sequence[Record]) -> list[Session]:
                 sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
             current, tail = row, []
         if row["m_id"] is not None:
-            tail.append(row[7:])
+            tail.append(row[8:])
     if current is not None:
         sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
     return sessions

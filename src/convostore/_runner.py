@@ -253,6 +253,8 @@ class Runner:
         # pool opens): then every statement that is not one of the scope-setting functions runs
         # in a transaction that first sets its scope.
         self.row_security = False
+        # Whether the tables are distributed (Citus): set by the store when a pool opens.
+        self.distributed = False
         self.options = options
         self.retry = retry
         self._lock = threading.Lock()
@@ -457,7 +459,7 @@ class Runner:
             try:
                 conn, pool = await self._acquire(budget)
             except _Attempt as failed:
-                await attempts.failed(failed, retry=True)
+                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
                 continue
             # Known once a pool has opened (the store finds it out then).
             call = _in_scope(fn, *scope) if scope is not None and self.row_security else fn
@@ -512,7 +514,7 @@ class Runner:
                 conn, pool = await self._acquire(attempts.budget())
                 break
             except _Attempt as failed:
-                await attempts.failed(failed, retry=True)
+                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
         try:
             async with conn.transaction():
                 if scope is not None and self.row_security:

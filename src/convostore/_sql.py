@@ -34,7 +34,9 @@ def quote_ident(name: str) -> str:
 
 
 _MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
-_SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at"
+# A session expires at expires_at (a fixed expiry) or, with a ttl (a sliding one), ttl after
+# its last activity: derived when read (convostore._rows), so that appends never write it.
+_SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl"
 
 # -- the functions (created by migrations) -----------------------------------------------------
 
@@ -58,10 +60,12 @@ APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.convostore_append(
     p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
     p_reqs int[], p_sessions text[], p_owners text[], p_agents text[],
-    p_ids text[], p_roles text[], p_contents text[], p_tool_calls jsonb[], p_tool_call_ids text[], p_raws jsonb[]
+    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[]
 ) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
+    v_now timestamptz := now();
+    v_all text[];  -- every session of the call (filters on it let a sharded table prune to one shard)
     v_done int[] := '{}';
     v_sessions text[];
     v_counts bigint[];
@@ -71,33 +75,48 @@ DECLARE
     v_bases bigint[] := '{}';
     v_holders text[] := '{}';
     v_round int;
+    v_req int;
+    v_sid text;
+    v_first text;
 BEGIN
     PERFORM set_config('convostore.tenant_id', p_tenant, true),
             set_config('convostore.user_id', coalesce(p_scope_user, '*'), true);
+    IF p_reqs[1] = p_reqs[cardinality(p_reqs)] THEN
+        v_all := ARRAY[p_sessions[1]];
+    ELSE
+        v_all := ARRAY(SELECT DISTINCT unnest(p_sessions));
+    END IF;
     IF p_probe THEN
-        -- (LATERAL ... LIMIT 1: an index probe per id, whatever the statistics say.)
-        SELECT coalesce(array_agg(DISTINCT n.req), '{}') INTO v_done
-          FROM unnest(p_reqs, p_sessions, p_ids) AS n(req, sid, id)
-         CROSS JOIN LATERAL (SELECT 1 FROM {s}.conversation_messages m
-                              WHERE m.tenant_id = p_tenant AND m.session_id = n.sid AND m.id = n.id
-                              LIMIT 1) hit;
-        IF cardinality(v_done) > 0 THEN
-            RETURN QUERY
-            SELECT n.req, m.session_id::text, m.id::text, m.seq, m.created_at,
-                   CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
-                             IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls, n.tool_call_id, n.raw)
-                        THEN 'r' ELSE 'c' END
-              FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
-                   AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw)
-             CROSS JOIN LATERAL (SELECT * FROM {s}.conversation_messages x
-                                  WHERE x.tenant_id = p_tenant AND x.session_id = n.sid AND x.id = n.id
-                                  LIMIT 1) m
-             WHERE n.req = ANY (v_done);
-        END IF;
+        -- A request whose first id is stored was committed before (its acknowledgement was
+        -- lost; a request is stored whole or not at all): return its stored rows, 'r' where
+        -- identical, 'c' where the id holds another message, and write nothing for it. One
+        -- keyed lookup per request, so the plan stays an index probe whatever the statistics.
+        FOR v_req, v_sid, v_first IN
+            SELECT DISTINCT ON (n.req) n.req, n.sid, n.id
+              FROM unnest(p_reqs, p_sessions, p_ids) WITH ORDINALITY AS n(req, sid, id, ord)
+             ORDER BY n.req, n.ord
+        LOOP
+            PERFORM 1 FROM {s}.conversation_messages x
+              WHERE x.session_id = v_sid AND x.tenant_id = p_tenant AND x.id = v_first;
+            IF FOUND THEN
+                v_done := v_done || v_req;
+                RETURN QUERY
+                SELECT n.req, m.session_id::text, m.id::text, m.seq, m.created_at,
+                       CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+                                 IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls::jsonb, n.tool_call_id,
+                                                       n.raw::jsonb)
+                            THEN 'r' ELSE 'c' END
+                  FROM {s}.conversation_messages m
+                  JOIN unnest(p_reqs, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+                       AS n(req, id, role, content, tool_calls, tool_call_id, raw) ON n.req = v_req AND n.id = m.id
+                 WHERE m.session_id = v_sid AND m.tenant_id = p_tenant
+                   AND m.id = ANY (ARRAY(SELECT r.id FROM unnest(p_reqs, p_ids) AS r(req, id) WHERE r.req = v_req));
+            END IF;
+        END LOOP;
     END IF;
     IF p_reqs[1] = p_reqs[cardinality(p_reqs)] AND cardinality(v_done) = 0 THEN
         -- One request (the lone append): no grouping needed.
-        v_sessions := ARRAY[p_sessions[1]];
+        v_sessions := v_all;
         v_counts := ARRAY[cardinality(p_ids)];
         v_owners := ARRAY[p_owners[1]];
         v_agents := ARRAY[p_agents[1]];
@@ -113,11 +132,13 @@ BEGIN
         END IF;
     END IF;
     FOR v_round IN 1..2 LOOP
+        -- Allocate each session's seq range and keep its row locked till commit. Waiting
+        -- (a lone request), or skipping rows other transactions hold (a coalesced batch,
+        -- whose skipped requests are reported busy and sent again alone).
         IF p_wait THEN
             WITH bumped AS (
                 UPDATE {s}.agent_sessions s
-                   SET last_seq = s.last_seq + c.n, updated_at = now(),
-                       expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+                   SET last_seq = s.last_seq + c.n, updated_at = v_now
                   FROM unnest(v_sessions, v_counts, v_owners) AS c(sid, n, owner)
                  WHERE s.tenant_id = p_tenant AND s.id = ANY (v_sessions) AND s.id = c.sid
                    AND c.sid <> ALL (v_bumped) AND (c.owner IS NULL OR s.user_id = c.owner)
@@ -129,8 +150,7 @@ BEGIN
         ELSE
             WITH bumped AS (
                 UPDATE {s}.agent_sessions s
-                   SET last_seq = s.last_seq + c.n, updated_at = now(),
-                       expires_at = CASE WHEN s.ttl IS NULL THEN s.expires_at ELSE now() + s.ttl END
+                   SET last_seq = s.last_seq + c.n, updated_at = v_now
                   FROM unnest(v_sessions, v_counts, v_owners) AS c(sid, n, owner)
                  WHERE s.tenant_id = p_tenant AND s.id = ANY (v_sessions) AND s.id = c.sid
                    AND c.sid <> ALL (v_bumped) AND (c.owner IS NULL OR s.user_id = c.owner)
@@ -147,11 +167,12 @@ BEGIN
         -- Create on first write what does not exist yet. A concurrent creator may win the
         -- race; when waiting, the second round then finds (and waits for) its row.
         WITH created AS (
-            INSERT INTO {s}.agent_sessions AS s (tenant_id, id, user_id, agent_name, last_seq)
-            SELECT p_tenant, c.sid, c.owner, c.agent, c.n
+            INSERT INTO {s}.agent_sessions AS s (tenant_id, id, user_id, agent_name, last_seq, created_at, updated_at)
+            SELECT p_tenant, c.sid, c.owner, c.agent, c.n, v_now, v_now
               FROM unnest(v_sessions, v_counts, v_owners, v_agents) AS c(sid, n, owner, agent)
              WHERE c.agent IS NOT NULL AND c.owner IS NOT NULL AND c.sid <> ALL (v_bumped)
-               AND NOT EXISTS (SELECT 1 FROM {s}.agent_sessions x WHERE x.tenant_id = p_tenant AND x.id = c.sid)
+               AND c.sid <> ALL (ARRAY(SELECT x.id FROM {s}.agent_sessions x
+                                        WHERE x.tenant_id = p_tenant AND x.id = ANY (v_sessions)))
              ORDER BY c.sid
             ON CONFLICT DO NOTHING
             RETURNING s.id, 0::bigint AS base, s.user_id
@@ -163,7 +184,7 @@ BEGIN
     END LOOP;
     IF cardinality(v_bumped) < cardinality(v_sessions) THEN
         -- Why the others cannot be written: no such session ('n'), another user's ('o'), or
-        -- held by another transaction ('b': the caller sends the request again alone).
+        -- held by another transaction ('b').
         RETURN QUERY
         SELECT r.req, r.sid, NULL::text, NULL::bigint, NULL::timestamptz,
                CASE WHEN s.id IS NULL AND r.agent IS NULL THEN 'n'
@@ -172,18 +193,21 @@ BEGIN
           FROM (SELECT DISTINCT n.req, n.sid, n.owner, n.agent
                   FROM unnest(p_reqs, p_sessions, p_owners, p_agents) AS n(req, sid, owner, agent)
                  WHERE n.req <> ALL (v_done) AND n.sid <> ALL (v_bumped)) r
-          LEFT JOIN {s}.agent_sessions s ON s.tenant_id = p_tenant AND s.id = r.sid;
+          LEFT JOIN (SELECT x.id, x.user_id FROM {s}.agent_sessions x
+                      WHERE x.tenant_id = p_tenant AND x.id = ANY (v_sessions)) s ON s.id = r.sid;
     END IF;
-    RETURN QUERY
-    INSERT INTO {s}.conversation_messages AS m
-        (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw)
-    SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
-           n.role, n.content, n.tool_calls, n.tool_call_id, n.raw
-      FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
-           WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)
-      JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = n.sid
-     WHERE n.req <> ALL (v_done)
-    RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
+    IF cardinality(v_bumped) > 0 THEN
+        RETURN QUERY
+        INSERT INTO {s}.conversation_messages AS m
+            (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at)
+        SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
+               n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, v_now
+          FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+               WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)
+          JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = n.sid
+         WHERE n.req <> ALL (v_done)
+        RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
+    END IF;
 END
 $fn$;
 """
@@ -242,13 +266,13 @@ SESSION_OWNER = "SELECT user_id FROM {s}.agent_sessions WHERE tenant_id = $1 AND
 
 CREATE_SESSION = f"""
 INSERT INTO {{s}}.agent_sessions (tenant_id, id, user_id, agent_name, metadata, ttl, expires_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6::interval, now() + COALESCE($7::interval, $6::interval))
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::interval, now() + $7::interval)
 RETURNING {_SESSION_COLUMNS}
 """
 
 # One round trip: the session row joined to its messages (NULLs when it has none).
 GET_SESSION = """
-SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.expires_at,
+SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.expires_at, s.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
        m.created_at AS m_created_at
 FROM {s}.agent_sessions s
@@ -301,9 +325,10 @@ WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
 RETURNING {_SESSION_COLUMNS}
 """
 
+# $4: a sliding expiry (ttl), $5: a fixed one; neither: now() + NULL clears it.
 SET_EXPIRY = f"""
 UPDATE {{s}}.agent_sessions
-   SET ttl = $4::interval, expires_at = CASE WHEN $5 THEN NULL ELSE now() + COALESCE($6::interval, $4::interval) END
+   SET ttl = $4::interval, expires_at = now() + $5::interval
 WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
 RETURNING {_SESSION_COLUMNS}
 """
@@ -312,7 +337,7 @@ RETURNING {_SESSION_COLUMNS}
 # idx_sessions_user_id; with up to $7 latest messages each, in the same round trip.
 _USER_PAGE = """
 WITH page AS (
-    SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at
+    SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl
     FROM {s}.agent_sessions
     WHERE tenant_id = $1 AND user_id = $2
       AND (updated_at, id) < (COALESCE($3::timestamptz, 'infinity'), COALESCE($4::text, ''))
@@ -325,7 +350,7 @@ WITH page AS (
 USER_SESSIONS_WITH_MESSAGES = (
     _USER_PAGE
     + """
-SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at,
+SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
        m.created_at AS m_created_at
 FROM page p
@@ -345,6 +370,36 @@ USER_SESSIONS = (
 SELECT p.*, (SELECT count(*) FROM {s}.conversation_messages x WHERE x.tenant_id = $1 AND x.session_id = p.id)
        AS message_count
 FROM page p
+ORDER BY p.updated_at DESC, p.id DESC
+"""
+)
+
+# On distributed tables (Citus) a lateral join and a correlated subquery cannot reach across
+# shards: the page is computed first, then the latest messages (or counts) of its sessions.
+USER_SESSIONS_WITH_MESSAGES_DIST = (
+    _USER_PAGE
+    + """, latest AS (
+    SELECT x.session_id, x.id, x.seq, x.role, x.content, x.tool_calls, x.tool_call_id, x.raw, x.created_at,
+           row_number() OVER (PARTITION BY x.session_id ORDER BY x.seq DESC) AS rn
+    FROM {s}.conversation_messages x
+    WHERE x.tenant_id = $1 AND x.session_id IN (SELECT id FROM page)
+)
+SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
+       m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
+       m.created_at AS m_created_at
+FROM page p
+LEFT JOIN latest m ON m.session_id = p.id AND ($7::bigint IS NULL OR m.rn <= $7)
+ORDER BY p.updated_at DESC, p.id DESC, m.seq
+"""
+)
+
+USER_SESSIONS_DIST = (
+    _USER_PAGE
+    + """, counts AS (
+    SELECT session_id, count(*) AS n FROM {s}.conversation_messages
+    WHERE tenant_id = $1 AND session_id IN (SELECT id FROM page) GROUP BY session_id
+)
+SELECT p.*, COALESCE(c.n, 0) AS message_count FROM page p LEFT JOIN counts c ON c.session_id = p.id
 ORDER BY p.updated_at DESC, p.id DESC
 """
 )
@@ -387,13 +442,23 @@ WHERE updated_at < $2::timestamptz
   AND ($4::text IS NULL OR agent_name = $4)
 """
 
+# Fixed expiries by idx_sessions_expires_at, sliding ones by idx_sessions_sliding.
 DELETE_EXPIRED_BATCH = """
-WITH victims AS (
+WITH fixed AS (
     SELECT tenant_id, id FROM {s}.agent_sessions
     WHERE expires_at <= now() AND ($1::text IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR user_id = $3)
     ORDER BY expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), sliding AS (
+    SELECT tenant_id, id FROM {s}.agent_sessions
+    WHERE ttl IS NOT NULL AND updated_at <= now() - ttl
+      AND ($1::text IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR user_id = $3)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), victims AS (
+    SELECT * FROM fixed UNION SELECT * FROM sliding
 ), gone AS (
     DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = v.tenant_id AND s.id = v.id
     RETURNING s.id
@@ -413,6 +478,73 @@ WITH victims AS (
     RETURNING 1
 ), sessions AS (
     DELETE FROM {s}.agent_sessions s USING victims v WHERE s.tenant_id = $1 AND s.id = v.id
+    RETURNING s.id
+), counts AS (
+    SELECT (SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM messages) AS messages
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows, details)
+    SELECT 'delete_user', $4, $1, $2, c.sessions, jsonb_build_object('messages', c.messages)
+    FROM counts c WHERE c.sessions > 0
+)
+SELECT sessions, messages FROM counts
+"""
+
+# On distributed tables rows cannot be locked across shards (FOR UPDATE): the batch is
+# chosen without locks and each row is checked again as it is deleted (an idle one is still
+# idle; an expired one still has the updated_at seen), so a session that a writer touched
+# meanwhile stays.
+DELETE_IDLE_BATCH_DIST = """
+WITH victims AS (
+    SELECT tenant_id, id FROM {s}.agent_sessions
+    WHERE updated_at < $2::timestamptz
+      AND ($1::text IS NULL OR tenant_id = $1)
+      AND ($3::text IS NULL OR user_id = $3)
+      AND ($4::text IS NULL OR agent_name = $4)
+    ORDER BY updated_at
+    LIMIT $5
+), gone AS (
+    DELETE FROM {s}.agent_sessions s
+    WHERE (s.tenant_id, s.id) IN (SELECT tenant_id, id FROM victims) AND s.updated_at < $2::timestamptz
+    RETURNING s.id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows, details)
+    SELECT 'delete_idle_sessions', $6, $1, $3, count(*), jsonb_build_object('idle_before', $2::timestamptz)
+    FROM gone HAVING count(*) > 0
+)
+SELECT id FROM gone
+"""
+
+DELETE_EXPIRED_BATCH_DIST = """
+WITH fixed AS (
+    SELECT tenant_id, id, updated_at FROM {s}.agent_sessions
+    WHERE expires_at <= now() AND ($1::text IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR user_id = $3)
+    ORDER BY expires_at
+    LIMIT $2
+), sliding AS (
+    SELECT tenant_id, id, updated_at FROM {s}.agent_sessions
+    WHERE ttl IS NOT NULL AND updated_at <= now() - ttl
+      AND ($1::text IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR user_id = $3)
+    ORDER BY updated_at
+    LIMIT $2
+), gone AS (
+    DELETE FROM {s}.agent_sessions s
+    WHERE (s.tenant_id, s.id, s.updated_at) IN (SELECT * FROM fixed UNION SELECT * FROM sliding)
+    RETURNING s.id
+), audit AS (
+    INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, rows)
+    SELECT 'delete_expired_sessions', $4, $1, $3, count(*) FROM gone HAVING count(*) > 0
+)
+SELECT id FROM gone
+"""
+
+DELETE_USER_BATCH_DIST = """
+WITH victims AS (
+    SELECT id FROM {s}.agent_sessions WHERE tenant_id = $1 AND user_id = $2 LIMIT $3
+), messages AS (
+    DELETE FROM {s}.conversation_messages m WHERE m.tenant_id = $1 AND m.session_id IN (SELECT id FROM victims)
+    RETURNING 1
+), sessions AS (
+    DELETE FROM {s}.agent_sessions s WHERE s.tenant_id = $1 AND s.id IN (SELECT id FROM victims) AND s.user_id = $2
     RETURNING s.id
 ), counts AS (
     SELECT (SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM messages) AS messages
@@ -506,7 +638,7 @@ SELECT (SELECT count(*) FROM s) AS sessions,
        (SELECT count(DISTINCT (tenant_id, user_id)) FROM s) AS users,
        (SELECT min(created_at) FROM s) AS oldest_session,
        (SELECT max(updated_at) FROM s) AS newest_activity,
-       (SELECT count(*) FROM s WHERE expires_at IS NOT NULL) AS with_expiry
+       (SELECT count(*) FROM s WHERE expires_at IS NOT NULL OR ttl IS NOT NULL) AS with_expiry
 """
 
 STATS_BY_AGENT = f"""
@@ -525,6 +657,23 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relkind = 'r'
 ORDER BY c.relname
 """
+
+# A distributed table's own relation on the coordinator is an empty shell: sum its shards.
+STATS_SIZES_DIST = """
+SELECT c.relname AS name,
+       CASE WHEN d.logicalrelid IS NULL THEN pg_table_size(c.oid) ELSE citus_table_size(c.oid) END AS table_bytes,
+       CASE WHEN d.logicalrelid IS NULL THEN pg_indexes_size(c.oid)
+            ELSE citus_total_relation_size(c.oid) - citus_table_size(c.oid) END AS index_bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_dist_partition d ON d.logicalrelid = c.oid
+WHERE n.nspname = $1 AND c.relkind = 'r'
+ORDER BY c.relname
+"""
+
+# Whether the database runs Citus, and then whether the sessions table ($1, a qualified
+# name) is distributed (its catalog exists only with the extension).
+HAS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+IS_DISTRIBUTED = "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,8 +710,27 @@ class Queries:
     stats_sizes: str
 
 
-def render(schema: str) -> Queries:
-    """Return the statements for *schema* (validated and quoted here, once)."""
+# The statements whose shape differs on distributed tables (the rest are the same).
+DISTRIBUTED_VARIANTS = frozenset(
+    {
+        "user_sessions_with_messages",
+        "user_sessions",
+        "delete_idle_batch",
+        "delete_expired_batch",
+        "delete_user_batch",
+        "stats_sizes",
+    }
+)
+
+
+def render(schema: str, *, distributed: bool = False) -> Queries:
+    """Return the statements for *schema* (validated and quoted here, once), in the shapes
+    of distributed tables if *distributed*."""
     quoted = quote_ident(schema)
     templates = globals()
-    return Queries(**{f.name: templates[f.name.upper()].replace("{s}", quoted) for f in fields(Queries)})
+
+    def template(name: str) -> str:
+        key = name.upper() + ("_DIST" if distributed and name in DISTRIBUTED_VARIANTS else "")
+        return str(templates[key]).replace("{s}", quoted)
+
+    return Queries(**{f.name: template(f.name) for f in fields(Queries)})

@@ -146,6 +146,10 @@ BEGIN
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_session_id
     ON {s}.conversation_messages (session_id, tenant_id, id);
+-- A sliding expiry (ttl) is now derived from the last activity (updated_at + ttl) instead of
+-- being rewritten by every append; expires_at keeps only fixed expiries.
+UPDATE {s}.agent_sessions SET expires_at = NULL WHERE ttl IS NOT NULL AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_sessions_sliding ON {s}.agent_sessions (updated_at) WHERE ttl IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_sessions_user_id
     ON {s}.agent_sessions (tenant_id, user_id, updated_at DESC, id DESC);
 """,
@@ -264,3 +268,63 @@ async def migration_status(conn: Connection, schema: str) -> list[MigrationStatu
         MigrationStatus(m.version, m.name, applied[m.version]["applied_at"] if m.version in applied else None)
         for m in MIGRATIONS
     ]
+
+
+# -- scale-out ----------------------------------------------------------------------------------
+
+_DISTRIBUTED_FUNCTIONS = {"convostore_append": "p_route", "convostore_read": "p_session"}
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """What :func:`distribute` did this time: the tables and functions it distributed."""
+
+    tables: tuple[str, ...]
+    functions: tuple[str, ...]
+
+
+async def distribute(conn: Connection, schema: str) -> Distribution:
+    """Distribute a migrated schema over a Citus cluster (run on its coordinator).
+
+    ``agent_sessions`` is distributed by ``id`` and ``conversation_messages`` by
+    ``session_id``, co-located, so that a session and its messages live on one node (Citus
+    moves the rows already there); ``convostore_append`` and ``convostore_read`` are
+    distributed by their session argument, so that an append or a history read is delegated
+    whole to that node. The migration ledger and the audit trail stay on the coordinator.
+    Idempotent: what is already distributed is left as it is.
+    """
+    quoted = quote_ident(schema)
+    sessions, messages = f"{quoted}.agent_sessions", f"{quoted}.conversation_messages"
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
+        raise MigrationError("the database has no citus extension: distributing needs a Citus coordinator")
+    if await conn.fetchval("SELECT to_regclass($1)", sessions) is None:
+        raise MigrationError(f"schema {schema!r} is not migrated: migrate it first")
+    tables = []
+    distributed = "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)"
+    try:
+        if not await conn.fetchval(distributed, sessions):
+            await conn.execute("SELECT create_distributed_table($1, 'id')", sessions)
+            tables.append("agent_sessions")
+        if not await conn.fetchval(distributed, messages):
+            await conn.execute(
+                "SELECT create_distributed_table($1, 'session_id', colocate_with => $2)", messages, sessions
+            )
+            tables.append("conversation_messages")
+        functions = []
+        for name, argument in _DISTRIBUTED_FUNCTIONS.items():
+            function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.{name}")
+            done = await conn.fetchval(
+                "SELECT distribution_argument_index IS NOT NULL FROM pg_dist_object "
+                "WHERE classid = 'pg_proc'::regclass AND objid = $1::regprocedure",
+                function,
+            )
+            if not done:
+                await conn.execute(
+                    "SELECT create_distributed_function($1, $2, colocate_with => $3)", function, argument, sessions
+                )
+                functions.append(name)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(f"distributing schema {schema!r} failed: {exc}") from exc
+    if tables or functions:
+        logger.info("distributed schema %s: tables %s, functions %s", schema, tables, functions)
+    return Distribution(tuple(tables), tuple(functions))

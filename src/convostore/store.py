@@ -25,7 +25,7 @@ from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
 from ._rows import messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
-from ._sql import Queries, quote_ident, render
+from ._sql import HAS_CITUS, IS_DISTRIBUTED, Queries, quote_ident, render
 from ._types import Connection
 from .errors import (
     ConfigurationError,
@@ -40,7 +40,7 @@ from .errors import (
     SessionOwnershipError,
     StoreClosed,
 )
-from .migrations import Migration, MigrationStatus, apply_migrations, migration_status
+from .migrations import Distribution, Migration, MigrationStatus, apply_migrations, distribute, migration_status
 from .models import (
     AgentStats,
     Message,
@@ -118,6 +118,10 @@ class PostgresSessionStore:
       ``None`` does neither (for tools that manage the schema, like ``convostore migrate``).
     * ``coalesce_appends``: concurrent appends share statements and commits (see
       :mod:`convostore._coalesce`); a lone append is sent at once either way.
+    * ``distribute``: on a Citus coordinator, distribute the tables when migrating (default
+      ``$CONVOSTORE_DISTRIBUTE``); see :meth:`distribute`. Whether the tables are
+      distributed is found out when a pool opens, and the few statements whose shape must
+      differ there are chosen then.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class PostgresSessionStore:
         tenant: str | None = None,
         actor: str | None = None,
         apply_migrations: bool | None = True,
+        distribute: bool | None = None,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
         connect_timeout: float = 10.0,
@@ -140,7 +145,12 @@ class PostgresSessionStore:
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self._schema = schema or os.environ.get("CONVOSTORE_SCHEMA") or "public"
-        self._q: Queries = render(self._schema)  # validates the schema name now
+        # Both shapes of the statements, validating the schema name now; the one in use is
+        # chosen once a pool opens and finds out whether the tables are distributed.
+        self._shapes = (render(self._schema), render(self._schema, distributed=True))
+        if distribute is None:
+            distribute = os.environ.get("CONVOSTORE_DISTRIBUTE", "").lower() in ("1", "true", "yes")
+        self._distribute = distribute
         self._tenant = check.scope_name(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._user: str | None = None  # the user a scoped view acts for (None: every user)
         self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
@@ -156,7 +166,7 @@ class PostgresSessionStore:
             connect_kwargs=dict(connect_kwargs or {}),
         )
         self._runner = Runner(database_url, options, retry or RetryPolicy.from_env(), prepare=self._prepare)
-        self._appender = Appender(self._runner, self._q)
+        self._appender = Appender(self._runner, self._shapes[0])
         self._coalesce = coalesce_appends
         self._sweeper: Sweeper | None = None
 
@@ -226,8 +236,12 @@ class PostgresSessionStore:
 
     @property
     def queries(self) -> Queries:
-        """This store's SQL, rendered for its schema (for convostore's own modules)."""
-        return self._q
+        """This store's SQL, rendered for its schema and shape (for convostore's own modules)."""
+        return self._shapes[self._runner.distributed]
+
+    @property
+    def _q(self) -> Queries:
+        return self._shapes[self._runner.distributed]
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -248,9 +262,12 @@ class PostgresSessionStore:
         """Run once per new pool, before any call uses it: migrate, or check the schema; then
         find out whether this role is subject to row-level security."""
         await self._check_schema(conn)
-        self._runner.row_security = bool(
-            await conn.fetchval(_ROW_SECURITY, f"{quote_ident(self._schema)}.agent_sessions")
-        )
+        sessions = f"{quote_ident(self._schema)}.agent_sessions"
+        if self._distribute and self._apply_migrations:
+            await distribute(conn, self._schema)
+        citus = await conn.fetchval(HAS_CITUS)
+        self._runner.distributed = bool(citus and await conn.fetchval(IS_DISTRIBUTED, sessions))
+        self._runner.row_security = bool(await conn.fetchval(_ROW_SECURITY, sessions))
 
     async def _check_schema(self, conn: Connection) -> None:
         if self._apply_migrations:
@@ -288,6 +305,13 @@ class PostgresSessionStore:
     async def migrate(self) -> list[Migration]:
         """Apply pending migrations (safe to run from many processes at once)."""
         return await self._run("migrate", lambda conn: apply_migrations(conn, self._schema))
+
+    async def distribute(self) -> Distribution:
+        """Distribute the tables and the append and read functions over the Citus cluster
+        this store connects to (its coordinator); see :func:`convostore.migrations.distribute`."""
+        done = await self._run("distribute", lambda conn: distribute(conn, self._schema))
+        self._runner.distributed = True
+        return done
 
     async def migration_status(self) -> list[MigrationStatus]:
         """Every known migration with the time it was applied, or ``None`` if pending."""
@@ -335,13 +359,15 @@ class PostgresSessionStore:
         """Create a session of *user_id* (in a user view, ``None`` means the view's user) and
         return it; the id is generated unless *session_id* is given.
 
-        *ttl* gives the session a sliding expiry, renewed by every append; *expires_in* a
-        fixed one (each at most 100 years). Expired sessions are removed by
+        *ttl* gives the session a sliding expiry, *ttl* after its last activity; *expires_in*
+        a fixed one (one or the other, at most 100 years). Expired sessions are removed by
         :meth:`delete_expired_sessions`. An existing *session_id* raises :class:`SessionExists`.
         """
         owner = self.acting_user(user_id)
         if owner is None:
             raise InvalidIdentifier("user_id must be given (the session's owner)")
+        if ttl is not None and expires_in is not None:
+            raise InvalidInput("give ttl (a sliding expiry) or expires_in (a fixed one), not both")
         chosen = session_id is not None
         sid = check.identifier(session_id, "session_id") if chosen else str(uuid.uuid4())
         args = (
@@ -414,10 +440,11 @@ class PostgresSessionStore:
         """Set (or with neither argument, remove) a session's expiry; see :meth:`create_session`."""
         sid = check.identifier(session_id, "session_id")
         sliding, fixed = check.duration(ttl, "ttl"), check.duration(expires_in, "expires_in")
-        clear = sliding is None and fixed is None
+        if sliding is not None and fixed is not None:
+            raise InvalidInput("give ttl (a sliding expiry) or expires_in (a fixed one), not both")
         row = await self._write(
             "set_expiry",
-            lambda c: c.fetchrow(self._q.set_expiry, self._tenant, sid, self._user, sliding, clear, fixed),
+            lambda c: c.fetchrow(self._q.set_expiry, self._tenant, sid, self._user, sliding, fixed),
             session_id=sid,
         )
         if row is None:
