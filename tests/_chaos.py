@@ -119,7 +119,7 @@ class TcpProxy:
 
     def lose_reply_to(self, marker: bytes) -> None:
         """Cut the connection that next sends *marker*, just before the server's reply."""
-        self._loop.call_soon_threadsafe(setattr, self, "_marker", marker)
+        self._marker = marker  # set at once (an attribute store is atomic): the next send may follow
 
     def drop_random(self) -> None:
         def drop() -> None:
@@ -134,7 +134,8 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self._user}@127.0.0.1:{self.port}/{self._database}"
+        # Plaintext, so that lose_reply_to() can see what the client sends.
+        return f"postgresql://{self._user}@127.0.0.1:{self.port}/{self._database}?sslmode=disable"
 
     @classmethod
     def to(cls, database_url: str) -> TcpProxy:

@@ -18,6 +18,23 @@ import pytest
 from convostore import PostgresSessionStore
 from convostore.embedded import embedded_url
 
+DISTRIBUTED = os.environ.get("CONVOSTORE_DISTRIBUTE", "").lower() in ("1", "true", "yes")
+
+
+def pytest_report_header() -> str:
+    if DISTRIBUTED:
+        return "convostore: tables distributed on the Citus coordinator at DATABASE_URL (CONVOSTORE_DISTRIBUTE=1)"
+    return "convostore: single-node tables"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not DISTRIBUTED:
+        return
+    skip = pytest.mark.skip(reason="single node only (triggers or per-table statistics of the coordinator)")
+    for item in items:
+        if item.get_closest_marker("single_node"):
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def database_url() -> str:

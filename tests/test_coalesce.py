@@ -64,6 +64,7 @@ async def test_a_lone_append_is_sent_at_once_alone(database_url: str, schema_nam
         assert log.requests[-1] == 1
 
 
+@pytest.mark.single_node
 async def test_one_bad_request_does_not_fail_its_neighbours(store: PostgresSessionStore) -> None:
     # A refusal that only the database can make: a trigger rejecting one content.
     await store.pool.execute(

@@ -217,16 +217,21 @@ async def test_raw_sql_under_the_runtime_role_sees_only_its_scope(roles: tuple[s
     _, runtime_url = roles
     conn = await asyncpg.connect(runtime_url)
     s = f'"{schema_name}"'
+    # On Citus a SET LOCAL reaches the worker nodes only when asked to.
+    citus = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    propagate = "SET LOCAL citus.propagate_set_commands = 'local'; " if citus else ""
     try:
         assert await conn.fetchval(f"SELECT count(*) FROM {s}.agent_sessions") == 0
         assert await conn.fetchval(f"SELECT count(*) FROM {s}.conversation_messages") == 0
         async with conn.transaction():
-            await conn.execute("SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = '*'")
+            await conn.execute(propagate + "SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = '*'")
             assert await conn.fetchval(f"SELECT count(*) FROM {s}.agent_sessions") == 1
             assert await conn.fetchval(f"UPDATE {s}.agent_sessions SET metadata = '{{}}' WHERE tenant_id = 'B'") is None
             assert (await conn.execute(f"DELETE FROM {s}.conversation_messages WHERE tenant_id = 'B'")) == "DELETE 0"
         async with conn.transaction():
-            await conn.execute("SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = 'alice'")
+            await conn.execute(
+                propagate + "SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = 'alice'"
+            )
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # WITH CHECK: no row into another scope
                 await conn.execute(
                     f"INSERT INTO {s}.agent_sessions (tenant_id, id, user_id, agent_name) VALUES ('B', 'x', 'bob', 'a')"

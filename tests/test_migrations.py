@@ -27,7 +27,18 @@ async def test_migration_sql_itself_can_be_applied_twice(store: PostgresSessionS
     quoted = f'"{store.schema}"'
     async with store.pool.acquire() as conn:
         for migration in MIGRATIONS:
-            await conn.execute(migration.sql.replace("{s}", quoted))
+            for statement in migration.statements(quoted):
+                await conn.execute(statement)
+
+
+def test_migrations_split_into_whole_statements() -> None:
+    for migration in MIGRATIONS:
+        statements = migration.statements('"s"')
+        assert all(s.rstrip().endswith(";") or s == statements[-1] for s in statements)
+        assert sum(s.count("$fn$") for s in statements) % 2 == 0
+        for statement in statements:
+            assert statement.count("$fn$") % 2 == 0, statement
+            assert statement.count("$$") % 2 == 0, statement
 
 
 async def test_status_reports_pending_before_migrating(database_url: str, schema_name: str) -> None:

@@ -218,6 +218,7 @@ async def test_a_locked_session_does_not_stall_its_neighbours(database_url: str,
         assert unrelated < 1.0, f"16 unrelated appends took {unrelated:.2f}s behind one locked session"
 
 
+@pytest.mark.single_node
 async def test_a_timed_out_batch_is_not_run_again_alone(database_url: str, schema_name: str) -> None:
     appends: list[str] = []
 

@@ -397,6 +397,7 @@ def _rows_read(plan: Any, table: str) -> int:
     return total
 
 
+@pytest.mark.single_node
 async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: PostgresSessionStore) -> None:
     """Appends and history reads must stay index probes as a session grows: a plan that
     reads the session's whole history made every append slower than the last. Counts the

@@ -462,7 +462,7 @@ class Runner:
                 await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
                 continue
             # Known once a pool has opened (the store finds it out then).
-            call = _in_scope(fn, *scope) if scope is not None and self.row_security else fn
+            call = _in_scope(fn, *scope, self.distributed) if scope is not None and self.row_security else fn
             lost: _Attempt | None = None
             try:
                 async with asyncio.timeout(budget):
@@ -518,9 +518,7 @@ class Runner:
         try:
             async with conn.transaction():
                 if scope is not None and self.row_security:
-                    tenant, user = scope
-                    await conn.execute(f"SET LOCAL convostore.tenant_id = {_literal(tenant)}; "
-                                       f"SET LOCAL convostore.user_id = {_literal(user)}")  # fmt: skip
+                    await conn.execute(_scope_settings(*scope, self.distributed))
                 yield conn
         except ConvostoreError:
             raise
@@ -582,14 +580,22 @@ def _literal(value: str) -> str:
     return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _in_scope(fn: Callable[[Connection], Awaitable[T]], tenant: str, user: str) -> Callable[[Connection], Awaitable[T]]:
-    """*fn* in a transaction that first sets the row-level security scope. SET LOCAL (not
-    set_config) because a distributed database propagates it to the nodes it involves; the
-    transaction ends with the call (an aborted one is rolled back when the pool takes the
-    connection back)."""
-    begin = (
-        f"BEGIN; SET LOCAL convostore.tenant_id = {_literal(tenant)}; SET LOCAL convostore.user_id = {_literal(user)}"
+def _scope_settings(tenant: str, user: str, distributed: bool) -> str:
+    """The statements that set a transaction's row-level security scope. SET LOCAL (not
+    set_config), which Citus propagates to the nodes the transaction involves when asked to."""
+    propagate = "SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else ""
+    return (
+        f"{propagate}SET LOCAL convostore.tenant_id = {_literal(tenant)}; "
+        f"SET LOCAL convostore.user_id = {_literal(user)}"
     )
+
+
+def _in_scope(
+    fn: Callable[[Connection], Awaitable[T]], tenant: str, user: str, distributed: bool
+) -> Callable[[Connection], Awaitable[T]]:
+    """*fn* in a transaction that first sets the row-level security scope; the transaction
+    ends with the call (an aborted one is rolled back when the pool takes the connection back)."""
+    begin = "BEGIN; " + _scope_settings(tenant, user, distributed)
 
     async def scoped(conn: Connection) -> T:
         await conn.execute(begin)

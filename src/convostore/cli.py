@@ -308,6 +308,18 @@ def migrate(
         out.print("schema is up to date")
 
 
+@app.command()
+@common
+def distribute(ctx: typer.Context) -> None:
+    """Distribute a migrated store over the Citus cluster whose coordinator it connects to:
+    both tables by session (existing rows move), the append and read functions by session."""
+    done = _run(ctx, lambda s: s.distribute())
+    if done.tables or done.functions:
+        out.print(f"distributed tables: {', '.join(done.tables) or '-'}; functions: {', '.join(done.functions) or '-'}")
+    else:
+        out.print("already distributed")
+
+
 @roles_app.command("create")
 @common
 def roles_create(

@@ -10,6 +10,7 @@ pgbouncer. Applied versions are recorded with their name and time.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +30,35 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    def statements(self, quoted_schema: str) -> list[str]:
+        """The migration's statements, one by one: Citus propagates a DDL statement on a
+        distributed table to every node, which it cannot do for one of several commands
+        sent in a single query string."""
+        return split_statements(self.sql.replace("{s}", quoted_schema))
+
+
+_DOLLAR_TAG = re.compile(r"\$[A-Za-z_]*\$")
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split convostore's own migration SQL into statements: a statement ends with a ``;``
+    at the end of a line outside dollar-quoted bodies (functions, DO blocks)."""
+    statements: list[str] = []
+    current: list[str] = []
+    tag: str | None = None
+    for line in sql.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current.append(line)
+        for found in _DOLLAR_TAG.findall(line):
+            tag = found if tag is None else (None if found == tag else tag)
+        if tag is None and line.rstrip().endswith(";"):
+            statements.append("\n".join(current))
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current))
+    return statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +277,8 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
                 _check_known(applied)
                 if migration.version in applied:
                     continue
-                await conn.execute(migration.sql.replace("{s}", quoted))
+                for statement in migration.statements(quoted):
+                    await conn.execute(statement)
                 await conn.execute(
                     f"INSERT INTO {quoted}.convostore_migrations (version, name) VALUES ($1, $2)",
                     migration.version,
@@ -291,7 +322,8 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
     moves the rows already there); ``convostore_append`` and ``convostore_read`` are
     distributed by their session argument, so that an append or a history read is delegated
     whole to that node. The migration ledger and the audit trail stay on the coordinator.
-    Idempotent: what is already distributed is left as it is.
+    Idempotent, and safe from several processes at once (they queue on the migrations'
+    lock): what is already distributed is left as it is.
     """
     quoted = quote_ident(schema)
     sessions, messages = f"{quoted}.agent_sessions", f"{quoted}.conversation_messages"
@@ -299,30 +331,34 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
         raise MigrationError("the database has no citus extension: distributing needs a Citus coordinator")
     if await conn.fetchval("SELECT to_regclass($1)", sessions) is None:
         raise MigrationError(f"schema {schema!r} is not migrated: migrate it first")
-    tables = []
     distributed = "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)"
+    tables: list[str] = []
+    functions: list[str] = []
     try:
-        if not await conn.fetchval(distributed, sessions):
-            await conn.execute("SELECT create_distributed_table($1, 'id')", sessions)
-            tables.append("agent_sessions")
-        if not await conn.fetchval(distributed, messages):
-            await conn.execute(
-                "SELECT create_distributed_table($1, 'session_id', colocate_with => $2)", messages, sessions
-            )
-            tables.append("conversation_messages")
-        functions = []
-        for name, argument in _DISTRIBUTED_FUNCTIONS.items():
-            function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.{name}")
-            done = await conn.fetchval(
-                "SELECT distribution_argument_index IS NOT NULL FROM pg_dist_object "
-                "WHERE classid = 'pg_proc'::regclass AND objid = $1::regprocedure",
-                function,
-            )
-            if not done:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(schema))
+            # Distributing functions in the same transaction as tables needs one connection per node.
+            await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+            if not await conn.fetchval(distributed, sessions):
+                await conn.execute("SELECT create_distributed_table($1, 'id')", sessions)
+                tables.append("agent_sessions")
+            if not await conn.fetchval(distributed, messages):
                 await conn.execute(
-                    "SELECT create_distributed_function($1, $2, colocate_with => $3)", function, argument, sessions
+                    "SELECT create_distributed_table($1, 'session_id', colocate_with => $2)", messages, sessions
                 )
-                functions.append(name)
+                tables.append("conversation_messages")
+            for name, argument in _DISTRIBUTED_FUNCTIONS.items():
+                function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.{name}")
+                done = await conn.fetchval(
+                    "SELECT distribution_argument_index IS NOT NULL FROM pg_dist_object "
+                    "WHERE classid = 'pg_proc'::regclass AND objid = $1::regprocedure",
+                    function,
+                )
+                if not done:
+                    await conn.execute(
+                        "SELECT create_distributed_function($1, $2, colocate_with => $3)", function, argument, sessions
+                    )
+                    functions.append(name)
     except asyncpg.PostgresError as exc:
         raise MigrationError(f"distributing schema {schema!r} failed: {exc}") from exc
     if tables or functions:
