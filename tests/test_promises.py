@@ -32,6 +32,7 @@ from convostore import (
     InvalidIdentifier,
     InvalidInput,
     InvalidMessage,
+    InvalidMessageType,
     NewMessage,
     PostgresSessionStore,
     RetryPolicy,
@@ -679,11 +680,20 @@ async def test_smaller_library_findings(store: PostgresSessionStore) -> None:
         await store.create_session("u", "a", session_id="   ")
     with pytest.raises(InvalidIdentifier):
         await store.get_messages("\t")
-    session = PostgresSession("sdk", store=store, user_id="u")
-    with pytest.raises(InvalidMessage):
-        await session.add_items([{"foo": "bar"}])  # type: ignore[list-item]
     assert await store.get_messages(s.id) == []
-    assert await session.get_items() == []
+    # An SDK item that is no message is kept as given (as the SDK's sessions do; an
+    # EncryptedSession stores such envelopes), as an 'item', not as an empty assistant message.
+    session = PostgresSession("sdk", store=store, user_id="u")
+    await session.add_items([{"foo": "bar"}])  # type: ignore[list-item]
+    assert await session.get_items() == [{"foo": "bar"}]
+    (stored,) = await store.get_messages("sdk")
+    assert (stored.role, stored.content, stored.raw) == ("item", "", {"foo": "bar"})
+    with pytest.raises(InvalidMessageType):  # also a TypeError, as the SDK's sessions raise
+        await session.add_items([{"role": "user", "content": object()}])  # type: ignore[misc,list-item]
+    with pytest.raises(TypeError):
+        await store.get_messages(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Unknown session settings: limitt"):
+        PostgresSession("x", store=store, session_settings={"limitt": 1})
     assert await store.add_messages(s.id, [NewMessage("user", "still fine")])
 
 

@@ -24,7 +24,7 @@ import math
 import secrets
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, InvalidType
 
 MARKER = "\ue000"
 _NUL = "\x00"
@@ -94,16 +94,20 @@ def _check_keys(value: Any, what: str, error: type[InvalidInput]) -> None:
             stack.extend(child for child in item if isinstance(child, (dict, list, tuple)))
 
 
-def dump_json(value: Any, what: str, error: type[InvalidInput] = InvalidInput) -> str:
+def dump_json(
+    value: Any, what: str, error: type[InvalidInput] = InvalidInput, type_error: type[InvalidInput] = InvalidType
+) -> str:
     """Serialise *value* for a ``jsonb`` parameter, escaping NUL-bearing strings.
 
-    Raises *error* (never ``TypeError``) for values JSON cannot represent: non-string keys,
-    NaN or infinity (``jsonb`` rejects them), arbitrary objects, lone surrogates, or
-    nesting too deep to serialise (``RecursionError``).
+    Raises *error* for values JSON cannot represent: non-string keys, NaN or infinity
+    (``jsonb`` rejects them), lone surrogates, nesting too deep to serialise; *type_error*
+    (also a ``TypeError``) for objects of a type JSON cannot hold at all.
     """
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
+    except TypeError as exc:
+        raise type_error(f"{what} is not JSON-serialisable: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
         raise error(f"{what} is not JSON-serialisable: {exc}") from exc
     _check_keys(value, what, error)
     if _JSON_NUL in text or MARKER in text or "e+" in text:

@@ -11,7 +11,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._codec import check_utf8, dump_json, encode_text
-from .errors import InvalidIdentifier, InvalidInput, InvalidMessage, InvalidMetadata
+from .errors import (
+    InvalidIdentifier,
+    InvalidIdentifierType,
+    InvalidInput,
+    InvalidMessage,
+    InvalidMessageType,
+    InvalidMetadata,
+    InvalidMetadataType,
+)
 from .models import ROLES, NewMessage, Session, SessionCursor
 
 MAX_ID_LENGTH = 255
@@ -30,7 +38,7 @@ def identifier(value: object, what: str) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str):
-        raise InvalidIdentifier(f"{what} must be a str, not {type(value).__name__}")
+        raise InvalidIdentifierType(f"{what} must be a string")
     if not value.strip():
         raise InvalidIdentifier(f"{what} must not be empty or blank")
     if len(value) > MAX_ID_LENGTH:
@@ -59,8 +67,8 @@ def metadata(value: object) -> str:
     if value is None:
         return "{}"
     if not isinstance(value, Mapping):
-        raise InvalidMetadata(f"metadata must be a mapping, not {type(value).__name__}")
-    return dump_json(dict(value), "metadata", InvalidMetadata)
+        raise InvalidMetadataType(f"metadata must be a mapping, not {type(value).__name__}")
+    return dump_json(dict(value), "metadata", InvalidMetadata, InvalidMetadataType)
 
 
 def limit(value: object, what: str = "limit") -> int | None:
@@ -92,6 +100,7 @@ def duration(value: object, what: str) -> timedelta | None:
     return value
 
 
+_MESSAGE_ERRORS = (InvalidMessage, InvalidMessageType)
 _FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "id", "raw"})
 
 # The columns of one message as sent in the append statement's arrays.
@@ -114,22 +123,24 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         tool_calls, tool_call_id = message.get("tool_calls"), message.get("tool_call_id")
         message_id, raw = message.get("id"), message.get("raw")
     else:
-        raise InvalidMessage(f"{where} must be a NewMessage or a mapping, not {type(message).__name__}")
+        raise InvalidMessageType(f"{where} must be a NewMessage or a mapping, not {type(message).__name__}")
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidMessage(f"{where}: role must be one of {sorted(ROLES)}, got {role!r}")
     if not isinstance(content, str):
-        raise InvalidMessage(f"{where}: content must be a str, not {type(content).__name__}")
+        raise InvalidMessageType(f"{where}: content must be a str, not {type(content).__name__}")
     check_utf8(content, f"{where} content", InvalidMessage)
     if tool_calls is not None:
         if not isinstance(tool_calls, list):
-            raise InvalidMessage(f"{where}: tool_calls must be a list or None, not {type(tool_calls).__name__}")
+            raise InvalidMessageType(f"{where}: tool_calls must be a list or None, not {type(tool_calls).__name__}")
         for n, call in enumerate(tool_calls):
             if not isinstance(call, Mapping):
-                raise InvalidMessage(f"{where}: tool_calls[{n}] must be an object, not {type(call).__name__}")
+                raise InvalidMessageType(f"{where}: tool_calls[{n}] must be an object, not {type(call).__name__}")
             call_id = call.get("id")
             if not isinstance(call_id, str) or not call_id.strip():
                 raise InvalidMessage(f"{where}: tool_calls[{n}] needs a non-empty string 'id'")
     answered = optional_identifier(tool_call_id, f"{where} tool_call_id")
+    if role == "item" and raw is None:
+        raise InvalidMessage(f"{where}: an item (a framework's item that is no message) is kept in raw: give raw")
     if role == "tool" and answered is None:
         raise InvalidMessage(f"{where}: a tool message needs the tool_call_id of the call it answers")
     if role != "tool" and tool_call_id is not None:
@@ -138,9 +149,9 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
         role,
         encode_text(content),
-        None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", InvalidMessage),
+        None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS),
         answered,
-        None if raw is None else dump_json(raw, f"{where} raw", InvalidMessage),
+        None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS),
     )
 
 

@@ -484,7 +484,14 @@ def sessions_list(
         err.print(f"next page: --before '{last.updated_at.isoformat()},{safe(last.id, oneline=True)}'")
 
 
-_ROLE_STYLE = {"user": "cyan", "assistant": "green", "tool": "magenta", "system": "yellow", "developer": "yellow"}
+_ROLE_STYLE = {
+    "user": "cyan",
+    "assistant": "green",
+    "tool": "magenta",
+    "system": "yellow",
+    "developer": "yellow",
+    "item": "dim",
+}
 
 
 def _fold(text: str, lines: int, full: bool) -> str:
@@ -504,6 +511,8 @@ def _render(m: Message, full: bool) -> str:
     body = []
     if m.content:
         body.append(_fold(safe(m.content.replace("\x00", "\\0")), 12, full))
+    if m.role == "item":  # a framework's item that is no message: shown as it was given
+        body.append(_fold(safe(json.dumps(m.raw, ensure_ascii=False)), 12, full))
     for call in m.tool_calls or []:
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict):

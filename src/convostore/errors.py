@@ -21,16 +21,33 @@ class InvalidInput(ConvostoreError, ValueError):
     """An argument was rejected before anything was written."""
 
 
+class InvalidType(InvalidInput, TypeError):
+    """An argument has the wrong type (also a ``TypeError``): a non-string id, a value JSON
+    cannot hold, an unknown setting."""
+
+
 class InvalidIdentifier(InvalidInput):
     """A session, user, agent, message or tool-call id is empty, too long or malformed."""
+
+
+class InvalidIdentifierType(InvalidIdentifier, InvalidType):
+    """An id is not a string."""
 
 
 class InvalidMessage(InvalidInput):
     """A message has an unknown role, non-text content or non-JSON tool calls."""
 
 
+class InvalidMessageType(InvalidMessage, InvalidType):
+    """A message, or one of its fields, has a type that cannot be stored."""
+
+
 class InvalidMetadata(InvalidInput):
     """Session metadata is not a JSON object of serialisable values."""
+
+
+class InvalidMetadataType(InvalidMetadata, InvalidType):
+    """Session metadata is not a mapping, or holds a value JSON cannot hold."""
 
 
 class ImportFileError(InvalidInput):
@@ -107,9 +124,13 @@ __all__ = [
     "ImportConflict",
     "ImportFileError",
     "InvalidIdentifier",
+    "InvalidIdentifierType",
     "InvalidInput",
     "InvalidMessage",
+    "InvalidMessageType",
     "InvalidMetadata",
+    "InvalidMetadataType",
+    "InvalidType",
     "MigrationError",
     "SchemaNotReady",
     "SessionExists",

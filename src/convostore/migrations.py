@@ -176,6 +176,10 @@ BEGIN
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_messages_session_id
     ON {s}.conversation_messages (session_id, tenant_id, id);
+-- 'item': a framework's item that is no message (kept verbatim in raw).
+ALTER TABLE {s}.conversation_messages DROP CONSTRAINT IF EXISTS conversation_messages_role_check;
+ALTER TABLE {s}.conversation_messages ADD CONSTRAINT conversation_messages_role_check
+    CHECK (role IN ('system', 'developer', 'user', 'assistant', 'tool', 'item')) NOT VALID;
 -- A sliding expiry (ttl) is now derived from the last activity (updated_at + ttl) instead of
 -- being rewritten by every append; expires_at keeps only fixed expiries.
 UPDATE {s}.agent_sessions SET expires_at = NULL WHERE ttl IS NOT NULL AND expires_at IS NOT NULL;

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-Role = Literal["system", "developer", "user", "assistant", "tool"]
-ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool"})
+Role = Literal["system", "developer", "user", "assistant", "tool", "item"]
+"""Who a message is from; ``item`` is a framework's item that is no message (an encrypted
+envelope, say), kept verbatim in ``raw``."""
+ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool", "item"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import InvalidMessage
+from ..errors import InvalidMessage, InvalidMessageType
 from ..models import ROLES, Message, NewMessage
 
 # Tool-call item types and the type of their output item (as in the SDK's own rules).
@@ -54,7 +54,7 @@ def _as_dict(item: Any, where: str) -> Mapping[str, Any]:
         dumped = dump(exclude_unset=True, mode="json")
         if isinstance(dumped, Mapping):
             return dumped
-    raise InvalidMessage(f"{where} is not an input item: {type(item).__name__}")
+    raise InvalidMessageType(f"{where} is not an input item: {type(item).__name__}")
 
 
 def _id(*values: Any) -> str | None:
@@ -67,8 +67,9 @@ def _id(*values: Any) -> str | None:
 def to_message(item: Any, index: int = 0) -> NewMessage:
     """Project one SDK input item into a :class:`NewMessage` keeping the item in ``raw``.
 
-    Raises :class:`InvalidMessage` for what is not an input item: a mapping with neither a
-    message ``role`` nor an item ``type``, or a function call without its ``call_id``.
+    A mapping with neither a message ``role`` nor an item ``type`` is kept as an ``item``.
+    Raises :class:`InvalidMessage` for a function call without its ``call_id``, and
+    :class:`InvalidMessageType` (a ``TypeError``) for what is not a mapping at all.
     """
     where = f"item {index}"
     data = _as_dict(item, where)
@@ -77,7 +78,9 @@ def to_message(item: Any, index: int = 0) -> NewMessage:
     if kind in (None, "message") and isinstance(role, str) and role in ROLES:
         return NewMessage(role=role, content=_text_of(data.get("content")), raw=data)
     if not isinstance(kind, str) or not kind:
-        raise InvalidMessage(f"{where} has neither a message role ({sorted(ROLES)}) nor an item 'type': {data!r:.80}")
+        # Neither a message nor a typed item (an EncryptedSession envelope, say): the SDK's
+        # sessions store such items as given, and so does this one, as an 'item'.
+        return NewMessage(role="item", content="", raw=data)
     call_id = _id(data.get("call_id"))
     if kind in OUTPUT_TYPES or kind.endswith("_output"):
         output = data.get("output")

@@ -14,7 +14,7 @@ from agents.items import TResponseInputItem
 from agents.memory.session_settings import SessionSettings, coerce_session_settings, resolve_session_limit
 
 from .. import _validate as check
-from ..errors import InvalidInput, InvalidMessage, SessionOwnershipError, StoreUnavailable
+from ..errors import InvalidInput, InvalidMessage, InvalidType, SessionOwnershipError, StoreUnavailable
 from ..store import PostgresSessionStore
 from ._items import to_items, to_message
 
@@ -64,7 +64,9 @@ class PostgresSession:
         given = dict(session_settings) if isinstance(session_settings, Mapping) else session_settings
         try:
             settings = coerce_session_settings(given or SessionSettings())
-        except Exception as exc:  # the SDK raises its own UserError or pydantic's errors
+        except TypeError as exc:  # an unknown key (the SDK's message, kept)
+            raise InvalidType(str(exc)) from exc
+        except Exception as exc:  # a bad value: pydantic's error
             raise InvalidInput(f"session_settings: {exc}") from exc
         self.session_settings: SessionSettings | None = settings
         # The ids of the last add_items call that failed ambiguously, by a digest of its items.
