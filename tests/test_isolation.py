@@ -10,6 +10,7 @@ because the walk refuses methods it has no call for.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import json
 import uuid
@@ -27,6 +28,8 @@ from convostore import ConvostoreError, NewMessage, PostgresSessionStore
 from convostore.cli import app
 from convostore.openai_agents import PostgresSession
 from convostore.roles import create_roles
+
+KEY = base64.b64encode(b"k" * 32).decode()
 
 
 def _as_user(url: str, user: str) -> str:
@@ -146,6 +149,7 @@ WALK: dict[str, Call] = {
     "export_jsonl": _export,
     "import_jsonl": _import,
     "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
+    "rekey": lambda s: s.rekey(include_plaintext=True),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
 NO_DATA = {
@@ -158,6 +162,8 @@ NO_DATA = {
     "start_sweeper",
     "stop_sweeper",
     "distribute",
+    "opener_for",
+    "seal_row",
 }
 # Operators' calls across tenants: a role under row-level security is refused them outright.
 ACROSS_TENANTS: dict[str, Call] = {
@@ -193,7 +199,9 @@ async def test_tenant_a_reaches_nothing_of_tenant_b(
     owner_url, runtime_url = roles
     before = await _snapshot(database_url, schema_name)
     assert len(before) == 4
-    store = PostgresSessionStore(runtime_url if role == "runtime" else owner_url, schema=schema_name, tenant="A")
+    # With encryption keys, so that rekey (sealing plaintext rows) is walked too.
+    url = runtime_url if role == "runtime" else owner_url
+    store = PostgresSessionStore(url, schema=schema_name, tenant="A", encryption_keys=[KEY])
     view = store.scoped(user=user) if user else store
     try:
         # Not a vacuous walk: tenant A's own conversation is there for it.

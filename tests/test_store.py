@@ -409,7 +409,7 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
     n = 100
     ids = [f"probe-{i}" for i in range(n)]
     t = store.tenant
-    rows = (ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n)
+    rows = (ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n, [None] * n, [None] * n)
     one = ([1] * n, [session.id] * n, [None] * n, [None] * n)
     single = (t, session.id, None, False, True, *one, *rows)
     retried = (t, session.id, None, True, True, *one, *rows)

@@ -77,7 +77,7 @@ class Appender:
 
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
         # Per message: its request, session, owner, agent, then its columns.
-        columns: list[list[Any]] = [[] for _ in range(10)]
+        columns: list[list[Any]] = [[] for _ in range(12)]
         for index, request in enumerate(batch, start=1):
             head = (index, request.session_id, request.owner, request.agent)
             for row in request.rows:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -13,22 +13,40 @@ from .models import Message, Session, new_message, new_session
 Record = asyncpg.Record
 
 
-def messages_from_rows(rows: Sequence[Any], sid: str) -> list[Message]:
-    """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read)."""
-    return [
-        new_message(
-            id_,
-            sid,
-            seq,
-            role,
-            decode_text(content) if content[:1] == MARKER else content,
-            None if tool_calls is None else load_json(tool_calls),
-            tool_call_id,
-            None if raw is None else load_json(raw),
-            created_at,
+Opener = Callable[[str, str, str, bytes], tuple[str, str | None, str | None]]
+"""Opens a sealed row: ``(session_id, message_id, key_id, sealed)`` to its stored
+``(content, tool_calls, raw)`` (see :mod:`convostore._crypto`)."""
+
+
+def _no_key(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
+    from .errors import KeyUnavailable
+
+    raise KeyUnavailable(
+        f"message {message_id!r} of session {session_id!r} is sealed (key {key_id!r}) and no encryption key is set"
+    )
+
+
+def messages_from_rows(rows: Sequence[Any], sid: str, opener: Opener | None = None) -> list[Message]:
+    """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read);
+    sealed rows are opened with *opener*."""
+    messages = []
+    for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed in rows:
+        if sealed is not None:
+            content, tool_calls, raw = (opener or _no_key)(sid, id_, key_id, sealed)
+        messages.append(
+            new_message(
+                id_,
+                sid,
+                seq,
+                role,
+                decode_text(content) if content[:1] == MARKER else content,
+                None if tool_calls is None else load_json(tool_calls),
+                tool_call_id,
+                None if raw is None else load_json(raw),
+                created_at,
+            )
         )
-        for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at in rows
-    ]
+    return messages
 
 
 def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int | None = None) -> Session:
@@ -50,7 +68,7 @@ def session_from_row(row: Record, messages: tuple[Message, ...] = (), count: int
     )
 
 
-def sessions_from_joined_rows(rows: Sequence[Record]) -> list[Session]:
+def sessions_from_joined_rows(rows: Sequence[Record], opener: Opener | None = None) -> list[Session]:
     """Fold session-joined-to-messages rows (ordered by session, then seq) into Sessions.
 
     Each row is the session's columns (``id`` ... ``ttl``, 8 of them) followed by
@@ -62,10 +80,10 @@ def sessions_from_joined_rows(rows: Sequence[Record]) -> list[Session]:
     for row in rows:
         if current is None or row[0] != current[0]:
             if current is not None:
-                sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
+                sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0], opener))))
             current, tail = row, []
         if row["m_id"] is not None:
             tail.append(row[8:])
     if current is not None:
-        sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0]))))
+        sessions.append(session_from_row(current, tuple(messages_from_rows(tail, current[0], opener))))
     return sessions

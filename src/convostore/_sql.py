@@ -33,7 +33,7 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-_MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at"
+_MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed"
 # A session expires at expires_at (a fixed expiry) or, with a ttl (a sliding one), ttl after
 # its last activity: derived when read (convostore._rows), so that appends never write it.
 _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl"
@@ -60,7 +60,8 @@ APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.convostore_append(
     p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
     p_reqs int[], p_sessions text[], p_owners text[], p_agents text[],
-    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[]
+    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
+    p_key_ids text[], p_sealed bytea[]
 ) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -199,11 +200,13 @@ BEGIN
     IF cardinality(v_bumped) > 0 THEN
         RETURN QUERY
         INSERT INTO {s}.conversation_messages AS m
-            (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at)
+            (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
+         key_id, sealed)
         SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
-               n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, v_now
-          FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
-               WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)
+               n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed
+          FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws,
+                      p_key_ids, p_sealed)
+               WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, ord)
           JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = n.sid
          WHERE n.req <> ALL (v_done)
         RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
@@ -219,7 +222,7 @@ READ_FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(
     p_tenant text, p_session text, p_user text, p_below bigint, p_limit bigint
 ) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
-                 tool_call_id text, raw jsonb, created_at timestamptz)
+                 tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     v_owner text;
@@ -232,20 +235,21 @@ BEGIN
     END IF;
     IF p_user IS NOT NULL AND v_owner <> p_user THEN
         RETURN QUERY SELECT v_owner, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::jsonb,
-                            NULL::text, NULL::jsonb, NULL::timestamptz;
+                            NULL::text, NULL::jsonb, NULL::timestamptz, NULL::text, NULL::bytea;
         RETURN;
     END IF;
     IF p_limit IS NULL THEN
         RETURN QUERY
         SELECT v_owner, m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
-               m.created_at
+               m.created_at, m.key_id::text, m.sealed
           FROM {s}.conversation_messages m
          WHERE m.tenant_id = p_tenant AND m.session_id = p_session AND m.seq < coalesce(p_below, 9223372036854775807)
          ORDER BY m.seq;
     ELSE
         RETURN QUERY
         SELECT v_owner, x.* FROM (
-            SELECT m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw, m.created_at
+            SELECT m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
+                   m.created_at, m.key_id::text, m.sealed
               FROM {s}.conversation_messages m
              WHERE m.tenant_id = p_tenant AND m.session_id = p_session
                AND m.seq < coalesce(p_below, 9223372036854775807)
@@ -257,7 +261,9 @@ END
 $fn$;
 """
 
-APPEND = "SELECT * FROM {s}.convostore_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+APPEND = (
+    "SELECT * FROM {s}.convostore_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+)
 READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5)"
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -274,7 +280,7 @@ RETURNING {_SESSION_COLUMNS}
 GET_SESSION = """
 SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.expires_at, s.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at
+       m.created_at AS m_created_at, m.key_id, m.sealed
 FROM {s}.agent_sessions s
 LEFT JOIN {s}.conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id AND m.session_id = $2
 WHERE s.tenant_id = $1 AND s.id = $2
@@ -292,7 +298,7 @@ WITH victim AS (
 )
 DELETE FROM {s}.conversation_messages m USING victim
 WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.seq = victim.seq
-RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at
+RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed
 """
 
 # Deletions record themselves in the audit trail in the same statement ($4: the actor).
@@ -352,7 +358,7 @@ USER_SESSIONS_WITH_MESSAGES = (
     + """
 SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at
+       m.created_at AS m_created_at, m.key_id, m.sealed
 FROM page p
 LEFT JOIN LATERAL (
     SELECT * FROM {s}.conversation_messages x
@@ -380,13 +386,13 @@ USER_SESSIONS_WITH_MESSAGES_DIST = (
     _USER_PAGE
     + """, latest AS (
     SELECT x.session_id, x.id, x.seq, x.role, x.content, x.tool_calls, x.tool_call_id, x.raw, x.created_at,
-           row_number() OVER (PARTITION BY x.session_id ORDER BY x.seq DESC) AS rn
+           x.key_id, x.sealed, row_number() OVER (PARTITION BY x.session_id ORDER BY x.seq DESC) AS rn
     FROM {s}.conversation_messages x
     WHERE x.tenant_id = $1 AND x.session_id IN (SELECT id FROM page)
 )
 SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at
+       m.created_at AS m_created_at, m.key_id, m.sealed
 FROM page p
 LEFT JOIN latest m ON m.session_id = p.id AND ($7::bigint IS NULL OR m.rn <= $7)
 ORDER BY p.updated_at DESC, p.id DESC, m.seq
@@ -589,7 +595,10 @@ IMPORT_STORED_SESSIONS = """
 SELECT id, user_id, agent_name FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = ANY($2::text[])
 """
 
-_STORED = "m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.session_id"
+_STORED = (
+    "m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed, "
+    "m.session_id"
+)
 IMPORT_STORED_MESSAGES = f"""
 SELECT {_STORED} FROM unnest($2::text[], $3::text[]) AS k(session_id, id)
 JOIN {{s}}.conversation_messages m ON m.tenant_id = $1 AND m.session_id = k.session_id AND m.id = k.id
@@ -611,11 +620,12 @@ FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[], 
 # Messages take their owner from their session (imported or present).
 IMPORT_MESSAGES = """
 INSERT INTO {s}.conversation_messages
-    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at)
-SELECT $1, t.session_id, t.seq, t.id, s.user_id, t.role, t.content, t.tool_calls, t.tool_call_id, t.raw, t.created_at
-FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-            $8::text[], $9::jsonb[], $10::timestamptz[])
-    AS t(session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at)
+    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
+SELECT $1, t.session_id, t.seq, t.id, s.user_id, t.role, t.content, t.tool_calls::jsonb, t.tool_call_id,
+       t.raw::jsonb, t.created_at, t.key_id, t.sealed
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::bytea[])
+    AS t(session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
 JOIN {s}.agent_sessions s ON s.tenant_id = $1 AND s.id = t.session_id
 """
 
@@ -625,6 +635,32 @@ UPDATE {s}.agent_sessions s SET last_seq = m.max_seq
 FROM (SELECT session_id, max(seq) AS max_seq FROM {s}.conversation_messages
       WHERE tenant_id = $1 AND session_id = ANY($2::text[]) GROUP BY session_id) m
 WHERE s.tenant_id = $1 AND s.id = m.session_id AND s.last_seq < m.max_seq
+"""
+
+# -- key rotation (convostore rekey) ----------------------------------------------------------
+
+# The next page of messages not sealed with the current key ($5): sealed with another key, or
+# (with $6) not sealed at all; in key order, after ($2, $3, $4).
+REKEY_PAGE = """
+SELECT tenant_id, session_id, seq, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed
+FROM {s}.conversation_messages
+WHERE ($1::text IS NULL OR tenant_id = $1)
+  AND (session_id, tenant_id, seq) > ($2::text, $3::text, $4::bigint)
+  AND key_id IS DISTINCT FROM $5
+  AND ($6 OR sealed IS NOT NULL)
+ORDER BY session_id, tenant_id, seq
+LIMIT $7
+"""
+
+# Each row re-sealed only if it still has the key it was read with: a concurrent rekey (or
+# a retry) never seals a row twice.
+REKEY_UPDATE = """
+UPDATE {s}.conversation_messages m
+   SET content = u.content, tool_calls = NULL, raw = NULL, key_id = u.key_id, sealed = u.sealed
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+       AS u(tenant_id, session_id, seq, old_key, content, key_id, sealed)
+ WHERE m.session_id = u.session_id AND m.tenant_id = u.tenant_id AND m.seq = u.seq
+   AND m.key_id IS NOT DISTINCT FROM u.old_key
 """
 
 # -- stats ---------------------------------------------------------------------------------
@@ -705,6 +741,8 @@ class Queries:
     import_sessions: str
     import_messages: str
     raise_last_seq: str
+    rekey_page: str
+    rekey_update: str
     stats: str
     stats_by_agent: str
     stats_sizes: str

@@ -104,7 +104,9 @@ _MESSAGE_ERRORS = (InvalidMessage, InvalidMessageType)
 _FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "id", "raw"})
 
 # The columns of one message as sent in the append statement's arrays.
-Row = tuple[str, str, str, str | None, str | None, str | None]
+# id, role, content, tool_calls, tool_call_id, raw, key_id, sealed (the last two set when
+# the content is sealed: see convostore._crypto).
+Row = tuple[str, str, str, str | None, str | None, str | None, str | None, bytes | None]
 
 
 def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
@@ -152,6 +154,8 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS),
         answered,
         None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS),
+        None,
+        None,
     )
 
 

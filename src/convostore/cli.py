@@ -320,6 +320,40 @@ def distribute(ctx: typer.Context) -> None:
         out.print("already distributed")
 
 
+@app.command()
+@common
+def rekey(
+    ctx: typer.Context,
+    include_plaintext: Annotated[
+        bool, typer.Option("--include-plaintext", help="Also seal messages stored before encryption was on.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Messages per transaction.")] = 500,
+    all_tenants: AllTenants = False,
+) -> None:
+    """Re-seal messages under the current master key (the first of CONVOSTORE_ENCRYPTION_KEYS;
+    list the old keys after it). Safe while appends go on, and to re-run."""
+
+    async def work(store: PostgresSessionStore) -> int:
+        with _progress(None, "re-sealing") as progress:
+            task = progress.add_task("rekey", total=None)
+            return await store.rekey(
+                include_plaintext=include_plaintext,
+                all_tenants=all_tenants,
+                batch_size=batch_size,
+                on_batch=lambda n: progress.advance(task, n),
+            )
+
+    out.print(f"re-sealed {_run(ctx, work)} messages")
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random master key (base64) for CONVOSTORE_ENCRYPTION_KEYS."""
+    from ._crypto import new_key
+
+    out.print(new_key())
+
+
 @roles_app.command("create")
 @common
 def roles_create(

@@ -94,6 +94,11 @@ class StoreClosed(ConvostoreError, RuntimeError):
     """The store is not connected (call ``connect()`` or use ``async with``)."""
 
 
+class KeyUnavailable(ConvostoreError):
+    """A sealed message cannot be opened: its master key is not configured, or the row was
+    tampered with (or copied from another row)."""
+
+
 class MigrationError(ConvostoreError):
     """A schema migration failed or the schema is newer than this library."""
 
@@ -131,6 +136,7 @@ __all__ = [
     "InvalidMetadata",
     "InvalidMetadataType",
     "InvalidType",
+    "KeyUnavailable",
     "MigrationError",
     "SchemaNotReady",
     "SessionExists",

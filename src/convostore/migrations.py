@@ -186,6 +186,10 @@ UPDATE {s}.agent_sessions SET expires_at = NULL WHERE ttl IS NOT NULL AND expire
 CREATE INDEX IF NOT EXISTS idx_sessions_sliding ON {s}.agent_sessions (updated_at) WHERE ttl IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_sessions_user_id
     ON {s}.agent_sessions (tenant_id, user_id, updated_at DESC, id DESC);
+-- Encryption at rest (optional): a sealed message keeps its content, tool calls and raw
+-- item in `sealed` (AES-GCM), with the id of the master key that sealed it.
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS key_id varchar(64);
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS sealed bytea;
 """,
     ),
     Migration(4, "append_and_read_functions", APPEND_FUNCTION + READ_FUNCTION),

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -23,7 +24,8 @@ import asyncpg
 from . import _validate as check
 from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
-from ._rows import messages_from_rows, session_from_row, sessions_from_joined_rows
+from ._crypto import Keyring, parse_keys
+from ._rows import Opener, messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
 from ._sql import HAS_CITUS, IS_DISTRIBUTED, Queries, quote_ident, render
 from ._types import Connection
@@ -34,6 +36,7 @@ from .errors import (
     InvalidInput,
     InvalidMessage,
     InvalidMetadata,
+    KeyUnavailable,
     SchemaNotReady,
     SessionExists,
     SessionNotFound,
@@ -69,6 +72,14 @@ _ROW_SECURITY = """
 SELECT NOT (r.rolsuper OR r.rolbypassrls OR pg_has_role(current_user, c.relowner, 'USAGE'))
 FROM pg_roles r, pg_class c WHERE r.rolname = current_user AND c.oid = to_regclass($1)
 """
+
+
+async def _fetch(sql: str, args: tuple[Any, ...], conn: Connection) -> list[Any]:
+    return await conn.fetch(sql, *args)
+
+
+async def _execute(sql: str, args: tuple[Any, ...], conn: Connection) -> str:
+    return await conn.execute(sql, *args)
 
 
 async def _nothing(conn: Connection) -> None:
@@ -118,6 +129,10 @@ class PostgresSessionStore:
       ``None`` does neither (for tools that manage the schema, like ``convostore migrate``).
     * ``coalesce_appends``: concurrent appends share statements and commits (see
       :mod:`convostore._coalesce`); a lone append is sent at once either way.
+    * ``encryption_keys``: base64 master keys (default ``$CONVOSTORE_ENCRYPTION_KEYS``,
+      comma-separated); with them, what messages say is sealed at rest with the first key
+      (AES-GCM, a key per tenant) and rows sealed by any of them open. See :mod:`convostore._crypto`
+      for what stays plaintext, and :meth:`rekey` for rotation.
     * ``distribute``: on a Citus coordinator, distribute the tables when migrating (default
       ``$CONVOSTORE_DISTRIBUTE``); see :meth:`distribute`. Whether the tables are
       distributed is found out when a pool opens, and the few statements whose shape must
@@ -135,6 +150,7 @@ class PostgresSessionStore:
         actor: str | None = None,
         apply_migrations: bool | None = True,
         distribute: bool | None = None,
+        encryption_keys: Sequence[str] | None = None,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
         connect_timeout: float = 10.0,
@@ -151,6 +167,9 @@ class PostgresSessionStore:
         if distribute is None:
             distribute = os.environ.get("CONVOSTORE_DISTRIBUTE", "").lower() in ("1", "true", "yes")
         self._distribute = distribute
+        self._keyring = (
+            Keyring([k for key in encryption_keys for k in parse_keys(key)]) if encryption_keys else Keyring.from_env()
+        )
         self._tenant = check.scope_name(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._user: str | None = None  # the user a scoped view acts for (None: every user)
         self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
@@ -212,6 +231,33 @@ class PostgresSessionStore:
         if uid is not None and uid != self._user:
             raise SessionOwnershipError(f"this view acts for user {self._user!r}, not {uid!r}")
         return self._user
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this store seals what messages say (it has encryption keys)."""
+        return self._keyring is not None
+
+    def _opener(
+        self, session_id: str, message_id: str, key_id: str, sealed: bytes
+    ) -> tuple[str, str | None, str | None]:
+        return self.opener_for(self._tenant)(session_id, message_id, key_id, sealed)
+
+    def opener_for(self, tenant: str) -> Opener:
+        """What opens the sealed rows of *tenant* (for convostore's own modules: export)."""
+
+        def opener(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
+            if self._keyring is None:
+                raise KeyUnavailable(
+                    f"message {message_id!r} of session {session_id!r} is sealed and this store has no encryption key"
+                )
+            return self._keyring.open(tenant, session_id, message_id, key_id, sealed)
+
+        return opener
+
+    def seal_row(self, session_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A validated message row (``_validate.Row``) of this tenant, its content sealed when
+        the store has encryption keys (for convostore's own modules: import)."""
+        return row if self._keyring is None else self._keyring.seal_row(self._tenant, session_id, row)
 
     def scope(self, all_tenants: bool = False) -> tuple[str, str] | None:
         """The row-level security scope of a call; ``None`` for an operator's call across
@@ -400,7 +446,7 @@ class PostgresSessionStore:
         """The session with all its messages in order, or ``None`` if it does not exist."""
         sid = check.identifier(session_id, "session_id")
         rows = await self._run("get_session", lambda c: c.fetch(self._q.get_session, self._tenant, sid), session_id=sid)
-        found = sessions_from_joined_rows(rows)
+        found = sessions_from_joined_rows(rows, self._opener)
         if not found:
             return None
         if self._user is not None and found[0].user_id != self._user:
@@ -494,7 +540,7 @@ class PostgresSessionStore:
         if with_messages:
             args = (self._tenant, uid, after_time, after_id, page, agent, per_session)
             rows = await self._run("get_user_sessions", lambda c: c.fetch(self._q.user_sessions_with_messages, *args))
-            return sessions_from_joined_rows(rows)
+            return sessions_from_joined_rows(rows, self._opener)
         rows = await self._run(
             "get_user_sessions",
             lambda c: c.fetch(self._q.user_sessions, self._tenant, uid, after_time, after_id, page, agent),
@@ -546,6 +592,8 @@ class PostgresSessionStore:
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
         if not rows:
             return []
+        if self._keyring is not None:
+            rows = [self.seal_row(sid, row) for row in rows]
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
@@ -602,7 +650,7 @@ class PostgresSessionStore:
         )
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-        return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid)
+        return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid, self._opener)
 
     async def _check_owner(self, sid: str, uid: str) -> None:
         owner = await self._run(
@@ -629,7 +677,7 @@ class PostgresSessionStore:
         )
         if row is None and uid is not None:
             await self._check_owner(sid, uid)
-        return None if row is None else messages_from_rows([row], sid)[0]
+        return None if row is None else messages_from_rows([row], sid, self._opener)[0]
 
     async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
         """Delete every message of the session (the session stays); return how many. Audited.
@@ -852,6 +900,64 @@ class PostgresSessionStore:
         """Record *action* in the audit trail (see :meth:`audit_args`)."""
         args = self.audit_args(action, rows=rows, all_tenants=all_tenants, details=details)
         await self._write("audit", lambda c: c.execute(self._q.audit, *args), all_tenants=all_tenants)
+
+    async def rekey(
+        self,
+        *,
+        include_plaintext: bool = False,
+        all_tenants: bool = False,
+        batch_size: int = 500,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Re-seal every message sealed with another master key than the current one (key
+        rotation), and with *include_plaintext* seal the messages stored before encryption
+        was turned on; return how many. Needs the current key first in the store's keys and
+        the old ones after it.
+
+        Runs in batches while appends go on (new messages are sealed with the current key
+        already). A row is re-sealed only if it still holds what was read, so two rekeys at
+        once, or a rekey re-run after a failure, never seal a row twice.
+        """
+        keyring = self._keyring
+        if keyring is None:
+            raise ConfigurationError("rekey needs encryption keys (CONVOSTORE_ENCRYPTION_KEYS), the new one first")
+        tenant = await self.tenant_for(all_tenants)
+        size = self._batch(batch_size)
+        after: tuple[str, str, int] = ("", "", 0)
+        total = 0
+        while True:
+            page_args = (tenant, *after, keyring.current, include_plaintext, size)
+            rows = await self._run("rekey", partial(_fetch, self._q.rekey_page, page_args), all_tenants=all_tenants)
+            if not rows:
+                return total
+            columns: list[list[Any]] = [[] for _ in range(7)]
+            for r in rows:
+                content, tool_calls, raw = r["content"], r["tool_calls"], r["raw"]
+                if r["sealed"] is not None:
+                    content, tool_calls, raw = keyring.open(
+                        r["tenant_id"], r["session_id"], r["id"], r["key_id"], r["sealed"]
+                    )
+                sealed = keyring.seal(r["tenant_id"], r["session_id"], r["id"], content, tool_calls, raw)
+                values = (
+                    r["tenant_id"],
+                    r["session_id"],
+                    r["seq"],
+                    r["key_id"],
+                    sealed.digest,
+                    sealed.key_id,
+                    sealed.sealed,
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+            status = await self._write(
+                "rekey", partial(_execute, self._q.rekey_update, tuple(columns)), all_tenants=all_tenants
+            )
+            count = int(status.split()[-1])
+            total += count
+            if on_batch is not None:
+                on_batch(count)
+            last = rows[-1]
+            after = (last["session_id"], last["tenant_id"], last["seq"])
 
     @staticmethod
     def _batch(size: object) -> int:

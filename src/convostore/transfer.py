@@ -28,9 +28,10 @@ import asyncpg
 
 from . import _validate as check
 from ._codec import decode_text, dump_json, encode_text, load_json
+from ._rows import Opener, messages_from_rows
 from ._types import Connection
 from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
-from .models import ROLES
+from .models import ROLES, Message
 from .store import PostgresSessionStore
 
 _PAGE = 500
@@ -113,19 +114,19 @@ async def export_jsonl(
                     session_id=s["id"],
                     scope=scope,
                 )
-                for m in messages:
+                for m in messages_from_rows(messages, s["id"], store.opener_for(s["tenant_id"])):
                     yield _dumps(
                         {
                             "type": "message",
                             "session_id": s["id"],
-                            "id": m["id"],
-                            "seq": m["seq"],
-                            "role": m["role"],
-                            "content": decode_text(m["content"]),
-                            "tool_calls": load_json(m["tool_calls"]),
-                            "tool_call_id": m["tool_call_id"],
-                            "raw": load_json(m["raw"]),
-                            "created_at": _iso(m["created_at"]),
+                            "id": m.id,
+                            "seq": m.seq,
+                            "role": m.role,
+                            "content": m.content,
+                            "tool_calls": m.tool_calls,
+                            "tool_call_id": m.tool_call_id,
+                            "raw": m.raw,
+                            "created_at": _iso(m.created_at),
                         }
                     )
                 if len(messages) < _MESSAGE_PAGE:
@@ -238,6 +239,8 @@ class _Import:
     strict: bool
     tenant: str
     user: str | None  # a user view imports that user's sessions only
+    opener: Opener
+    seal: Callable[..., Any]
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
@@ -311,8 +314,9 @@ class _Import:
             return
         keys = [row[0] for _, row in wanted], [row[2] for _, row in wanted], [row[1] for _, row in wanted]
         stored_rows = await conn.fetch(q.import_stored_messages, self.tenant, *keys)
-        by_id = {(r["session_id"], r["id"]): r for r in stored_rows}
-        by_seq = {(r["session_id"], r["seq"]): r for r in stored_rows}
+        stored = [messages_from_rows([r[:10]], r["session_id"], self.opener)[0] for r in stored_rows]
+        by_id = {(m.session_id, m.id): m for m in stored}
+        by_seq = {(m.session_id, m.seq): m for m in stored}
         new: dict[tuple[str, str], tuple[Any, ...]] = {}
         taken_seqs: set[tuple[str, int]] = set()
         for line, row in wanted:
@@ -324,7 +328,7 @@ class _Import:
                 else:
                     self.conflict(line, f"message {mid!r} of session {sid!r} differs from the stored one")
             elif (other := by_seq.get((sid, seq))) is not None or (sid, seq) in taken_seqs:
-                holder = other["id"] if other is not None else "another line of this file"
+                holder = other.id if other is not None else "another line of this file"
                 self.conflict(line, f"seq {seq} of session {sid!r} already holds message {holder!r}")
             elif (sid, mid) in new:
                 self.conflict(line, f"message {mid!r} of session {sid!r} appears twice in the file")
@@ -332,23 +336,32 @@ class _Import:
                 new[(sid, mid)] = row
                 taken_seqs.add((sid, seq))
         if new and self.writing:
-            await conn.execute(q.import_messages, self.tenant, *[list(c) for c in zip(*new.values(), strict=True)])
+            rows = [self.stored_form(row) for row in new.values()]
+            await conn.execute(q.import_messages, self.tenant, *[list(c) for c in zip(*rows, strict=True)])
             await conn.execute(q.raise_last_seq, self.tenant, list({key[0] for key in new}))
             self.counts["messages_added"] += len(new)
+
+    def stored_form(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """An import row (``_message_row``) as it is inserted: with its sealed columns, and
+        its content, tool calls and raw item sealed when the store seals messages."""
+        sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at = row
+        message = self.seal(sid, (mid, role, content, tool_calls, tool_call_id, raw, None, None))
+        _, _, content, tool_calls, _, raw, key_id, sealed = message
+        return (sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
 
     def report(self) -> ImportReport:
         return ImportReport(**self.counts, conflicts=tuple(self.conflicts))
 
 
-def _same_message(stored: Any, row: tuple[Any, ...]) -> bool:
+def _same_message(stored: Message, row: tuple[Any, ...]) -> bool:
     """Whether a stored message equals an import row (``_message_row``'s shape); times aside."""
     return bool(
-        stored["seq"] == row[1]
-        and stored["role"] == row[3]
-        and stored["content"] == row[4]
-        and load_json(stored["tool_calls"]) == (None if row[5] is None else load_json(row[5]))
-        and stored["tool_call_id"] == row[6]
-        and load_json(stored["raw"]) == (None if row[7] is None else load_json(row[7]))
+        stored.seq == row[1]
+        and stored.role == row[3]
+        and stored.content == decode_text(row[4])
+        and stored.tool_calls == (None if row[5] is None else load_json(row[5]))
+        and stored.tool_call_id == row[6]
+        and stored.raw == (None if row[7] is None else load_json(row[7]))
     )
 
 
@@ -374,7 +387,13 @@ async def import_jsonl(
     if on_conflict not in ("error", "skip"):
         raise InvalidInput(f"on_conflict must be 'error' or 'skip', not {on_conflict!r}")
     q = store.queries
-    state = _Import(strict=on_conflict == "error", tenant=store.tenant, user=store.user)
+    state = _Import(
+        strict=on_conflict == "error",
+        tenant=store.tenant,
+        user=store.user,
+        opener=store.opener_for(store.tenant),
+        seal=store.seal_row,
+    )
     declared: set[str] = set()
     async with store.runner.transaction("import", scope=store.scope()) as conn:
         try:
