@@ -14,9 +14,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from agents import set_tracing_disabled
 
 from convostore import PostgresSessionStore
 from convostore.embedded import embedded_url
+
+# The Agents SDK would export traces of the tests' runs (and warn at exit without a key).
+set_tracing_disabled(True)
 
 DISTRIBUTED = os.environ.get("CONVOSTORE_DISTRIBUTE", "").lower() in ("1", "true", "yes")
 

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 import convostore
-from convostore import ConvostoreError, NewMessage, PostgresSessionStore
+from convostore import ConvostoreError, NewMessage, PostgresSessionStore, TurnUsage
 from convostore.cli import app
 from convostore.openai_agents import PostgresSession
 from convostore.roles import create_roles
@@ -75,6 +75,9 @@ async def _seed(admin: PostgresSessionStore) -> None:
     for sid in B_SESSIONS:
         await b.create_session("bob", "agent", {"secret": "b-metadata"}, session_id=sid, expires_in=0.001)
         await b.add_messages(sid, [NewMessage("user", "b-secret-1"), NewMessage("assistant", "b-secret-2")])
+    await b.fork_session("b-own", "b-branch")
+    await b.add_messages("b-own", [NewMessage("user", "b-secret-3")], branch="b-branch")
+    await b.record_usage("b-own", TurnUsage(input_tokens=777777, model="b-secret-model"))
     await b.pool.execute(f"UPDATE \"{admin.schema}\".agent_sessions SET updated_at = now() - interval '400 days'")
     a = admin.scoped(tenant="A")
     await a.create_session("alice", "agent", session_id="b-shared")
@@ -84,16 +87,22 @@ async def _seed(admin: PostgresSessionStore) -> None:
 async def _snapshot(url: str, schema: str) -> list[Any]:
     conn = await asyncpg.connect(url)
     try:
-        return [
-            tuple(r)
-            for r in await conn.fetch(
-                f"""SELECT s.id, s.user_id, s.agent_name, s.metadata, s.updated_at, s.expires_at, s.last_seq,
-                           m.seq, m.id, m.content
-                    FROM "{schema}".agent_sessions s
-                    LEFT JOIN "{schema}".conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id
-                    WHERE s.tenant_id = 'B' ORDER BY 1, 8"""
-            )
-        ]
+        rows = await conn.fetch(
+            f"""SELECT s.id, s.user_id, s.agent_name, s.metadata, s.updated_at, s.expires_at, s.last_seq,
+                       m.seq, m.id, m.content, m.branch
+                FROM "{schema}".agent_sessions s
+                LEFT JOIN "{schema}".conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id
+                WHERE s.tenant_id = 'B' ORDER BY 1, 8"""
+        )
+        branches = await conn.fetch(
+            f"""SELECT session_id, name, parent, fork_seq, deleted_at, cleared_to
+                FROM "{schema}".conversation_branches WHERE tenant_id = 'B' ORDER BY 1, 2"""
+        )
+        usage = await conn.fetch(
+            f"""SELECT session_id, id, input_tokens, model FROM "{schema}".conversation_usage
+                WHERE tenant_id = 'B' ORDER BY 1, 2"""
+        )
+        return [tuple(r) for r in (*rows, *branches, *usage)]
     finally:
         await conn.close()
 
@@ -102,7 +111,7 @@ def _leaks(value: Any) -> bool:
     """Whether *value* shows anything of tenant B (tenant A has its own sessions, even its own
     bob and its own "b-own": only B's contents mark B)."""
     text = repr(value)
-    return "b-secret" in text or "b-metadata" in text
+    return "b-secret" in text or "b-metadata" in text or "777777" in text or "b-branch" in text
 
 
 # Every public method, and how tenant A tries to reach tenant B through it.
@@ -150,6 +159,12 @@ WALK: dict[str, Call] = {
     "import_jsonl": _import,
     "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
     "rekey": lambda s: s.rekey(include_plaintext=True),
+    "fork_session": lambda s: s.fork_session("b-own", "a-fork"),
+    "list_branches": lambda s: s.list_branches("b-own"),
+    "delete_branch": lambda s: s.delete_branch("b-own", "b-branch"),
+    "compact": lambda s: s.compact("b-own", [NewMessage("assistant", "a summary")]),
+    "record_usage": lambda s: s.record_usage("b-own", TurnUsage(input_tokens=1)),
+    "usage": lambda s: s.usage(by="session"),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
 NO_DATA = {
@@ -172,6 +187,7 @@ ACROSS_TENANTS: dict[str, Call] = {
     "delete_expired_sessions": lambda s: s.delete_expired_sessions(all_tenants=True),
     "stats": lambda s: s.stats(all_tenants=True),
     "export_jsonl": lambda s: _consume(convostore.export_jsonl(s, all_tenants=True)),
+    "usage": lambda s: s.usage(by="user", all_tenants=True),
 }
 
 
@@ -198,7 +214,7 @@ async def test_tenant_a_reaches_nothing_of_tenant_b(
 ) -> None:
     owner_url, runtime_url = roles
     before = await _snapshot(database_url, schema_name)
-    assert len(before) == 4
+    assert len(before) == 5 + 1 + 1  # B's messages, its branch, its usage
     # With encryption keys, so that rekey (sealing plaintext rows) is walked too.
     url = runtime_url if role == "runtime" else owner_url
     store = PostgresSessionStore(url, schema=schema_name, tenant="A", encryption_keys=[KEY])
@@ -389,12 +405,11 @@ async def test_hostile_strings_in_every_field_change_nothing_else(
 
 
 async def test_a_run_for_another_user_cannot_use_a_users_session(store: PostgresSessionStore) -> None:
-    from agents import Agent, Runner, set_tracing_disabled
+    from agents import Agent, Runner
 
     from convostore import SessionOwnershipError
     from convostore.openai_agents import OfflineModel
 
-    set_tracing_disabled(True)
     agent = Agent(name="A", model=OfflineModel())
     session = PostgresSession("alices", store=store.scoped(user="alice"))
     assert session.user_id == "alice"

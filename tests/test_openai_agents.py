@@ -9,15 +9,13 @@ import sys
 from typing import Any
 
 import pytest
-from agents import Agent, RunConfig, Runner, function_tool, set_tracing_disabled
+from agents import Agent, RunConfig, Runner, function_tool
 from agents.memory import Session, SessionSettings
 from agents.memory.session import _session_accepts_wrapper
 from agents.testing import ModelCall, ScriptedModel, assistant_message, function_call
 
 from convostore import PostgresSessionStore, SessionOwnershipError
 from convostore.openai_agents import OfflineModel, PostgresSession, SessionAgent
-
-set_tracing_disabled(True)
 
 
 def _user_texts(call: ModelCall) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from agents import Agent, Runner, set_tracing_disabled
+from agents import Agent, Runner
 from typer.testing import CliRunner
 
 from convostore import (
@@ -50,8 +50,6 @@ from convostore.cli import app
 from convostore.openai_agents import OfflineModel, PostgresSession
 
 from ._chaos import TcpProxy
-
-set_tracing_disabled(True)
 
 
 async def _items(session: PostgresSession) -> list[Any]:

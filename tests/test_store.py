@@ -409,18 +409,23 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
     n = 100
     ids = [f"probe-{i}" for i in range(n)]
     t = store.tenant
-    rows = (ids, ["user"] * n, ["c"] * n, [None] * n, [None] * n, [None] * n, [None] * n, [None] * n)
-    one = ([1] * n, [session.id] * n, [None] * n, [None] * n)
+    rows = (ids, ["user"] * n, ["c"] * n, *[[None] * n] * 5, [2] * n, [None] * n)
+    one = ([1] * n, [session.id] * n, [None] * n, [None] * n, ["main"] * n)
     single = (t, session.id, None, False, True, *one, *rows)
     retried = (t, session.id, None, True, True, *one, *rows)
     many = (t, session.id, None, True, False, [1, 2] * (n // 2), [session.id, other.id] * (n // 2), [None] * n,
-            [None] * n, *rows)  # fmt: skip
+            [None] * n, ["main"] * n, *rows)  # fmt: skip
+    plain = (t, session.id, None, None, 20, "main", False, None, None, False)
     cases = [
         (store.queries.append, single, n),
         (store.queries.append, retried, n),
         (store.queries.append, many, n),
-        (store.queries.read, (t, session.id, None, None, 20), 20),
-        (store.queries.read, (t, session.id, "u", None, 20), 20),
+        (store.queries.read, plain, 20),
+        (store.queries.read, (t, session.id, "u", *plain[3:]), 20),
+        # Windows (the last 20 turns of one message each, the last 20 messages' tokens): the
+        # newest 64 rows to find the window's start, then the window.
+        (store.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True), 42),
+        (store.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True), 42),
     ]
     counters = (
         "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"

@@ -6,6 +6,9 @@ The public surface is re-exported here; see the README for a tour.
 from .cleanup import Sweeper, cleanup_old_sessions
 from .errors import (
     AccessDenied,
+    BranchConflict,
+    BranchExists,
+    BranchNotFound,
     ConfigurationError,
     ConvostoreError,
     DatabaseError,
@@ -31,10 +34,23 @@ from .errors import (
     StoreUnavailable,
 )
 from .migrations import MIGRATIONS, Migration, MigrationStatus
-from .models import AgentStats, Message, NewMessage, Role, Session, SessionCursor, StoreStats, TableSize
+from .models import (
+    AgentStats,
+    Branch,
+    Message,
+    NewMessage,
+    Role,
+    Session,
+    SessionCursor,
+    StoreStats,
+    TableSize,
+    TurnUsage,
+    UsageTotal,
+)
 from .retry import RetryPolicy
 from .store import ErasureReport, PostgresSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
+from .windows import Window, estimate_tokens, tiktoken_counter
 
 __version__ = "0.1.0"
 
@@ -42,6 +58,10 @@ __all__ = [
     "MIGRATIONS",
     "AccessDenied",
     "AgentStats",
+    "Branch",
+    "BranchConflict",
+    "BranchExists",
+    "BranchNotFound",
     "ConfigurationError",
     "ConvostoreError",
     "DatabaseError",
@@ -79,8 +99,13 @@ __all__ = [
     "StoreUnavailable",
     "Sweeper",
     "TableSize",
+    "TurnUsage",
+    "UsageTotal",
+    "Window",
     "__version__",
     "cleanup_old_sessions",
+    "estimate_tokens",
     "export_jsonl",
     "import_jsonl",
+    "tiktoken_counter",
 ]

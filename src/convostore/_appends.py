@@ -32,7 +32,7 @@ class AppendRequest:
     *owner*: the user who must own the session (``None``: any user of the tenant). *agent*:
     create the session on first write for this agent (then *owner* is required). *probe*:
     the ids were chosen by the caller, so the batch may already be stored even on a first
-    attempt (retries always look).
+    attempt (retries always look). *branch*: the session's branch written to.
     """
 
     tenant: str
@@ -41,6 +41,7 @@ class AppendRequest:
     owner: str | None = None
     agent: str | None = None
     probe: bool = False
+    branch: str = "main"
 
     @property
     def create_as(self) -> Owner:
@@ -76,10 +77,10 @@ class Appender:
         return self._runner.distributed
 
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
-        # Per message: its request, session, owner, agent, then its columns.
-        columns: list[list[Any]] = [[] for _ in range(12)]
+        # Per message: its request, session, owner, agent, branch, then its columns.
+        columns: list[list[Any]] = [[] for _ in range(15)]
         for index, request in enumerate(batch, start=1):
-            head = (index, request.session_id, request.owner, request.agent)
+            head = (index, request.session_id, request.owner, request.agent, request.branch)
             for row in request.rows:
                 for column, value in zip(columns, (*head, *row), strict=True):
                     column.append(value)

@@ -137,9 +137,9 @@ class Keyring:
 
     def seal_row(self, tenant: str, session_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A validated message row (``_validate.Row``) with its content sealed."""
-        message_id, role, content, tool_calls, tool_call_id, raw, _, _ = row
+        message_id, role, content, tool_calls, tool_call_id, raw, _, _, *counted = row
         sealed = self.seal(tenant, session_id, message_id, content, tool_calls, raw)
-        return (message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed)
+        return (message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed, *counted)
 
 
 def _aad(tenant: str, session_id: str, message_id: str) -> bytes:

@@ -30,7 +30,7 @@ def messages_from_rows(rows: Sequence[Any], sid: str, opener: Opener | None = No
     """Rows of the ``_MESSAGE_COLUMNS`` shape as Messages (the hot path of every read);
     sealed rows are opened with *opener*."""
     messages = []
-    for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed in rows:
+    for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed, branch, first, last in rows:
         if sealed is not None:
             content, tool_calls, raw = (opener or _no_key)(sid, id_, key_id, sealed)
         messages.append(
@@ -44,6 +44,8 @@ def messages_from_rows(rows: Sequence[Any], sid: str, opener: Opener | None = No
                 tool_call_id,
                 None if raw is None else load_json(raw),
                 created_at,
+                branch,
+                None if first is None else (first, last),
             )
         )
     return messages

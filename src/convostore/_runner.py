@@ -32,6 +32,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ._types import Connection
 from .errors import (
     AccessDenied,
+    BranchNotFound,
     ConvostoreError,
     DatabaseError,
     DuplicateMessageId,
@@ -168,6 +169,8 @@ def translate(
         return AccessDenied(f"{what}: the database role may not do this ({exc})")
     if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedFunctionError)):
         return SchemaNotReady(f"{what}: the schema is missing or not migrated ({exc}); run `convostore migrate`")
+    if isinstance(exc, asyncpg.NoDataFoundError):  # P0002: our functions' "no such branch"
+        return BranchNotFound(f"{what}: {exc.args[0] if exc.args else exc}")
     return DatabaseError(scrub(f"{what}: {describe(exc)}"))
 
 

@@ -33,7 +33,9 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-_MESSAGE_COLUMNS = "id, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed"
+_MESSAGE_COLUMNS = (
+    "id, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed, branch, covers_from, covers_to"
+)
 # A session expires at expires_at (a fixed expiry) or, with a ttl (a sliding one), ttl after
 # its last activity: derived when read (convostore._rows), so that appends never write it.
 _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl"
@@ -56,12 +58,16 @@ _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, e
 #   'o' another user's.
 # * p_route is a session of the batch: a sharded database routes the call by it, and the
 #   batch only holds sessions of that session's shard.
+# * Branches: each request writes one branch of its session (p_branches, per row). In a
+#   session that was ever forked, or for a branch other than 'main', the branch must exist
+#   and not be deleted, checked under the session rows' locks; otherwise the whole call
+#   fails (no_data_found), and a coalesced batch is sent again request by request.
 APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.convostore_append(
     p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
-    p_reqs int[], p_sessions text[], p_owners text[], p_agents text[],
+    p_reqs int[], p_sessions text[], p_owners text[], p_agents text[], p_branches text[],
     p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
-    p_key_ids text[], p_sealed bytea[]
+    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[]
 ) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -75,6 +81,7 @@ DECLARE
     v_bumped text[] := '{}';
     v_bases bigint[] := '{}';
     v_holders text[] := '{}';
+    v_forked boolean := false;
     v_round int;
     v_req int;
     v_sid text;
@@ -143,11 +150,11 @@ BEGIN
                   FROM unnest(v_sessions, v_counts, v_owners) AS c(sid, n, owner)
                  WHERE s.tenant_id = p_tenant AND s.id = ANY (v_sessions) AND s.id = c.sid
                    AND c.sid <> ALL (v_bumped) AND (c.owner IS NULL OR s.user_id = c.owner)
-                RETURNING s.id, s.last_seq - c.n AS base, s.user_id
+                RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked
             )
             SELECT v_bumped || coalesce(array_agg(b.id), '{}'), v_bases || coalesce(array_agg(b.base), '{}'),
-                   v_holders || coalesce(array_agg(b.user_id), '{}')
-              INTO v_bumped, v_bases, v_holders FROM bumped b;
+                   v_holders || coalesce(array_agg(b.user_id), '{}'), v_forked OR coalesce(bool_or(b.forked), false)
+              INTO v_bumped, v_bases, v_holders, v_forked FROM bumped b;
         ELSE
             WITH bumped AS (
                 UPDATE {s}.agent_sessions s
@@ -158,11 +165,11 @@ BEGIN
                    AND s.id IN (SELECT l.id FROM {s}.agent_sessions l
                                  WHERE l.tenant_id = p_tenant AND l.id = ANY (v_sessions)
                                  ORDER BY l.id FOR UPDATE SKIP LOCKED)
-                RETURNING s.id, s.last_seq - c.n AS base, s.user_id
+                RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked
             )
             SELECT v_bumped || coalesce(array_agg(b.id), '{}'), v_bases || coalesce(array_agg(b.base), '{}'),
-                   v_holders || coalesce(array_agg(b.user_id), '{}')
-              INTO v_bumped, v_bases, v_holders FROM bumped b;
+                   v_holders || coalesce(array_agg(b.user_id), '{}'), v_forked OR coalesce(bool_or(b.forked), false)
+              INTO v_bumped, v_bases, v_holders, v_forked FROM bumped b;
         END IF;
         EXIT WHEN cardinality(v_bumped) = cardinality(v_sessions) OR v_round = 2;
         -- Create on first write what does not exist yet. A concurrent creator may win the
@@ -197,16 +204,34 @@ BEGIN
           LEFT JOIN (SELECT x.id, x.user_id FROM {s}.agent_sessions x
                       WHERE x.tenant_id = p_tenant AND x.id = ANY (v_sessions)) s ON s.id = r.sid;
     END IF;
+    IF cardinality(v_bumped) > 0 AND (v_forked OR 'main' <> ANY (p_branches)) THEN
+        -- A branch written to must exist and not be deleted; the session rows are locked, so
+        -- no fork or deletion of a branch can interleave. Refused: the whole call rolls back.
+        SELECT n.sid, n.branch INTO v_sid, v_first
+          FROM (SELECT DISTINCT n.sid, n.branch FROM unnest(p_reqs, p_sessions, p_branches) AS n(req, sid, branch)
+                 WHERE n.req <> ALL (v_done) AND n.sid = ANY (v_bumped)) n
+          LEFT JOIN {s}.conversation_branches b
+                 ON b.tenant_id = p_tenant AND b.session_id = ANY (v_all) AND b.session_id = n.sid AND b.name = n.branch
+         WHERE b.deleted_at IS NOT NULL OR (b.name IS NULL AND n.branch <> 'main')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+                MESSAGE = format('session %s has no branch %s', v_sid, v_first);
+        END IF;
+    END IF;
     IF cardinality(v_bumped) > 0 THEN
         RETURN QUERY
         INSERT INTO {s}.conversation_messages AS m
             (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
-         key_id, sealed)
+             key_id, sealed, branch, tokens, kind)
         SELECT p_tenant, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
-               n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed
+               n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed,
+               n.branch, n.tokens, n.kind
           FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws,
-                      p_key_ids, p_sealed)
-               WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, ord)
+                      p_key_ids, p_sealed, p_branches, p_tokens, p_kinds)
+               WITH ORDINALITY
+               AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, branch, tokens, kind,
+                    ord)
           JOIN unnest(v_bumped, v_bases, v_holders) AS b(sid, base, holder) ON b.sid = n.sid
          WHERE n.req <> ALL (v_done)
         RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
@@ -215,56 +240,316 @@ END
 $fn$;
 """
 
-# A session's messages (the latest p_limit below seq p_below, or all), oldest first, each
-# with the session's owner. No row: no such session. With p_user, a session of another user
-# yields one row holding its owner and no message.
-READ_FUNCTION = """
+# A branch's line of rows (PL/pgSQL, shared by the functions below): its own rows, then its
+# parent's up to the fork, and so on to 'main'. Sets v_names (the branches) and v_limits (the
+# last seq each contributes) and v_floor (rows at or below it were cleared from the branch's
+# view); a branch that does not exist or was deleted raises no_data_found (P0002). A session never forked
+# has one line, 'main', without a lookup.
+_LINEAGE = """
+    v_names := ARRAY['main'];
+    v_limits := ARRAY[9223372036854775807];
+    v_floor := 0;
+    IF v_forked THEN
+        v_names := '{}';
+        v_limits := '{}';
+        v_name := p_branch;
+        v_limit := 9223372036854775807;
+        LOOP
+            SELECT b.parent, b.fork_seq, b.deleted_at, b.cleared_to INTO v_parent, v_fork, v_deleted, v_cleared
+              FROM {s}.conversation_branches b
+             WHERE b.session_id = p_session AND b.tenant_id = p_tenant AND b.name = v_name;
+            IF (NOT FOUND AND v_name <> 'main') OR (v_name = p_branch AND v_deleted IS NOT NULL)
+               OR cardinality(v_names) > 1000 THEN
+                RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+                    MESSAGE = format('session %s has no branch %s', p_session, p_branch);
+            END IF;
+            IF v_name = p_branch THEN
+                v_floor := coalesce(v_cleared, 0);
+            END IF;
+            v_names := v_names || v_name::text;
+            v_limits := v_limits || v_limit;
+            EXIT WHEN v_parent IS NULL;
+            v_limit := least(v_limit, v_fork);
+            v_name := v_parent;
+        END LOOP;
+    ELSIF p_branch <> 'main' THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = format('session %s has no branch %s', p_session, p_branch);
+    END IF;
+    -- What compaction hides from this line: the ranges its summaries stand for. A later
+    -- summary's range holds the ranges of the summaries it replaced, so hiding every row in
+    -- any range of the line is the compacted view.
+    IF v_compacted AND NOT p_raw THEN
+        SELECT array_agg(m.covers_from), array_agg(m.covers_to) INTO v_from, v_to
+          FROM {s}.conversation_messages m
+         WHERE m.session_id = p_session AND m.tenant_id = p_tenant AND m.covers_from IS NOT NULL
+           AND m.seq > v_floor AND m.seq <= v_limits[array_position(v_names, m.branch::text)];
+    END IF;
+"""
+
+_LINEAGE_VARS = """
+    v_names text[];
+    v_limits bigint[];
+    v_floor bigint;
+    v_from bigint[];
+    v_to bigint[];
+    v_name text;
+    v_limit bigint;
+    v_parent text;
+    v_fork bigint;
+    v_deleted timestamptz;
+    v_cleared bigint;
+"""
+
+# Whether row m is in the view (the line, above the floor, not hidden by a summary).
+_VISIBLE = """m.session_id = p_session AND m.tenant_id = p_tenant AND m.seq > v_floor
+           AND m.seq <= v_limits[array_position(v_names, m.branch::text)]
+           AND (v_from IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(v_from, v_to) AS r(f, t)
+                                                WHERE m.seq BETWEEN r.f AND r.t))"""
+
+_READ_COLUMNS = """m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
+                   m.created_at, m.key_id::text, m.sealed, m.branch::text, m.covers_from, m.covers_to"""
+
+# A token count for rows written without one (before counts were kept).
+_TOKENS = "coalesce(m.tokens, octet_length(coalesce(m.raw::text, m.content)) / 4 + 1)"
+
+# The rows of a session that never forked nor compacted: all of them.
+_WHOLE = "m.session_id = p_session AND m.tenant_id = p_tenant"
+
+
+def _windowed(visible: str) -> str:
+    """The PL/pgSQL that returns the window of the rows matching *visible* (see READ_FUNCTION)."""
+    tokens = _TOKENS.replace("m.", "w.")
+    pinned = "m.role IN ('system', 'developer')"
+    # Newest first, a row is kept while fewer than p_turns user messages are newer and the
+    # tokens so far (after the pinned messages') fit: the window starts at the oldest kept.
+    keep = (
+        "(p_budget IS NULL OR sum(CASE WHEN p_pinned AND x.role IN ('system', 'developer') THEN 0 ELSE x.tokens END)"
+        " OVER w <= p_budget - x.pinned)"
+        " AND (p_turns IS NULL OR count(*) FILTER (WHERE x.role = 'user') OVER w - (x.role = 'user')::int < p_turns)"
+    )
+
+    def cut(limit: str) -> str:
+        # (rows read, the window's first seq, whether every row read is kept). The window never
+        # starts right after a reasoning item: that item and the one after it stay together.
+        return f"""
+                SELECT count(*) AS n,
+                       min(c.seq) FILTER (WHERE c.keep AND c.older IS DISTINCT FROM 'reasoning') AS first,
+                       coalesce(bool_and(c.keep), true) AS all_kept
+                  FROM (SELECT x.seq, {keep} AS keep, lead(x.kind) OVER w AS older
+                          FROM (SELECT w.seq, w.role, w.kind, {tokens} AS tokens, p.tokens AS pinned
+                                  FROM {{s}}.conversation_messages w, pin p
+                                 WHERE {visible.replace("m.", "w.")} AND w.seq < v_below
+                                 ORDER BY w.seq DESC LIMIT {limit}) x
+                        WINDOW w AS (ORDER BY x.seq DESC ROWS UNBOUNDED PRECEDING)) c"""
+
+    pin = f"""pin AS (
+                SELECT coalesce(sum({_TOKENS}), 0) AS tokens FROM {{s}}.conversation_messages m
+                 WHERE p_budget IS NOT NULL AND p_pinned AND {visible} AND m.seq < v_below AND {pinned}
+            )"""
+
+    def rows(first: str) -> str:
+        return f"""
+            SELECT v_owner, x.* FROM (
+                (SELECT {_READ_COLUMNS}
+                   FROM {{s}}.conversation_messages m
+                  WHERE {visible} AND m.seq < v_below AND m.seq >= {first}
+                  ORDER BY m.seq DESC
+                  LIMIT p_limit)
+                UNION ALL
+                (SELECT {_READ_COLUMNS}
+                   FROM {{s}}.conversation_messages m
+                  WHERE p_pinned AND {first} > 0 AND {visible} AND m.seq < least({first}, v_below) AND {pinned})
+            ) x ORDER BY x.seq;"""
+
+    return f"""
+        IF p_turns IS NULL AND p_budget IS NULL THEN
+            RETURN QUERY
+            SELECT v_owner, x.* FROM (
+                SELECT {_READ_COLUMNS}
+                  FROM {{s}}.conversation_messages m
+                 WHERE {visible} AND m.seq < v_below
+                 ORDER BY m.seq DESC
+                 LIMIT p_limit
+            ) x ORDER BY x.seq;
+            RETURN;
+        END IF;
+        -- One statement: the window's start from the newest 64 rows, then its rows. Where 64
+        -- rows do not reach the start (or the window is empty), the start is sought in chunks.
+        RETURN QUERY
+        WITH {pin}, c AS ({cut("64")}),
+             cut AS (SELECT CASE WHEN c.all_kept AND c.n = 64 THEN NULL ELSE coalesce(c.first, v_below) END AS seq
+                       FROM c)
+        {rows("(SELECT seq FROM cut)")}
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        LOOP
+            WITH {pin}
+            SELECT c.n, c.first, c.all_kept INTO v_read, v_start, v_all FROM ({cut("v_chunk")}) c;
+            EXIT WHEN v_read < v_chunk OR NOT v_all;
+            v_chunk := v_chunk * 8;
+        END LOOP;
+        v_cut := coalesce(v_start, v_below);
+        RETURN QUERY
+        WITH cut AS (SELECT v_cut AS seq)
+        {rows("(SELECT seq FROM cut)")}
+"""
+
+
+# A session's messages, oldest first, each with the session's owner. No row: no such session.
+# With p_user, a session of another user yields one row holding its owner and no message.
+#
+# The view is a branch's (p_branch; 'main' unless forked) with what compaction replaced
+# hidden (unless p_raw). Below seq p_below, the window is the latest p_turns turns (a turn
+# starts at a user message), cut further to the latest messages within p_budget tokens, and
+# to the latest p_limit messages; with p_pinned, the view's system and developer messages
+# before the window come too (their tokens counted first). A session never forked nor
+# compacted (or read raw) is read without working out a line: its rows are all its view.
+READ_FUNCTION = (
+    """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(
-    p_tenant text, p_session text, p_user text, p_below bigint, p_limit bigint
+    p_tenant text, p_session text, p_user text, p_below bigint, p_limit bigint,
+    p_branch text, p_raw boolean, p_turns bigint, p_budget bigint, p_pinned boolean
 ) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
-                 tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea)
+                 tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea,
+                 branch text, covers_from bigint, covers_to bigint)
 LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
 DECLARE
     v_owner text;
-BEGIN
+    v_forked boolean;
+    v_compacted boolean;
+    v_below bigint := coalesce(p_below, 9223372036854775807);
+    v_cut bigint := 0;
+    v_start bigint;
+    v_read bigint;
+    v_all boolean;
+    v_chunk bigint := 512;"""
+    + _LINEAGE_VARS
+    + """BEGIN
     PERFORM set_config('convostore.tenant_id', p_tenant, true),
             set_config('convostore.user_id', coalesce(p_user, '*'), true);
-    SELECT s.user_id INTO v_owner FROM {s}.agent_sessions s WHERE s.tenant_id = p_tenant AND s.id = p_session;
+    SELECT s.user_id, s.forked, s.compacted INTO v_owner, v_forked, v_compacted
+      FROM {s}.agent_sessions s WHERE s.tenant_id = p_tenant AND s.id = p_session;
     IF NOT FOUND THEN
         RETURN;
     END IF;
     IF p_user IS NOT NULL AND v_owner <> p_user THEN
         RETURN QUERY SELECT v_owner, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::jsonb,
-                            NULL::text, NULL::jsonb, NULL::timestamptz, NULL::text, NULL::bytea;
+                            NULL::text, NULL::jsonb, NULL::timestamptz, NULL::text, NULL::bytea,
+                            NULL::text, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
-    IF p_limit IS NULL THEN
-        RETURN QUERY
-        SELECT v_owner, m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
-               m.created_at, m.key_id::text, m.sealed
-          FROM {s}.conversation_messages m
-         WHERE m.tenant_id = p_tenant AND m.session_id = p_session AND m.seq < coalesce(p_below, 9223372036854775807)
-         ORDER BY m.seq;
-    ELSE
-        RETURN QUERY
-        SELECT v_owner, x.* FROM (
-            SELECT m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
-                   m.created_at, m.key_id::text, m.sealed
+    IF NOT v_forked AND p_branch = 'main' AND (p_raw OR NOT v_compacted) THEN
+        IF p_limit IS NULL AND p_turns IS NULL AND p_budget IS NULL THEN
+            RETURN QUERY
+            SELECT v_owner, """
+    + _READ_COLUMNS
+    + """
               FROM {s}.conversation_messages m
-             WHERE m.tenant_id = p_tenant AND m.session_id = p_session
-               AND m.seq < coalesce(p_below, 9223372036854775807)
-             ORDER BY m.seq DESC
-             LIMIT p_limit
-        ) x ORDER BY x.seq;
-    END IF;
+             WHERE m.tenant_id = p_tenant AND m.session_id = p_session AND m.seq < v_below
+             ORDER BY m.seq;
+            RETURN;
+        END IF;"""
+    + _windowed(_WHOLE)
+    + """
+        RETURN;
+    END IF;"""
+    + _LINEAGE
+    + _windowed(_VISIBLE)
+    + """
 END
 $fn$;
 """
-
-APPEND = (
-    "SELECT * FROM {s}.convostore_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
-READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5)"
+
+# Compaction that keeps the record: summary rows (p_ids ...) replace, in the view of branch
+# p_branch, its rows from seq p_from on, which stay stored. One transaction under the session
+# row's lock: appends wait and land after the summary, never inside what it replaces.
+#
+# p_expect: the seqs of the view from p_from on that the summary was made from; if the view
+# holds anything else now, nothing is written ('s'). NULL: replace the whole view as it is.
+# Each summary row records the range it stands for (covers_from, covers_to), widened to
+# hold the ranges of earlier summaries it replaces. With p_empty (a summary of nothing), the
+# one row sent is a marker whose range ends at its own seq: it hides itself too.
+# Outcomes: 'i' rows inserted, 'r' a retry of a compaction already stored (its rows), 'n' no
+# such session, 'o' another user's, 's' the view changed, 'e' nothing to replace.
+COMPACT_FUNCTION = (
+    """
+CREATE OR REPLACE FUNCTION {s}.convostore_compact(
+    p_tenant text, p_session text, p_user text, p_branch text, p_from bigint, p_expect bigint[],
+    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
+    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[], p_empty boolean
+) RETURNS TABLE (id text, seq bigint, created_at timestamptz, outcome text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_owner text;
+    v_forked boolean;
+    v_compacted boolean := true;
+    p_raw boolean := false;
+    v_last bigint;
+    v_tail bigint[];
+    v_inner bigint;
+    v_now timestamptz := now();"""
+    + _LINEAGE_VARS
+    + """BEGIN
+    PERFORM set_config('convostore.tenant_id', p_tenant, true),
+            set_config('convostore.user_id', coalesce(p_user, '*'), true);
+    SELECT s.user_id, s.forked, s.last_seq INTO v_owner, v_forked, v_last
+      FROM {s}.agent_sessions s WHERE s.tenant_id = p_tenant AND s.id = p_session FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::timestamptz, 'n'::text;
+        RETURN;
+    END IF;
+    IF p_user IS NOT NULL AND v_owner <> p_user THEN
+        RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::timestamptz, 'o'::text;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {s}.conversation_messages x
+                WHERE x.session_id = p_session AND x.tenant_id = p_tenant AND x.id = p_ids[1]) THEN
+        RETURN QUERY SELECT x.id::text, x.seq, x.created_at, 'r'::text FROM {s}.conversation_messages x
+                      WHERE x.session_id = p_session AND x.tenant_id = p_tenant AND x.id = ANY (p_ids)
+                      ORDER BY x.seq;
+        RETURN;
+    END IF;"""
+    + _LINEAGE
+    + """
+    SELECT array_agg(m.seq ORDER BY m.seq), min(m.covers_from) INTO v_tail, v_inner
+      FROM {s}.conversation_messages m
+     WHERE """
+    + _VISIBLE
+    + """ AND m.seq >= coalesce(p_from, 0);
+    IF p_expect IS NOT NULL AND v_tail IS DISTINCT FROM p_expect THEN
+        RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::timestamptz, 's'::text;
+        RETURN;
+    END IF;
+    IF v_tail IS NULL THEN
+        RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::timestamptz, 'e'::text;
+        RETURN;
+    END IF;
+    UPDATE {s}.agent_sessions s SET last_seq = v_last + cardinality(p_ids), updated_at = v_now, compacted = true
+     WHERE s.tenant_id = p_tenant AND s.id = p_session;
+    RETURN QUERY
+    INSERT INTO {s}.conversation_messages AS m
+        (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
+         key_id, sealed, branch, tokens, kind, covers_from, covers_to)
+    SELECT p_tenant, p_session, v_last + n.ord, n.id, v_owner, n.role, n.content, n.tool_calls::jsonb,
+           n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed, p_branch, n.tokens, n.kind,
+           least(v_tail[1], v_inner), CASE WHEN p_empty THEN v_last + n.ord ELSE v_tail[cardinality(v_tail)] END
+      FROM unnest(p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids, p_sealed, p_tokens,
+                  p_kinds)
+           WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
+    RETURNING m.id::text, m.seq, m.created_at, 'i'::text;
+END
+$fn$;
+"""
+)
+
+APPEND = "SELECT * FROM {s}.convostore_append(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
+COMPACT = "SELECT * FROM {s}.convostore_compact(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
+READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 # -- sessions ---------------------------------------------------------------------------------
 
@@ -276,37 +561,47 @@ VALUES ($1, $2, $3, $4, $5::jsonb, $6::interval, now() + $7::interval)
 RETURNING {_SESSION_COLUMNS}
 """
 
-# One round trip: the session row joined to its messages (NULLs when it has none).
+# One round trip: the session row joined to the rows of its main branch (NULLs when it has none).
 GET_SESSION = """
 SELECT s.id, s.user_id, s.agent_name, s.metadata, s.created_at, s.updated_at, s.expires_at, s.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at, m.key_id, m.sealed
+       m.created_at AS m_created_at, m.key_id, m.sealed, m.branch, m.covers_from, m.covers_to
 FROM {s}.agent_sessions s
-LEFT JOIN {s}.conversation_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id AND m.session_id = $2
+LEFT JOIN {s}.conversation_messages m
+       ON m.tenant_id = s.tenant_id AND m.session_id = s.id AND m.session_id = $2 AND m.branch = 'main'
 WHERE s.tenant_id = $1 AND s.id = $2
 ORDER BY m.seq
 """
 
 # Locking the newest row with LIMIT 1 FOR UPDATE: a pop that loses the race for it skips
 # the row its rival deleted and takes the next one, so each message is popped once. With
-# $3, only a message of that owner (messages carry their session's owner).
+# $3, only a message of that owner (messages carry their session's owner). A forked or
+# compacted session pops nothing here: its branches share rows, and its newest row may be
+# hidden by a summary (see convostore._branches).
 POP_MESSAGE = """
 WITH victim AS (
     SELECT seq FROM {s}.conversation_messages
     WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
+      AND NOT EXISTS (SELECT 1 FROM {s}.agent_sessions s
+                      WHERE s.tenant_id = $1 AND s.id = $2 AND (s.forked OR s.compacted))
     ORDER BY seq DESC LIMIT 1 FOR UPDATE
 )
 DELETE FROM {s}.conversation_messages m USING victim
 WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.seq = victim.seq
-RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed
+RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed,
+          m.branch, m.covers_from, m.covers_to
 """
 
-# Deletions record themselves in the audit trail in the same statement ($4: the actor).
+# Deletions record themselves in the audit trail in the same statement ($4: the actor). A
+# whole session's messages go with its branches.
 CLEAR_SESSION = """
 WITH gone AS (
     DELETE FROM {s}.conversation_messages
     WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
     RETURNING user_id
+), branches AS (
+    DELETE FROM {s}.conversation_branches
+    WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
 ), audit AS (
     INSERT INTO {s}.convostore_audit (action, actor, tenant_id, user_id, session_id, rows)
     SELECT 'clear_session', $4, $1, min(user_id), $2, count(*) FROM gone HAVING count(*) > 0
@@ -358,11 +653,11 @@ USER_SESSIONS_WITH_MESSAGES = (
     + """
 SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at, m.key_id, m.sealed
+       m.created_at AS m_created_at, m.key_id, m.sealed, m.branch, m.covers_from, m.covers_to
 FROM page p
 LEFT JOIN LATERAL (
     SELECT * FROM {s}.conversation_messages x
-    WHERE x.tenant_id = $1 AND x.session_id = p.id
+    WHERE x.tenant_id = $1 AND x.session_id = p.id AND x.branch = 'main'
     ORDER BY x.seq DESC
     LIMIT $7
 ) m ON true
@@ -386,13 +681,14 @@ USER_SESSIONS_WITH_MESSAGES_DIST = (
     _USER_PAGE
     + """, latest AS (
     SELECT x.session_id, x.id, x.seq, x.role, x.content, x.tool_calls, x.tool_call_id, x.raw, x.created_at,
-           x.key_id, x.sealed, row_number() OVER (PARTITION BY x.session_id ORDER BY x.seq DESC) AS rn
+           x.key_id, x.sealed, x.branch, x.covers_from, x.covers_to,
+           row_number() OVER (PARTITION BY x.session_id ORDER BY x.seq DESC) AS rn
     FROM {s}.conversation_messages x
-    WHERE x.tenant_id = $1 AND x.session_id IN (SELECT id FROM page)
+    WHERE x.tenant_id = $1 AND x.session_id IN (SELECT id FROM page) AND x.branch = 'main'
 )
 SELECT p.id, p.user_id, p.agent_name, p.metadata, p.created_at, p.updated_at, p.expires_at, p.ttl,
        m.id AS m_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw,
-       m.created_at AS m_created_at, m.key_id, m.sealed
+       m.created_at AS m_created_at, m.key_id, m.sealed, m.branch, m.covers_from, m.covers_to
 FROM page p
 LEFT JOIN latest m ON m.session_id = p.id AND ($7::bigint IS NULL OR m.rn <= $7)
 ORDER BY p.updated_at DESC, p.id DESC, m.seq
@@ -409,6 +705,117 @@ SELECT p.*, COALESCE(c.n, 0) AS message_count FROM page p LEFT JOIN counts c ON 
 ORDER BY p.updated_at DESC, p.id DESC
 """
 )
+
+# -- branches (convostore._branches decides; these read and change) ----------------------------
+
+# The session's row, locked for the transaction: forks, deletions, clears and pops of a
+# forked session serialize with each other and with appends (which lock it too).
+LOCK_SESSION = """
+SELECT user_id, forked, last_seq FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE
+"""
+
+SESSION_OWNER_FORKED = "SELECT user_id, forked FROM {s}.agent_sessions WHERE tenant_id = $1 AND id = $2"
+
+BRANCH_ROWS = """
+SELECT name, parent, fork_seq, created_at, deleted_at, cleared_to FROM {s}.conversation_branches
+WHERE session_id = $2 AND tenant_id = $1
+"""
+
+# Each branch's own message count (for listing).
+BRANCH_COUNTS = """
+SELECT branch, count(*) AS n FROM {s}.conversation_messages WHERE session_id = $2 AND tenant_id = $1 GROUP BY branch
+"""
+
+# The newest row of a line ($3 branches, $4 their last seqs) above floor $5 and at or below $6.
+_IN_LINE = (
+    "m.session_id = $2 AND m.tenant_id = $1 AND m.seq > $5 AND m.seq <= $6 "
+    "AND m.seq <= ($4::bigint[])[array_position($3::text[], m.branch::text)]"
+)
+LINE_LAST = f"""
+SELECT m.seq, m.branch FROM {{s}}.conversation_messages m WHERE {_IN_LINE} ORDER BY m.seq DESC LIMIT 1
+"""
+
+POP_SEQ = """
+DELETE FROM {s}.conversation_messages m WHERE m.session_id = $2 AND m.tenant_id = $1 AND m.seq = $3
+RETURNING m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed,
+          m.branch, m.covers_from, m.covers_to
+"""
+
+# A fork starts with its parent's floor: what the parent had cleared stays out of its view.
+INSERT_BRANCH = """
+INSERT INTO {s}.conversation_branches (session_id, tenant_id, name, user_id, parent, fork_seq, cleared_to)
+VALUES ($2, $1, $3, $4, $5, $6, nullif($7::bigint, 0))
+ON CONFLICT DO NOTHING
+RETURNING created_at
+"""
+
+MARK_FORKED = "UPDATE {s}.agent_sessions SET forked = true, updated_at = now() WHERE tenant_id = $1 AND id = $2"
+
+# 'main' gets a row the first time it is deleted or cleared (the others have theirs).
+DELETE_BRANCH = """
+WITH updated AS (
+    UPDATE {s}.conversation_branches SET deleted_at = now()
+    WHERE session_id = $2 AND tenant_id = $1 AND name = $3
+    RETURNING 1
+)
+INSERT INTO {s}.conversation_branches (session_id, tenant_id, name, user_id, deleted_at)
+SELECT $2, $1, $3, $4, now() WHERE NOT EXISTS (SELECT 1 FROM updated)
+"""
+
+CLEAR_BRANCH = """
+WITH updated AS (
+    UPDATE {s}.conversation_branches SET cleared_to = $5
+    WHERE session_id = $2 AND tenant_id = $1 AND name = $3
+    RETURNING 1
+)
+INSERT INTO {s}.conversation_branches (session_id, tenant_id, name, user_id, cleared_to)
+SELECT $2, $1, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM updated)
+"""
+
+# A branch's own rows above $4 (what no live branch shares any more).
+TRIM_BRANCH = """
+WITH gone AS (
+    DELETE FROM {s}.conversation_messages WHERE session_id = $2 AND tenant_id = $1 AND branch = $3 AND seq > $4
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+DROP_BRANCHES = (
+    "DELETE FROM {s}.conversation_branches WHERE session_id = $2 AND tenant_id = $1 AND name = ANY($3::text[])"
+)
+
+# -- usage ---------------------------------------------------------------------------------------
+
+# A turn's usage, with its session's owner and agent; a retry (the same id) stores nothing.
+RECORD_USAGE = """
+INSERT INTO {s}.conversation_usage
+    (session_id, tenant_id, id, user_id, agent_name, branch, model, requests, input_tokens, output_tokens,
+     reasoning_tokens, cached_tokens, duration_seconds)
+SELECT s.id, s.tenant_id, $4, s.user_id, s.agent_name, $5, $6, $7, $8, $9, $10, $11, $12
+FROM {s}.agent_sessions s
+WHERE s.tenant_id = $1 AND s.id = $2 AND ($3::text IS NULL OR s.user_id = $3)
+ON CONFLICT (session_id, tenant_id, id) DO NOTHING
+RETURNING 1
+"""
+
+# Totals by $6: 'session', 'user', 'agent' or 'day' (UTC). $1 tenant (NULL: every tenant),
+# $2 user, $3 session, $4 agent, $5 and $7: from (inclusive) and until (exclusive).
+USAGE_TOTALS = """
+SELECT tenant_id,
+       CASE $6::text WHEN 'session' THEN session_id::text WHEN 'user' THEN user_id::text
+                     WHEN 'agent' THEN agent_name::text
+                     ELSE to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') END AS key,
+       count(*) AS turns, sum(requests)::bigint AS requests, sum(input_tokens)::bigint AS input_tokens,
+       sum(output_tokens)::bigint AS output_tokens, sum(reasoning_tokens)::bigint AS reasoning_tokens,
+       sum(cached_tokens)::bigint AS cached_tokens, coalesce(sum(duration_seconds), 0)::float8 AS duration
+FROM {s}.conversation_usage
+WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR session_id = $3) AND ($4::text IS NULL OR agent_name = $4)
+  AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($7::timestamptz IS NULL OR created_at < $7)
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
 
 # -- retention ---------------------------------------------------------------------------------
 
@@ -582,7 +989,7 @@ LIMIT $6
 """
 
 EXPORT_MESSAGES_PAGE = f"""
-SELECT {_MESSAGE_COLUMNS} FROM {{s}}.conversation_messages
+SELECT {_MESSAGE_COLUMNS}, tokens FROM {{s}}.conversation_messages
 WHERE tenant_id = $1 AND session_id = $2 AND seq > $3
 ORDER BY seq
 LIMIT $4
@@ -597,7 +1004,7 @@ SELECT id, user_id, agent_name FROM {s}.agent_sessions WHERE tenant_id = $1 AND 
 
 _STORED = (
     "m.id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.raw, m.created_at, m.key_id, m.sealed, "
-    "m.session_id"
+    "m.branch, m.covers_from, m.covers_to, m.tokens, m.session_id"
 )
 IMPORT_STORED_MESSAGES = f"""
 SELECT {_STORED} FROM unnest($2::text[], $3::text[]) AS k(session_id, id)
@@ -620,21 +1027,49 @@ FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[], 
 # Messages take their owner from their session (imported or present).
 IMPORT_MESSAGES = """
 INSERT INTO {s}.conversation_messages
-    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
+    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed,
+     branch, covers_from, covers_to, tokens, kind)
 SELECT $1, t.session_id, t.seq, t.id, s.user_id, t.role, t.content, t.tool_calls::jsonb, t.tool_call_id,
-       t.raw::jsonb, t.created_at, t.key_id, t.sealed
+       t.raw::jsonb, t.created_at, t.key_id, t.sealed, t.branch, t.covers_from, t.covers_to, t.tokens, t.kind
 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::bytea[])
-    AS t(session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
+            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::bytea[],
+            $13::text[], $14::bigint[], $15::bigint[], $16::int[], $17::text[])
+    AS t(session_id, seq, id, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed,
+         branch, covers_from, covers_to, tokens, kind)
 JOIN {s}.agent_sessions s ON s.tenant_id = $1 AND s.id = t.session_id
 """
 
-# Keeps the counter ahead of imported seqs, so later appends continue after them.
+# Branches of imported sessions (compared with the stored ones first), which marks their
+# sessions forked.
+IMPORT_BRANCHES = """
+WITH added AS (
+    INSERT INTO {s}.conversation_branches
+        (session_id, tenant_id, name, user_id, parent, fork_seq, created_at, deleted_at, cleared_to)
+    SELECT t.session_id, $1, t.name, s.user_id, t.parent, t.fork_seq, t.created_at, t.deleted_at, t.cleared_to
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+        AS t(session_id, name, parent, fork_seq, created_at, deleted_at, cleared_to)
+    JOIN {s}.agent_sessions s ON s.tenant_id = $1 AND s.id = t.session_id
+    ON CONFLICT DO NOTHING
+    RETURNING session_id
+)
+UPDATE {s}.agent_sessions s SET forked = true
+WHERE s.tenant_id = $1 AND s.id = ANY($2::text[]) AND s.id IN (SELECT session_id FROM added)
+"""
+
+IMPORT_STORED_BRANCHES = """
+SELECT session_id, name, parent, fork_seq, deleted_at, cleared_to FROM {s}.conversation_branches
+WHERE tenant_id = $1 AND session_id = ANY($2::text[])
+"""
+
+# Keeps the counter ahead of imported seqs, so later appends continue after them, and marks
+# sessions holding summaries compacted (their reads then take the general path).
 RAISE_LAST_SEQ = """
-UPDATE {s}.agent_sessions s SET last_seq = m.max_seq
-FROM (SELECT session_id, max(seq) AS max_seq FROM {s}.conversation_messages
+UPDATE {s}.agent_sessions s
+   SET last_seq = greatest(s.last_seq, m.max_seq), compacted = s.compacted OR m.compacted
+FROM (SELECT session_id, max(seq) AS max_seq, bool_or(covers_from IS NOT NULL) AS compacted
+      FROM {s}.conversation_messages
       WHERE tenant_id = $1 AND session_id = ANY($2::text[]) GROUP BY session_id) m
-WHERE s.tenant_id = $1 AND s.id = m.session_id AND s.last_seq < m.max_seq
+WHERE s.tenant_id = $1 AND s.id = m.session_id
 """
 
 # -- key rotation (convostore rekey) ----------------------------------------------------------
@@ -718,6 +1153,7 @@ class Queries:
 
     append: str
     read: str
+    compact: str
     session_owner: str
     create_session: str
     get_session: str
@@ -740,12 +1176,28 @@ class Queries:
     import_stored_messages: str
     import_sessions: str
     import_messages: str
+    import_branches: str
+    import_stored_branches: str
     raise_last_seq: str
     rekey_page: str
     rekey_update: str
     stats: str
     stats_by_agent: str
     stats_sizes: str
+    lock_session: str
+    session_owner_forked: str
+    branch_rows: str
+    branch_counts: str
+    line_last: str
+    pop_seq: str
+    insert_branch: str
+    mark_forked: str
+    delete_branch: str
+    clear_branch: str
+    trim_branch: str
+    drop_branches: str
+    record_usage: str
+    usage_totals: str
 
 
 # The statements whose shape differs on distributed tables (the rest are the same).

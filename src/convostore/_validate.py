@@ -21,6 +21,7 @@ from .errors import (
     InvalidMetadataType,
 )
 from .models import ROLES, NewMessage, Session, SessionCursor
+from .windows import estimate_tokens
 
 MAX_ID_LENGTH = 255
 # The longest duration accepted (a TTL, an expiry, a retention age). Longer ones would put
@@ -104,9 +105,10 @@ _MESSAGE_ERRORS = (InvalidMessage, InvalidMessageType)
 _FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "id", "raw"})
 
 # The columns of one message as sent in the append statement's arrays.
-# id, role, content, tool_calls, tool_call_id, raw, key_id, sealed (the last two set when
-# the content is sealed: see convostore._crypto).
-Row = tuple[str, str, str, str | None, str | None, str | None, str | None, bytes | None]
+# id, role, content, tool_calls, tool_call_id, raw, key_id, sealed (the two set when the
+# content is sealed: see convostore._crypto), tokens (its token count), kind (its raw item's
+# type: 'reasoning', 'function_call', ...).
+Row = tuple[str, str, str, str | None, str | None, str | None, str | None, bytes | None, int, str | None]
 
 
 def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
@@ -147,16 +149,31 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         raise InvalidMessage(f"{where}: a tool message needs the tool_call_id of the call it answers")
     if role != "tool" and tool_call_id is not None:
         raise InvalidMessage(f"{where}: only a tool message has a tool_call_id (role is {role!r})")
+    calls_text = None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS)
+    raw_text = None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS)
     return (
         identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
         role,
         encode_text(content),
-        None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS),
+        calls_text,
         answered,
-        None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS),
+        raw_text,
         None,
         None,
+        estimate_tokens(token_text(content, calls_text, raw_text)),  # a store with a counter counts again
+        kind_of(raw),
     )
+
+
+def token_text(content: str, tool_calls: str | None, raw: str | None) -> str:
+    """The text whose tokens a message counts: its raw item, else its content and tool calls."""
+    return raw if raw is not None else content + (tool_calls or "")
+
+
+def kind_of(raw: Any) -> str | None:
+    """The type of a framework's raw item (``None`` if it has none)."""
+    kind = raw.get("type") if isinstance(raw, Mapping) else None
+    return kind[:64] if isinstance(kind, str) else None
 
 
 def cursor(value: object) -> SessionCursor | None:

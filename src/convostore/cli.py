@@ -10,6 +10,7 @@ visible, so stored content can never drive the operator's terminal.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import getpass
 import inspect
@@ -19,8 +20,8 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -539,9 +540,15 @@ def _fold(text: str, lines: int, full: bool) -> str:
     return f"{kept}\n[dim]... ({len(text) - len(kept)} more characters; --full shows all)[/]"
 
 
-def _render(m: Message, full: bool) -> str:
+def _render(m: Message, full: bool, replaced: bool = False) -> str:
     style = _ROLE_STYLE.get(m.role, "white")
     head = f"[{style} bold]{safe(m.role, oneline=True)}[/] [dim]#{m.seq} {_when(m.created_at)}[/]"
+    if m.branch != "main":
+        head += f" [dim]on {safe(m.branch, oneline=True)}[/]"
+    if m.covers is not None:
+        head += f" [cyan]summary of #{m.covers[0]}-#{m.covers[1]}[/]"
+    if replaced:
+        head += " [yellow](replaced by a summary)[/]"
     body = []
     if m.content:
         body.append(_fold(safe(m.content.replace("\x00", "\\0")), 12, full))
@@ -564,14 +571,27 @@ def _render(m: Message, full: bool) -> str:
 def sessions_show(
     ctx: typer.Context,
     session_id: Annotated[str, typer.Argument(help="The session to show.")],
+    branch: Annotated[str, typer.Option("--branch", help="The branch to show.")] = "main",
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Every stored message, those compaction replaced with a summary too.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Do not fold long content.")] = False,
 ) -> None:
-    """Show one conversation: roles coloured, tool calls and outputs marked, long content folded."""
-    session = _run(ctx, lambda s: s.get_session(session_id))
+    """Show one conversation as its model sees it (compacted), or --raw as stored: roles
+    coloured, tool calls and outputs marked, summaries marked, long content folded."""
+
+    async def work(store: PostgresSessionStore) -> tuple[Session | None, list[Message]]:
+        found = await store.get_session(session_id)
+        if found is None:
+            return None, []
+        return found, await store.get_messages(session_id, branch=branch, raw=raw)
+
+    session, messages = _run(ctx, work)
     if session is None:
         err.print(f"[red]error:[/] no session {safe(session_id, oneline=True)}")
         raise typer.Exit(1)
+    session = replace(session, messages=tuple(messages))
     if as_json:
         _print_json(asdict(session))
         return
@@ -582,8 +602,41 @@ def sessions_show(
     )
     if session.metadata:
         out.print(f"[dim]metadata {safe(json.dumps(session.metadata, ensure_ascii=False), oneline=True)}[/]")
-    for m in session.messages:
-        out.print(_render(m, full))
+    ranges = [m.covers for m in messages if m.covers is not None]
+    for m in messages:
+        replaced = raw and any(first <= m.seq <= last for first, last in ranges if m.covers != (first, last))
+        out.print(_render(m, full, replaced))
+
+
+@sessions_app.command("branches")
+@common
+def sessions_branches(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="The session whose branches to list.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List a session's branches: each one's parent, where it was forked, its own messages."""
+    branches = _run(ctx, lambda s: s.list_branches(session_id))
+    if as_json:
+        _print_json([asdict(b) for b in branches])
+        return
+    table = Table("branch", "parent", "forked at", "own messages", "created")
+    for b in branches:
+        table.add_row(
+            safe(b.name, oneline=True),
+            safe(b.parent or "", oneline=True),
+            "" if b.fork_seq is None else f"#{b.fork_seq}",
+            str(b.messages),
+            _when(b.created_at),
+        )
+    out.print(table)
+
+
+class UsageBy(enum.StrEnum):
+    session = "session"
+    user = "user"
+    agent = "agent"
+    day = "day"
 
 
 @app.command()
@@ -592,8 +645,19 @@ def stats(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     all_tenants: AllTenants = False,
+    usage: Annotated[bool, typer.Option("--usage", help="Model usage (tokens, requests) instead.")] = False,
+    by: Annotated[
+        UsageBy, typer.Option("--by", help="Usage totals per session, user, agent or UTC day.")
+    ] = UsageBy.day,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="DURATION", help="Usage of the last DURATION only (7d, 12h...).")
+    ] = None,
 ) -> None:
-    """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity."""
+    """Sessions, messages, per-agent totals, table and index sizes, oldest and newest activity;
+    with --usage, the model usage recorded per turn, summed --by session, user, agent or day."""
+    if usage:
+        _usage(ctx, by.value, None if since is None else parse_duration(since, "--since"), as_json, all_tenants)
+        return
     report = _run(ctx, lambda s: s.stats(all_tenants=all_tenants))
     if as_json:
         _print_json(asdict(report))
@@ -611,6 +675,26 @@ def stats(
     for t in report.tables:
         sizes.add_row(safe(t.name, oneline=True), _size(t.table_bytes), _size(t.index_bytes))
     out.print(sizes)
+
+
+def _usage(ctx: typer.Context, by: str, since: timedelta | None, as_json: bool, all_tenants: bool) -> None:
+    start = None if since is None else datetime.now(UTC) - since
+    totals = _run(ctx, lambda s: s.usage(by=by, since=start, all_tenants=all_tenants))
+    if as_json:
+        _print_json([asdict(t) for t in totals])
+        return
+    columns = ["tenant"] if all_tenants else []
+    table = Table(*columns, by, "turns", "requests", "input", "cached", "output", "reasoning", "time", title="usage")
+    for t in totals:
+        cells = [str(n) for n in (t.turns, t.requests, t.input_tokens, t.cached_tokens, t.output_tokens)]
+        table.add_row(
+            *([safe(t.tenant, oneline=True)] if all_tenants else []),
+            safe(t.key, oneline=True),
+            *cells,
+            str(t.reasoning_tokens),
+            f"{t.duration:.1f} s",
+        )
+    out.print(table)
 
 
 def _size(n: int) -> str:

@@ -62,6 +62,19 @@ class SessionNotFound(ConvostoreError, LookupError):
     """The session does not exist (or was deleted)."""
 
 
+class BranchNotFound(ConvostoreError, LookupError):
+    """The session has no such branch (or it was deleted)."""
+
+
+class BranchExists(ConvostoreError, ValueError):
+    """A fork was given the name of a branch the session already has."""
+
+
+class BranchConflict(ConvostoreError, ValueError):
+    """The change would take a message away from another branch that shares it (a pop of a
+    message a branch was forked at or after)."""
+
+
 class AccessDenied(ConvostoreError, PermissionError):
     """Not allowed: the database role lacks the privilege, row-level security refused a row
     outside the call's scope, or the call reaches beyond its view's scope."""

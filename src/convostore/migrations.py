@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._sql import APPEND_FUNCTION, READ_FUNCTION, quote_ident
+from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -230,6 +230,97 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_audit (
 CREATE INDEX IF NOT EXISTS idx_audit_at ON {s}.convostore_audit USING brin (at);
 """,
     ),
+    Migration(
+        6,
+        "branches_compaction_usage",
+        """
+-- Branches share their parent's rows up to the fork: a message belongs to one branch of its
+-- session and seq stays the session's one counter. A compaction summary records the range
+-- of seqs it stands for, which stay stored (hidden from the compacted view). tokens: the
+-- message's token count, kept for budget windows (in clear, like the role, when sealed).
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS branch varchar(255) NOT NULL DEFAULT 'main';
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS tokens integer;
+-- The item's type (a framework's: 'reasoning', 'function_call', ...), kept in clear so that
+-- a window never starts between a reasoning item and the item it precedes.
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS kind varchar(64);
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS covers_from bigint;
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS covers_to bigint;
+ALTER TABLE {s}.conversation_messages DROP CONSTRAINT IF EXISTS conversation_messages_covers_check;
+ALTER TABLE {s}.conversation_messages ADD CONSTRAINT conversation_messages_covers_check
+    CHECK ((covers_from IS NULL) = (covers_to IS NULL) AND covers_from <= covers_to AND covers_to <= seq
+           AND tokens >= 0);
+-- Set once a session is forked or compacted: reads of the others keep their plain path.
+ALTER TABLE {s}.agent_sessions ADD COLUMN IF NOT EXISTS forked boolean NOT NULL DEFAULT false;
+ALTER TABLE {s}.agent_sessions ADD COLUMN IF NOT EXISTS compacted boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS idx_messages_covers
+    ON {s}.conversation_messages (session_id, tenant_id, seq) WHERE covers_from IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_messages_pinned
+    ON {s}.conversation_messages (session_id, tenant_id, seq) WHERE role IN ('system', 'developer');
+
+-- A session's branches other than 'main' (which has a row only once cleared or deleted). A
+-- deleted branch keeps its row, and the rows its live descendants share, until none needs them.
+CREATE TABLE IF NOT EXISTS {s}.conversation_branches (
+    session_id varchar(255) NOT NULL,
+    tenant_id varchar(255) NOT NULL,
+    name varchar(255) NOT NULL CHECK (name <> ''),
+    user_id varchar(255) NOT NULL,
+    parent varchar(255),
+    fork_seq bigint CHECK (fork_seq >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz,
+    cleared_to bigint,
+    PRIMARY KEY (session_id, tenant_id, name),
+    CONSTRAINT conversation_branches_session_fkey FOREIGN KEY (session_id, tenant_id)
+        REFERENCES {s}.agent_sessions (id, tenant_id) ON DELETE CASCADE,
+    CONSTRAINT conversation_branches_parent_check
+        CHECK ((parent IS NULL) = (name = 'main') AND (parent IS NULL) = (fork_seq IS NULL))
+);
+
+-- Per-turn usage of the model, with the session's owner and agent for totals.
+CREATE TABLE IF NOT EXISTS {s}.conversation_usage (
+    session_id varchar(255) NOT NULL,
+    tenant_id varchar(255) NOT NULL,
+    id varchar(255) NOT NULL CHECK (id <> ''),
+    user_id varchar(255) NOT NULL,
+    agent_name varchar(255) NOT NULL,
+    branch varchar(255) NOT NULL DEFAULT 'main',
+    model varchar(255),
+    requests integer NOT NULL DEFAULT 0 CHECK (requests >= 0),
+    input_tokens bigint NOT NULL DEFAULT 0 CHECK (input_tokens >= 0),
+    output_tokens bigint NOT NULL DEFAULT 0 CHECK (output_tokens >= 0),
+    reasoning_tokens bigint NOT NULL DEFAULT 0 CHECK (reasoning_tokens >= 0),
+    cached_tokens bigint NOT NULL DEFAULT 0 CHECK (cached_tokens >= 0),
+    duration_seconds double precision CHECK (duration_seconds >= 0 AND duration_seconds < 1e9),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, tenant_id, id),
+    CONSTRAINT conversation_usage_session_fkey FOREIGN KEY (session_id, tenant_id)
+        REFERENCES {s}.agent_sessions (id, tenant_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS idx_usage_user ON {s}.conversation_usage (tenant_id, user_id, created_at);
+CREATE INDEX IF NOT EXISTS idx_usage_created_at ON {s}.conversation_usage USING brin (created_at);
+
+ALTER TABLE {s}.conversation_branches ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {s}.conversation_usage ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS convostore_scope ON {s}.conversation_branches;
+CREATE POLICY convostore_scope ON {s}.conversation_branches
+    USING (tenant_id = current_setting('convostore.tenant_id', true)
+           AND (current_setting('convostore.user_id', true) = '*'
+                OR user_id = current_setting('convostore.user_id', true)));
+DROP POLICY IF EXISTS convostore_scope ON {s}.conversation_usage;
+CREATE POLICY convostore_scope ON {s}.conversation_usage
+    USING (tenant_id = current_setting('convostore.tenant_id', true)
+           AND (current_setting('convostore.user_id', true) = '*'
+                OR user_id = current_setting('convostore.user_id', true)));
+
+-- The functions take branches, windows and token counts now (earlier signatures dropped).
+DROP FUNCTION IF EXISTS {s}.convostore_append(text, text, text, boolean, boolean, int[], text[], text[], text[],
+    text[], text[], text[], text[], text[], text[], text[], bytea[]);
+DROP FUNCTION IF EXISTS {s}.convostore_read(text, text, text, bigint, bigint);
+"""
+        + APPEND_FUNCTION
+        + READ_FUNCTION
+        + COMPACT_FUNCTION,
+    ),
 )
 
 _LEDGER = """
@@ -311,7 +402,13 @@ async def migration_status(conn: Connection, schema: str) -> list[MigrationStatu
 
 # -- scale-out ----------------------------------------------------------------------------------
 
-_DISTRIBUTED_FUNCTIONS = {"convostore_append": "p_route", "convostore_read": "p_session"}
+_DISTRIBUTED_FUNCTIONS = {
+    "convostore_append": "p_route",
+    "convostore_read": "p_session",
+    "convostore_compact": "p_session",
+}
+# Tables distributed by session id, co-located with the sessions (their key's first column).
+_SESSION_TABLES = ("conversation_messages", "conversation_branches", "conversation_usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,16 +422,16 @@ class Distribution:
 async def distribute(conn: Connection, schema: str) -> Distribution:
     """Distribute a migrated schema over a Citus cluster (run on its coordinator).
 
-    ``agent_sessions`` is distributed by ``id`` and ``conversation_messages`` by
-    ``session_id``, co-located, so that a session and its messages live on one node (Citus
-    moves the rows already there); ``convostore_append`` and ``convostore_read`` are
-    distributed by their session argument, so that an append or a history read is delegated
-    whole to that node. The migration ledger and the audit trail stay on the coordinator.
+    ``agent_sessions`` is distributed by ``id`` and the tables of messages, branches and usage
+    by ``session_id``, co-located, so that a session and its messages live on one node (Citus
+    moves the rows already there); ``convostore_append``, ``convostore_read`` and
+    ``convostore_compact`` are distributed by their session argument, so that an append, a
+    history read or a compaction is delegated whole to that node. The migration ledger and the audit trail stay on the coordinator.
     Idempotent, and safe from several processes at once (they queue on the migrations'
     lock): what is already distributed is left as it is.
     """
     quoted = quote_ident(schema)
-    sessions, messages = f"{quoted}.agent_sessions", f"{quoted}.conversation_messages"
+    sessions = f"{quoted}.agent_sessions"
     if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
         raise MigrationError("the database has no citus extension: distributing needs a Citus coordinator")
     if await conn.fetchval("SELECT to_regclass($1)", sessions) is None:
@@ -350,11 +447,14 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
             if not await conn.fetchval(distributed, sessions):
                 await conn.execute("SELECT create_distributed_table($1, 'id')", sessions)
                 tables.append("agent_sessions")
-            if not await conn.fetchval(distributed, messages):
-                await conn.execute(
-                    "SELECT create_distributed_table($1, 'session_id', colocate_with => $2)", messages, sessions
-                )
-                tables.append("conversation_messages")
+            for table in _SESSION_TABLES:
+                if not await conn.fetchval(distributed, f"{quoted}.{table}"):
+                    await conn.execute(
+                        "SELECT create_distributed_table($1, 'session_id', colocate_with => $2)",
+                        f"{quoted}.{table}",
+                        sessions,
+                    )
+                    tables.append(table)
             for name, argument in _DISTRIBUTED_FUNCTIONS.items():
                 function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.{name}")
                 done = await conn.fetchval(

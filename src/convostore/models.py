@@ -21,6 +21,8 @@ class Message:
     ``seq`` is assigned by the database in the append statement: unique within the session
     and strictly increasing in commit order, so ordering by it never ties. ``raw`` keeps a
     framework's original item verbatim (the Agents SDK adapter stores its items there).
+    ``branch`` is the branch it was written to; a compaction summary ``covers`` the range of
+    seqs ``(first, last)`` it stands for (those rows stay stored, hidden from the compacted view).
     """
 
     id: str
@@ -32,6 +34,8 @@ class Message:
     tool_call_id: str | None
     raw: Any | None
     created_at: datetime
+    branch: str = "main"
+    covers: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,48 @@ class Session:
     def cursor(self) -> SessionCursor:
         """Pass as ``before=`` to list the sessions that come after this one."""
         return SessionCursor(self.updated_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """A line of a session's conversation. Every session has ``main``; a fork shares its
+    *parent*'s messages up to seq *fork_seq* and holds *messages* of its own."""
+
+    name: str
+    parent: str | None
+    fork_seq: int | None
+    created_at: datetime | None
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUsage:
+    """What one turn of an agent cost, as the Agents SDK's ``Usage`` reports it (tokens),
+    with the model and the turn's duration in seconds when known."""
+
+    requests: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    model: str | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """Usage summed over the turns of one *key*: a session id, a user id, an agent name or a
+    UTC day (``YYYY-MM-DD``), of *tenant*. *duration* sums the turns whose duration is known."""
+
+    tenant: str
+    key: str
+    turns: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    duration: float
 
 
 @dataclass(frozen=True, slots=True)

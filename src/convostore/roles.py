@@ -26,8 +26,15 @@ from ._types import Connection
 from .errors import ConfigurationError, SchemaNotReady
 from .store import PostgresSessionStore
 
-_TABLES = ("agent_sessions", "conversation_messages", "convostore_migrations", "convostore_audit")
-_FUNCTIONS = ("convostore_append", "convostore_read")
+_TABLES = (
+    "agent_sessions",
+    "conversation_messages",
+    "conversation_branches",
+    "conversation_usage",
+    "convostore_migrations",
+    "convostore_audit",
+)
+_FUNCTIONS = ("convostore_append", "convostore_read", "convostore_compact")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +83,8 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str)
             await conn.execute(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")
             await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {runtime_q}")
             await conn.execute(
-                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.agent_sessions, {schema}.conversation_messages "
-                f"TO {runtime_q}"
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.agent_sessions, {schema}.conversation_messages, "
+                f"{schema}.conversation_branches, {schema}.conversation_usage TO {runtime_q}"
             )
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_migrations TO {runtime_q}")
             await conn.execute(f"REVOKE ALL ON {schema}.convostore_audit FROM {runtime_q}")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import asyncpg
 
+from . import _branches
 from . import _validate as check
 from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
@@ -46,15 +47,19 @@ from .errors import (
 from .migrations import Distribution, Migration, MigrationStatus, apply_migrations, distribute, migration_status
 from .models import (
     AgentStats,
+    Branch,
     Message,
     NewMessage,
     Session,
     SessionCursor,
     StoreStats,
     TableSize,
+    TurnUsage,
+    UsageTotal,
     new_message,
 )
 from .retry import RetryPolicy
+from .windows import TokenCounter, Window, fit
 
 if TYPE_CHECKING:
     from .cleanup import Sweeper
@@ -64,6 +69,9 @@ logger = logging.getLogger("convostore")
 T = TypeVar("T")
 
 __all__ = ["ErasureReport", "PostgresSessionStore", "redact"]
+
+# What stands for messages a compaction replaced with nothing (it hides itself too).
+EMPTY_SUMMARY = NewMessage("item", "", raw={"type": "convostore.empty_summary"})
 
 
 # Whether the connected role is restricted by row-level security on the tables: not a
@@ -137,6 +145,9 @@ class PostgresSessionStore:
       ``$CONVOSTORE_DISTRIBUTE``); see :meth:`distribute`. Whether the tables are
       distributed is found out when a pool opens, and the few statements whose shape must
       differ there are chosen then.
+    * ``token_counter``: counts a message's tokens when it is written, for token-budget
+      windows (default: about four characters a token; see
+      :func:`~convostore.windows.tiktoken_counter`).
     """
 
     def __init__(
@@ -151,6 +162,7 @@ class PostgresSessionStore:
         apply_migrations: bool | None = True,
         distribute: bool | None = None,
         encryption_keys: Sequence[str] | None = None,
+        token_counter: TokenCounter | None = None,
         command_timeout: float | None = 30.0,
         acquire_timeout: float = 10.0,
         connect_timeout: float = 10.0,
@@ -170,6 +182,9 @@ class PostgresSessionStore:
         self._keyring = (
             Keyring([k for key in encryption_keys for k in parse_keys(key)]) if encryption_keys else Keyring.from_env()
         )
+        if token_counter is not None and not callable(token_counter):
+            raise ConfigurationError("token_counter must be a callable taking a str and returning an int")
+        self._count_tokens = token_counter
         self._tenant = check.scope_name(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._user: str | None = None  # the user a scoped view acts for (None: every user)
         self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
@@ -571,6 +586,7 @@ class PostgresSessionStore:
         *,
         user_id: str | None = None,
         agent_name: str = "agent",
+        branch: str = "main",
     ) -> list[Message]:
         """Append *messages* atomically in one round trip and return them as stored.
 
@@ -583,8 +599,12 @@ class PostgresSessionStore:
         session is created on first write (owned by *user_id*, for *agent_name*) and a
         session owned by another user raises :class:`SessionOwnershipError` (as it does in a
         user view, whose user owns what it creates).
+
+        *branch* is the branch written to (see :meth:`fork_session`); one the session does not
+        have raises :class:`BranchNotFound`.
         """
         sid = check.identifier(session_id, "session_id")
+        line = check.identifier(branch, "branch")
         owner = self.acting_user(user_id)
         agent = check.identifier(agent_name, "agent_name") if user_id is not None else None
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
@@ -592,13 +612,15 @@ class PostgresSessionStore:
         rows = [check.message_row(m, i) for i, m in enumerate(messages)]
         if not rows:
             return []
+        if self._count_tokens is not None:
+            rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
         if self._keyring is not None:
             rows = [self.seal_row(sid, row) for row in rows]
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
         supplied = any((m.id if isinstance(m, NewMessage) else m.get("id")) is not None for m in messages)
-        request = AppendRequest(self._tenant, sid, rows, owner, agent, probe=supplied)
+        request = AppendRequest(self._tenant, sid, rows, owner, agent, probe=supplied, branch=line)
         deadline = self._runner.deadline()
         if self._coalesce:
             writer = self._runner.loop_local("appends", lambda: AppendWriter(self._appender))
@@ -621,10 +643,20 @@ class PostgresSessionStore:
                 role, content, tool_calls = original["role"], original["content"], original.get("tool_calls")
                 tool_call_id, raw = original.get("tool_call_id"), original.get("raw")
             result.append(
-                new_message(row[0], sid, rec["seq"], role, content, tool_calls, tool_call_id, raw, rec["created_at"])
+                new_message(
+                    row[0], sid, rec["seq"], role, content, tool_calls, tool_call_id, raw, rec["created_at"], line, None
+                )
             )
         result.sort(key=lambda m: m.seq)
         return result
+
+    def _tokens(self, row: tuple[Any, ...]) -> int:
+        """A validated row's token count by the store's counter (its raw item, else its text)."""
+        assert self._count_tokens is not None
+        count = self._count_tokens(check.token_text(row[2], row[3], row[5]))
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigurationError(f"token_counter returned {count!r}, not a non-negative int")
+        return count
 
     async def get_messages(
         self,
@@ -633,6 +665,9 @@ class PostgresSessionStore:
         limit: int | None = None,
         before_seq: int | None = None,
         user_id: str | None = None,
+        branch: str = "main",
+        window: Window | None = None,
+        raw: bool = False,
     ) -> list[Message]:
         """Messages in chronological order: all of them, or the latest *limit*.
 
@@ -640,17 +675,31 @@ class PostgresSessionStore:
         the *limit* messages before it. An unknown session has no messages (``[]``). With
         *user_id* (or in a user view), a session owned by another user raises
         :class:`SessionOwnershipError` (checked in the same query).
+
+        What is read is the view of *branch* (its own messages after its parent's up to the
+        fork; an unknown branch raises :class:`BranchNotFound`), compacted: the messages a
+        compaction summary stands for are left out, unless *raw*. A *window*
+        (:class:`~convostore.windows.Window`) reads only the latest turns or tokens, cut
+        where nothing is parted from what it belongs to; *limit* then caps it further.
         """
         sid = check.identifier(session_id, "session_id")
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
         uid = self.acting_user(user_id)
-        rows = await self._run(
-            "get_messages", lambda c: c.fetch(self._q.read, self._tenant, sid, uid, below, n), session_id=sid
-        )
+        line = check.identifier(branch, "branch")
+        if window is not None and not isinstance(window, Window):
+            raise InvalidInput(f"window must be a Window, not {type(window).__name__}")
+        if not isinstance(raw, bool):
+            raise InvalidInput(f"raw must be a bool, not {type(raw).__name__}")
+        turns, budget, pinned = (window.turns, window.tokens, window.pinned) if window else (None, None, False)
+        args = (self._tenant, sid, uid, below, n, line, raw, turns, budget, pinned)
+        rows = await self._run("get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid)
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-        return messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid, self._opener)
+        messages = messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid, self._opener)
+        if window is not None and (window.turns is not None or window.tokens is not None):
+            return fit(messages, pinned=window.pinned)
+        return messages
 
     async def _check_owner(self, sid: str, uid: str) -> None:
         owner = await self._run(
@@ -659,34 +708,65 @@ class PostgresSessionStore:
         if owner is not None and owner != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
 
-    async def pop_message(self, session_id: str, *, user_id: str | None = None) -> Message | None:
+    async def pop_message(self, session_id: str, *, user_id: str | None = None, branch: str = "main") -> Message | None:
         """Remove and return the newest message (``None`` if there is none).
 
         Atomic: concurrent pops each get a different message. Not retried after a failure
         that may have taken effect, since a retry could pop a second message. With
         *user_id* (or in a user view), another user's session raises
-        :class:`SessionOwnershipError`.
+        :class:`SessionOwnershipError`. In a forked session, the newest message of *branch*'s
+        view is popped, unless another branch shares it (:class:`BranchConflict`).
         """
         sid = check.identifier(session_id, "session_id")
         uid = self.acting_user(user_id)
-        row = await self._write(
+        line = check.identifier(branch, "branch")
+        if line == _branches.MAIN:
+            row = await self._write(
+                "pop_message",
+                lambda c: c.fetchrow(self._q.pop_message, self._tenant, sid, uid),
+                session_id=sid,
+                idempotent=False,
+            )
+            if row is not None:
+                return messages_from_rows([row], sid, self._opener)[0]
+        # Empty, another user's, or forked (whose branches share rows): decided under the lock.
+        return await self._write(
             "pop_message",
-            lambda c: c.fetchrow(self._q.pop_message, self._tenant, sid, uid),
+            self._in_transaction(_branches.pop, sid, uid, line, self._opener),
             session_id=sid,
             idempotent=False,
         )
-        if row is None and uid is not None:
-            await self._check_owner(sid, uid)
-        return None if row is None else messages_from_rows([row], sid, self._opener)[0]
 
-    async def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
+    def _in_transaction(
+        self, operation: Callable[..., Awaitable[T]], *args: Any
+    ) -> Callable[[Connection], Awaitable[T]]:
+        """*operation* (one of :mod:`convostore._branches`) to run in one transaction."""
+
+        async def run(conn: Connection) -> T:
+            if conn.is_in_transaction():  # the row-level security scope's, begun by the runner
+                return await operation(conn, self._q, self._tenant, *args)
+            async with conn.transaction():
+                return await operation(conn, self._q, self._tenant, *args)
+
+        return run
+
+    async def clear_session(self, session_id: str, *, user_id: str | None = None, branch: str | None = None) -> int:
         """Delete every message of the session (the session stays); return how many. Audited.
 
         With *user_id* (or in a user view), another user's session raises
-        :class:`SessionOwnershipError`.
+        :class:`SessionOwnershipError`. Without *branch*, every branch goes too; with it, that
+        branch's view is emptied, and its messages that other branches share stay theirs.
         """
         sid = check.identifier(session_id, "session_id")
         uid = self.acting_user(user_id)
+        if branch is not None:
+            line = check.identifier(branch, "branch")
+            cleared = await self._write(
+                "clear_session", self._in_transaction(_branches.clear, sid, uid, line), session_id=sid
+            )
+            if cleared is not None:
+                await self.audit("clear_branch", rows=cleared, details={"session_id": sid, "branch": line})
+                return cleared
         count = await self._write(
             "clear_session",
             lambda c: c.fetchval(self._q.clear_session, self._tenant, sid, uid, self._actor),
@@ -695,6 +775,187 @@ class PostgresSessionStore:
         if not count and uid is not None:
             await self._check_owner(sid, uid)
         return int(count)
+
+    # -- branches ----------------------------------------------------------------------------
+
+    async def fork_session(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        at_seq: int | None = None,
+        parent: str = "main",
+        user_id: str | None = None,
+    ) -> Branch:
+        """Fork branch *parent* of the session at seq *at_seq* (default: its latest message;
+        ``0``: none of them) as branch *name*, and return it.
+
+        Nothing is copied: the branch's view is *parent*'s up to *at_seq*, then its own
+        messages (append with ``branch=name``). Raises :class:`BranchExists` for a name the
+        session has, :class:`BranchNotFound` for an unknown *parent*, :class:`InvalidInput`
+        if *at_seq* is not a message of *parent*'s view.
+        """
+        sid = check.identifier(session_id, "session_id")
+        line = check.identifier(name, "name")
+        origin = check.identifier(parent, "parent")
+        at = check.limit(at_seq, "at_seq")
+        uid = self.acting_user(user_id)
+        return await self._write(
+            "fork_session",
+            self._in_transaction(_branches.fork, sid, uid, line, origin, at),
+            session_id=sid,
+            idempotent=False,
+        )
+
+    async def list_branches(self, session_id: str, *, user_id: str | None = None) -> list[Branch]:
+        """The session's branches (``main`` first, unless deleted), each with the number of
+        messages of its own; :class:`SessionNotFound` if there is no such session."""
+        sid = check.identifier(session_id, "session_id")
+        uid = self.acting_user(user_id)
+        return await self._run("list_branches", self._in_transaction(_branches.branches, sid, uid), session_id=sid)
+
+    async def delete_branch(self, session_id: str, name: str, *, user_id: str | None = None) -> int:
+        """Delete branch *name* (``main`` too) and return how many messages were removed.
+        Audited.
+
+        Other branches stay whole: the messages of *name* that a branch forked from it
+        shares stay stored for that branch (and go when nothing shares them any more).
+        """
+        sid = check.identifier(session_id, "session_id")
+        line = check.identifier(name, "name")
+        uid = self.acting_user(user_id)
+        removed = await self._write(
+            "delete_branch", self._in_transaction(_branches.delete, sid, uid, line), session_id=sid
+        )
+        await self.audit("delete_branch", rows=removed, details={"session_id": sid, "branch": line})
+        return removed
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    async def compact(
+        self,
+        session_id: str,
+        summary: Sequence[NewMessage | Mapping[str, Any]],
+        *,
+        from_seq: int | None = None,
+        expect: Sequence[int] | None = None,
+        branch: str = "main",
+        user_id: str | None = None,
+    ) -> list[Message] | None:
+        """Replace, in the compacted view of *branch*, its messages from seq *from_seq* on
+        (default: all of them) with *summary*, keeping them stored; return the stored summary.
+
+        The replaced messages stay in the session (``get_messages(raw=True)``, export); each
+        summary message ``covers`` their seq range. One transaction under the session's lock:
+        appends made meanwhile land after the summary. With *expect* (the seqs of the view
+        from *from_seq* on that the summary was made from), nothing is written and ``None``
+        is returned if the view holds anything else by then; ``None`` too if there is
+        nothing to replace. Retrying with the same summary ids is safe: a summary already
+        stored is returned as it is. An empty *summary* replaces the messages with nothing:
+        a marker row (role ``item``, hidden itself) records the range, and ``[]`` is returned.
+        """
+        sid = check.identifier(session_id, "session_id")
+        line = check.identifier(branch, "branch")
+        uid = self.acting_user(user_id)
+        start = check.limit(from_seq, "from_seq")
+        expected = None if expect is None else [check.limit(e, "expect") for e in expect]
+        if isinstance(summary, (str, bytes, Mapping)) or not isinstance(summary, Sequence):
+            raise InvalidMessage("summary must be a sequence of NewMessage or mappings")
+        empty = not summary
+        rows = [check.message_row(m, i) for i, m in enumerate(summary or [EMPTY_SUMMARY])]
+        if self._count_tokens is not None:
+            rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
+        if self._keyring is not None:
+            rows = [self.seal_row(sid, row) for row in rows]
+        if len({r[0] for r in rows}) != len(rows):
+            raise InvalidMessage("message ids must be unique within a batch")
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        args = (self._tenant, sid, uid, line, start, expected, *columns, empty)
+        records = await self._write("compact", lambda c: c.fetch(self._q.compact, *args), session_id=sid)
+        outcome = records[0]["outcome"] if records else "n"
+        if outcome == "n":
+            raise SessionNotFound(f"session {sid!r} does not exist")
+        if outcome == "o":
+            raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+        if outcome in ("s", "e"):
+            return None
+        if empty:
+            return []
+        stored = await self.get_messages(sid, raw=True, branch=line, before_seq=records[-1]["seq"] + 1, limit=len(rows))
+        ids = {r["id"] for r in records}
+        return [m for m in stored if m.id in ids]
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def record_usage(
+        self,
+        session_id: str,
+        usage: TurnUsage,
+        *,
+        usage_id: str | None = None,
+        branch: str = "main",
+        user_id: str | None = None,
+    ) -> None:
+        """Record what one turn of the session cost. Pass the same *usage_id* when retrying
+        across processes: a turn is recorded once. Raises :class:`SessionNotFound` or
+        :class:`SessionOwnershipError`."""
+        sid = check.identifier(session_id, "session_id")
+        uid = self.acting_user(user_id)
+        line = check.identifier(branch, "branch")
+        if not isinstance(usage, TurnUsage):
+            raise InvalidInput(f"usage must be a TurnUsage, not {type(usage).__name__}")
+        counts = []
+        for name in ("requests", "input_tokens", "output_tokens", "reasoning_tokens", "cached_tokens"):
+            value = getattr(usage, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+                raise InvalidInput(f"usage.{name} must be a non-negative int, not {value!r}")
+            counts.append(value)
+        model = check.optional_identifier(usage.model, "usage.model")
+        duration = usage.duration
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration < 1e9
+        ):
+            raise InvalidInput(f"usage.duration must be a non-negative number of seconds, not {duration!r}")
+        uid_ = check.identifier(usage_id, "usage_id") if usage_id is not None else uuid.uuid4().hex
+        args = (self._tenant, sid, uid, uid_, line, model, *counts, None if duration is None else float(duration))
+        stored = await self._write("record_usage", lambda c: c.fetchval(self._q.record_usage, *args), session_id=sid)
+        if stored is None:  # recorded before (a retry), or no such session of this user
+            owner = await self._run(
+                "record_usage", lambda c: c.fetchval(self._q.session_owner, self._tenant, sid), session_id=sid
+            )
+            if owner is None:
+                raise SessionNotFound(f"session {sid!r} does not exist")
+            if uid is not None and owner != uid:
+                raise SessionOwnershipError(f"session {sid!r} belongs to another user")
+
+    async def usage(
+        self,
+        *,
+        by: str = "session",
+        session_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        all_tenants: bool = False,
+    ) -> list[UsageTotal]:
+        """Usage totals grouped *by* ``"session"``, ``"user"``, ``"agent"`` or ``"day"`` (UTC),
+        of the store's scope (a user view: that user's), optionally narrowed to a session, a
+        user, an agent and a time range [*since*, *until*)."""
+        if by not in ("session", "user", "agent", "day"):
+            raise InvalidInput(f"by must be 'session', 'user', 'agent' or 'day', not {by!r}")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+                raise InvalidInput(f"{name} must be a timezone-aware datetime")
+        sid = check.optional_identifier(session_id, "session_id")
+        uid = self.acting_user(user_id)
+        agent = check.optional_identifier(agent_name, "agent_name")
+        tenant = await self.tenant_for(all_tenants)
+        args = (tenant, uid, sid, agent, since, by, until)
+        rows = await self._run(
+            "usage", lambda c: c.fetch(self._q.usage_totals, *args), session_id=sid, all_tenants=all_tenants
+        )
+        return [UsageTotal(*r) for r in rows]
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -4,8 +4,12 @@ The format, one JSON object per line:
 
 * ``{"type": "session", "id", "user_id", "agent_name", "metadata", "created_at",
   "updated_at", "expires_at", "ttl_seconds", "last_seq"}``
+* ``{"type": "branch", "session_id", "name", "parent", "fork_seq", "created_at",
+  "deleted_at", "cleared_to"}``: a session's branches, after the line of their session.
 * ``{"type": "message", "session_id", "id", "seq", "role", "content", "tool_calls",
-  "tool_call_id", "raw", "created_at"}``, after the line of its session.
+  "tool_call_id", "raw", "created_at", "branch", "covers", "tokens"}``, after the line of its
+  session: every stored message, those a compaction summary stands for included (a
+  summary's ``covers`` is the ``[first, last]`` seq range it replaces in the compacted view).
 
 Times are ISO 8601 with offset and microseconds; strings are exported as stored (U+0000
 included, JSON escapes it). Export reads page by page, so memory stays flat however large
@@ -33,6 +37,7 @@ from ._types import Connection
 from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
 from .models import ROLES, Message
 from .store import PostgresSessionStore
+from .windows import estimate_tokens
 
 _PAGE = 500
 _MESSAGE_PAGE = 1000
@@ -106,6 +111,22 @@ async def export_jsonl(
                     "last_seq": s["last_seq"],
                 }
             )
+            branches = await runner.run(
+                "export", _fetch(q.branch_rows, s["tenant_id"], s["id"]), session_id=s["id"], scope=scope
+            )
+            for b in sorted(branches, key=lambda b: (b["created_at"], b["name"])):
+                yield _dumps(
+                    {
+                        "type": "branch",
+                        "session_id": s["id"],
+                        "name": b["name"],
+                        "parent": b["parent"],
+                        "fork_seq": b["fork_seq"],
+                        "created_at": _iso(b["created_at"]),
+                        "deleted_at": _iso(b["deleted_at"]),
+                        "cleared_to": b["cleared_to"],
+                    }
+                )
             seq = 0
             while True:
                 messages = await runner.run(
@@ -114,7 +135,8 @@ async def export_jsonl(
                     session_id=s["id"],
                     scope=scope,
                 )
-                for m in messages_from_rows(messages, s["id"], store.opener_for(s["tenant_id"])):
+                opened = messages_from_rows([r[:13] for r in messages], s["id"], store.opener_for(s["tenant_id"]))
+                for m, r in zip(opened, messages, strict=True):
                     yield _dumps(
                         {
                             "type": "message",
@@ -127,6 +149,9 @@ async def export_jsonl(
                             "tool_call_id": m.tool_call_id,
                             "raw": m.raw,
                             "created_at": _iso(m.created_at),
+                            "branch": m.branch,
+                            "covers": None if m.covers is None else list(m.covers),
+                            "tokens": r["tokens"],
                         }
                     )
                 if len(messages) < _MESSAGE_PAGE:
@@ -203,6 +228,29 @@ def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
         raise ImportFileError(line, str(exc)) from exc
 
 
+def _branch_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
+    try:
+        name = check.identifier(obj.get("name"), "name")
+        parent = check.optional_identifier(obj.get("parent"), "parent")
+        fork_seq = obj.get("fork_seq")
+        if (parent is None) != (name == "main") or (parent is None) != (fork_seq is None):
+            raise ImportFileError(line, "a branch other than 'main' has a parent and a fork_seq; 'main' has neither")
+        cleared = obj.get("cleared_to")
+        return (
+            check.identifier(obj.get("session_id"), "session_id"),
+            name,
+            parent,
+            None if fork_seq is None else _int(fork_seq, line, "fork_seq"),
+            _time(obj.get("created_at"), line, "created_at"),
+            _time(obj.get("deleted_at"), line, "deleted_at", optional=True),
+            None if cleared is None else _int(cleared, line, "cleared_to"),
+        )
+    except ImportFileError:
+        raise
+    except ConvostoreError as exc:
+        raise ImportFileError(line, str(exc)) from exc
+
+
 def _message_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
     try:
         role = obj.get("role")
@@ -215,16 +263,34 @@ def _message_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
         if tool_calls is not None and not isinstance(tool_calls, list):
             raise ImportFileError(line, "tool_calls must be a list or null")
         raw = obj.get("raw")
+        seq = _int(obj.get("seq"), line, "seq")
+        covers = obj.get("covers")
+        if covers is not None:
+            if not isinstance(covers, list) or len(covers) != 2:
+                raise ImportFileError(line, "covers must be [first, last] or null")
+            first, last = _int(covers[0], line, "covers[0]"), _int(covers[1], line, "covers[1]")
+            if not first <= last < seq:
+                raise ImportFileError(line, "covers must be a range of seqs before the summary's own")
+            covers = (first, last)
+        tokens = obj.get("tokens")
+        raw_text = None if raw is None else dump_json(raw, "raw")
+        calls_text = None if tool_calls is None else dump_json(tool_calls, "tool_calls")
+        if tokens is None:  # as counted when appended
+            tokens = estimate_tokens(check.token_text(content, calls_text, raw_text))
         return (
             check.identifier(obj.get("session_id"), "session_id"),
-            _int(obj.get("seq"), line, "seq"),
+            seq,
             check.identifier(obj.get("id"), "id"),
             role,
             encode_text(content),
-            None if tool_calls is None else dump_json(tool_calls, "tool_calls"),
+            calls_text,
             check.optional_identifier(obj.get("tool_call_id"), "tool_call_id"),
-            None if raw is None else dump_json(raw, "raw"),
+            raw_text,
             _time(obj.get("created_at"), line, "created_at"),
+            check.identifier(obj.get("branch", "main"), "branch"),
+            covers,
+            _int(tokens, line, "tokens"),
+            check.kind_of(raw),
         )
     except ImportFileError:
         raise
@@ -259,6 +325,7 @@ class _Import:
     conflicts_seen: int = 0
     refused: set[str] = field(default_factory=set)  # sessions in conflict: their messages are skipped
     sessions: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)
+    branches: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)
     messages: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)
 
     def conflict(self, line: int, reason: str) -> None:
@@ -274,11 +341,30 @@ class _Import:
 
     async def flush(self, conn: Connection, q: Any) -> None:
         sessions, self.sessions = self.sessions, []
+        branches, self.branches = self.branches, []
         messages, self.messages = self.messages, []
         if sessions:
             await self._sessions(conn, q, sessions)
+        if branches:
+            await self._branches(conn, q, branches)
         if messages:
             await self._messages(conn, q, messages)
+
+    async def _branches(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        wanted = [(line, row) for line, row in batch if row[0] not in self.refused]
+        if not wanted:
+            return
+        stored_rows = await conn.fetch(q.import_stored_branches, self.tenant, list({row[0] for _, row in wanted}))
+        stored = {(r["session_id"], r["name"]): tuple(r)[2:] for r in stored_rows}
+        new = {}
+        for line, row in wanted:
+            have = stored.get((row[0], row[1]))
+            if have is None:
+                new[(row[0], row[1])] = row
+            elif have != (row[2], row[3], row[5], row[6]):
+                self.conflict(line, f"branch {row[1]!r} of session {row[0]!r} differs from the stored one")
+        if new and self.writing:
+            await conn.execute(q.import_branches, self.tenant, *[list(c) for c in zip(*new.values(), strict=True)])
 
     async def _sessions(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
         stored_rows = await conn.fetch(q.import_stored_sessions, self.tenant, [row[0] for _, row in batch])
@@ -314,7 +400,7 @@ class _Import:
             return
         keys = [row[0] for _, row in wanted], [row[2] for _, row in wanted], [row[1] for _, row in wanted]
         stored_rows = await conn.fetch(q.import_stored_messages, self.tenant, *keys)
-        stored = [messages_from_rows([r[:10]], r["session_id"], self.opener)[0] for r in stored_rows]
+        stored = [messages_from_rows([r[:13]], r["session_id"], self.opener)[0] for r in stored_rows]
         by_id = {(m.session_id, m.id): m for m in stored}
         by_seq = {(m.session_id, m.seq): m for m in stored}
         new: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -344,10 +430,14 @@ class _Import:
     def stored_form(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """An import row (``_message_row``) as it is inserted: with its sealed columns, and
         its content, tool calls and raw item sealed when the store seals messages."""
-        sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at = row
-        message = self.seal(sid, (mid, role, content, tool_calls, tool_call_id, raw, None, None))
-        _, _, content, tool_calls, _, raw, key_id, sealed = message
-        return (sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed)
+        sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at, branch, covers, tokens, kind = row
+        message = self.seal(sid, (mid, role, content, tool_calls, tool_call_id, raw, None, None, 0, None))
+        _, _, content, tool_calls, _, raw, key_id, sealed, _, _ = message
+        first, last = covers if covers is not None else (None, None)
+        return (
+            *(sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at),
+            *(key_id, sealed, branch, first, last, tokens, kind),
+        )
 
     def report(self) -> ImportReport:
         return ImportReport(**self.counts, conflicts=tuple(self.conflicts))
@@ -362,6 +452,8 @@ def _same_message(stored: Message, row: tuple[Any, ...]) -> bool:
         and stored.tool_calls == (None if row[5] is None else load_json(row[5]))
         and stored.tool_call_id == row[6]
         and stored.raw == (None if row[7] is None else load_json(row[7]))
+        and stored.branch == row[9]
+        and stored.covers == row[10]
     )
 
 
@@ -445,6 +537,11 @@ async def _read(
                 state.conflict(number, f"session {row[0]!r} is of tenant {tenant!r}; importing into {state.tenant!r}")
             else:
                 state.sessions.append((number, row))
+        elif kind == "branch":
+            row = _branch_row(obj, number)
+            if row[0] not in declared:
+                raise ImportFileError(number, f"branch of session {row[0]!r}, whose line does not come first")
+            state.branches.append((number, row))
         elif kind == "message":
             row = _message_row(obj, number)
             if row[0] not in declared:
@@ -452,7 +549,7 @@ async def _read(
             state.messages.append((number, row))
             state.counts["messages_read"] += 1
         else:
-            raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session' or 'message')")
-        if len(state.sessions) + len(state.messages) >= _BATCH:
+            raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session', 'branch' or 'message')")
+        if len(state.sessions) + len(state.branches) + len(state.messages) >= _BATCH:
             await state.flush(conn, q)
     await state.flush(conn, q)

@@ -8,13 +8,16 @@ how much history it saw. Every answer is labelled as coming from the offline mod
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message
+from agents.usage import Usage
 
+from ..windows import estimate_tokens
 from ._items import _text_of
 
 LABEL = "[offline model]"
@@ -67,7 +70,12 @@ class OfflineModel(ScriptedModel):
 
     @staticmethod
     def _respond(call: ModelCall) -> ModelStep:
-        return ModelStep(output=[assistant_message(answer(call.input), item_id="msg_offline")])
+        reply = answer(call.input)
+        # Usage as a model would report it, counted with convostore's estimate.
+        given = json.dumps(call.input, default=str, ensure_ascii=False)
+        usage = Usage(requests=1, input_tokens=estimate_tokens(given), output_tokens=estimate_tokens(reply))
+        usage.total_tokens = usage.input_tokens + usage.output_tokens
+        return ModelStep(output=[assistant_message(reply, item_id="msg_offline")], usage=usage)
 
     async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
         self.enqueue(ModelStep.respond(self._respond))

@@ -5,18 +5,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from agents.items import TResponseInputItem
+from agents.memory.session import _CompactionSnapshot
 from agents.memory.session_settings import SessionSettings, coerce_session_settings, resolve_session_limit
 
 from .. import _validate as check
-from ..errors import InvalidInput, InvalidMessage, InvalidType, SessionOwnershipError, StoreUnavailable
+from ..errors import (
+    InvalidInput,
+    InvalidMessage,
+    InvalidType,
+    SessionNotFound,
+    SessionOwnershipError,
+    StoreUnavailable,
+)
+from ..models import Message
 from ..store import PostgresSessionStore
+from ..windows import Window
 from ._items import to_items, to_message
+
+logger = logging.getLogger("convostore.openai_agents")
 
 
 class PostgresSession:
@@ -42,6 +55,13 @@ class PostgresSession:
     SDK passes its run context (``wrapper``) and that context names a ``user_id`` or
     ``tenant_id`` (as attributes or keys), they must be this session's, so that one user's
     session object can never serve another user's run.
+
+    History: the session reads and writes *branch* (see ``store.fork_session``). A *window*
+    (:class:`~convostore.windows.Window`) gives the model the latest turns or tokens when no
+    limit is asked for; an explicit limit (or ``session_settings.limit``) keeps the SDK's
+    meaning. The SDK's compaction (``OpenAIResponsesCompactionSession``) replaces a suffix of
+    the history atomically and keeps what it replaced stored (``get_messages(raw=True)``,
+    export): ``get_items`` returns the summary and what came after.
     """
 
     def __init__(
@@ -53,6 +73,8 @@ class PostgresSession:
         agent_name: str = "agent",
         tenant: str | None = None,
         session_settings: SessionSettings | Mapping[str, Any] | None = None,
+        branch: str = "main",
+        window: Window | None = None,
     ) -> None:
         if not isinstance(store, PostgresSessionStore):
             raise InvalidInput(f"store must be a PostgresSessionStore, not {type(store).__name__}")
@@ -61,6 +83,10 @@ class PostgresSession:
         self.agent_name = check.identifier(agent_name, "agent_name")
         self.store = store.scoped(tenant=tenant) if tenant is not None else store
         self.tenant = self.store.tenant
+        self.branch = check.identifier(branch, "branch")
+        if window is not None and not isinstance(window, Window):
+            raise InvalidType(f"window must be a convostore.Window, not {type(window).__name__}")
+        self.window = window
         given = dict(session_settings) if isinstance(session_settings, Mapping) else session_settings
         try:
             settings = coerce_session_settings(given or SessionSettings())
@@ -76,7 +102,7 @@ class PostgresSession:
     def __repr__(self) -> str:
         return (
             f"PostgresSession({self.session_id!r}, user_id={self.user_id!r}, agent_name={self.agent_name!r}, "
-            f"tenant={self.tenant!r})"
+            f"tenant={self.tenant!r}, branch={self.branch!r})"
         )
 
     def _check_run(self, wrapper: Any) -> None:
@@ -92,8 +118,8 @@ class PostgresSession:
                 )
 
     async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[TResponseInputItem]:
-        """The latest *limit* items (default: ``session_settings.limit``; ``None`` or negative:
-        all), oldest first."""
+        """The latest *limit* items (default: ``session_settings.limit``, else the session's
+        window; ``None`` or negative: all), oldest first."""
         self._check_run(wrapper)
         effective = resolve_session_limit(limit, self.session_settings)
         if effective is not None and (isinstance(effective, bool) or not isinstance(effective, int)):
@@ -102,7 +128,10 @@ class PostgresSession:
             effective = None
         if effective == 0:
             return []
-        messages = await self.store.get_messages(self.session_id, limit=effective, user_id=self.user_id)
+        window = self.window if effective is None and limit is None else None
+        messages = await self.store.get_messages(
+            self.session_id, limit=effective, user_id=self.user_id, branch=self.branch, window=window
+        )
         # Items written through the SDK are their raw column; a message written with the store
         # API may expand into several items, so the window is cut again in items.
         items = [item for message in messages for item in to_items(message)]
@@ -123,7 +152,9 @@ class PostgresSession:
         ids = self._ids_for(digest, len(messages), idempotency_key)
         batch = [dataclasses.replace(m, id=i) for m, i in zip(messages, ids, strict=True)]
         try:
-            await self.store.add_messages(self.session_id, batch, user_id=self.user_id, agent_name=self.agent_name)
+            await self.store.add_messages(
+                self.session_id, batch, user_id=self.user_id, agent_name=self.agent_name, branch=self.branch
+            )
         except BaseException as exc:
             with self._lock:
                 # May have committed: a retry of the same items must carry the same ids.
@@ -147,15 +178,69 @@ class PostgresSession:
     async def pop_item(self, *, wrapper: Any = None) -> TResponseInputItem | None:
         """Remove and return the newest item (each item is popped once under concurrency)."""
         self._check_run(wrapper)
-        message = await self.store.pop_message(self.session_id, user_id=self.user_id)
+        message = await self.store.pop_message(self.session_id, user_id=self.user_id, branch=self.branch)
         if message is None:
             return None
         return cast(TResponseInputItem, to_items(message)[-1])
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
-        """Delete every item of this session (the session row and its metadata stay)."""
+        """Delete every item of this session's branch (the session row and its metadata stay;
+        what other branches share stays theirs)."""
         self._check_run(wrapper)
-        await self.store.clear_session(self.session_id, user_id=self.user_id)
+        await self.store.clear_session(self.session_id, user_id=self.user_id, branch=self.branch)
+
+    # -- the SDK's compaction (OpenAIResponsesCompactionSession) --------------------------------
+
+    async def _get_compaction_snapshot(
+        self, limit: int, *, prune_prefix: Callable[[TResponseInputItem], bool] | None = None
+    ) -> _CompactionSnapshot | None:
+        """The latest *limit* items of the compacted view, with an atomic replacement of any
+        suffix of them that keeps the replaced messages stored.
+
+        *prune_prefix* (expired items an ``EncryptedSession`` hides) is not applied: the
+        record is kept, and the encrypted session hides such items when it reads them.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return None
+        messages = await self.store.get_messages(self.session_id, limit=limit, user_id=self.user_id, branch=self.branch)
+        owners: list[Message] = []  # the message each item comes from
+        items: list[Any] = []
+        for message in messages:
+            for item in to_items(message):
+                owners.append(message)
+                items.append(item)
+        complete = len(messages) < limit
+        if len(items) > limit:
+            owners, items, complete = owners[-limit:], items[-limit:], False
+
+        async def replace_suffix(start: int, output: list[TResponseInputItem]) -> bool:
+            if not 0 <= start < len(items):
+                return False
+            first = owners[start]
+            if start > 0 and owners[start - 1] is first:
+                return False  # the suffix would start inside a message of several items
+            seqs = list(dict.fromkeys(m.seq for m in owners[start:]))
+            return await self._compact(output, from_seq=first.seq, expect=seqs)
+
+        return _CompactionSnapshot(cast(list[TResponseInputItem], items), complete, replace_suffix)
+
+    async def _atomic_replace_items(self, items: list[TResponseInputItem]) -> bool:
+        """Replace the whole compacted view with *items* in one transaction, keeping what it
+        held stored; ``False`` (the SDK then clears and adds) when there is nothing to replace."""
+        return await self._compact(items, from_seq=None, expect=None)
+
+    async def _compact(self, items: list[Any], *, from_seq: int | None, expect: list[int] | None) -> bool:
+        base = secrets.token_hex(16)
+        summary = [dataclasses.replace(to_message(item, n), id=f"{base}-{n}") for n, item in enumerate(items)]
+        try:
+            stored = await self.store.compact(
+                self.session_id, summary, from_seq=from_seq, expect=expect, branch=self.branch, user_id=self.user_id
+            )
+        except SessionNotFound:
+            return False  # nothing stored yet: nothing to replace
+        if stored is None:
+            logger.info("compaction of session %s skipped: its history changed meanwhile", self.session_id)
+        return stored is not None
 
 
 def _digest(items: list[Any]) -> str:
