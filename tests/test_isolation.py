@@ -165,6 +165,7 @@ WALK: dict[str, Call] = {
     "compact": lambda s: s.compact("b-own", [NewMessage("assistant", "a summary")]),
     "record_usage": lambda s: s.record_usage("b-own", TurnUsage(input_tokens=1)),
     "usage": lambda s: s.usage(by="session"),
+    "search": lambda s: s.search("secret"),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
 NO_DATA = {
@@ -188,6 +189,7 @@ ACROSS_TENANTS: dict[str, Call] = {
     "stats": lambda s: s.stats(all_tenants=True),
     "export_jsonl": lambda s: _consume(convostore.export_jsonl(s, all_tenants=True)),
     "usage": lambda s: s.usage(by="user", all_tenants=True),
+    "search": lambda s: s.search("secret", all_tenants=True),
 }
 
 

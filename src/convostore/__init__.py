@@ -35,11 +35,14 @@ from .errors import (
 )
 from .migrations import MIGRATIONS, Migration, MigrationStatus
 from .models import (
+    HIT_END,
+    HIT_START,
     AgentStats,
     Branch,
     Message,
     NewMessage,
     Role,
+    SearchHit,
     Session,
     SessionCursor,
     StoreStats,
@@ -55,6 +58,8 @@ from .windows import Window, estimate_tokens, tiktoken_counter
 __version__ = "0.1.0"
 
 __all__ = [
+    "HIT_END",
+    "HIT_START",
     "MIGRATIONS",
     "AccessDenied",
     "AgentStats",
@@ -88,6 +93,7 @@ __all__ = [
     "RetryPolicy",
     "Role",
     "SchemaNotReady",
+    "SearchHit",
     "Session",
     "SessionCursor",
     "SessionExists",

@@ -32,6 +32,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _telemetry as telemetry
 from ._appends import Appender, AppendRequest, Stored
 from .errors import ConvostoreError, DatabaseError, StoreTimeout, StoreUnavailable
 
@@ -194,6 +195,7 @@ class AppendWriter:
         return batch
 
     async def _flush(self, batch: list[_Item]) -> None:
+        telemetry.batch(len(batch))
         try:
             if len(batch) == 1:
                 await self._alone(batch[0])

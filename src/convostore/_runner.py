@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from . import _telemetry as telemetry
 from ._types import Connection
 from .errors import (
     AccessDenied,
@@ -454,9 +455,28 @@ class Runner:
         now plus the policy's). A non-idempotent *fn* (``pop_message``) is retried only when
         the failure proves it had no effect. *scope* is ``(tenant, user or "*")`` for
         row-level security: when the role is subject to it, *fn* runs in a transaction that
-        sets it first. Raises only :class:`ConvostoreError`.
+        sets it first. Raises only :class:`ConvostoreError`. Measured with OpenTelemetry when
+        it is installed (see :mod:`convostore._telemetry`).
         """
         attempts = _Attempts(self, what, session_id, deadline)
+        measured = telemetry.start(what, session_id)
+        if measured is None:
+            return await self._attempts(attempts, fn, idempotent, scope)
+        try:
+            result = await self._attempts(attempts, fn, idempotent, scope)
+        except BaseException as exc:
+            measured.end(attempts=attempts.count, error=exc)
+            raise
+        measured.end(attempts=attempts.count, result=result)
+        return result
+
+    async def _attempts(
+        self,
+        attempts: _Attempts,
+        fn: Callable[[Connection], Awaitable[T]],
+        idempotent: bool,
+        scope: tuple[str, str] | None,
+    ) -> T:
         while True:
             budget = attempts.budget()
             try:
@@ -542,6 +562,11 @@ class _Attempts:
         self._session_id = session_id
         self._end = deadline if deadline is not None else runner.deadline()
         self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Attempts made so far."""
+        return self._count
 
     def budget(self) -> float | None:
         """Seconds left for the next attempt (``None``: unbounded)."""

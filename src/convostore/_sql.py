@@ -1098,6 +1098,54 @@ UPDATE {s}.conversation_messages m
    AND m.key_id IS NOT DISTINCT FROM u.old_key
 """
 
+# -- search ----------------------------------------------------------------------------------
+
+# Messages matching $5 (web search syntax: "quoted phrases", or, -exclusions), best first,
+# with a snippet whose hits are wrapped in $9 and $10. $1 tenant (NULL: every tenant), $2 user,
+# $3 session, $4 agent, $6 and $7 limit and offset, $8 the snippet's length in words. The
+# agent is the session's: the matching messages are found first, then their sessions.
+SEARCH = """
+WITH q AS (SELECT websearch_to_tsquery('english', $5) AS query),
+hits AS (
+    SELECT m.tenant_id, m.session_id, m.seq, m.id, m.role, m.branch, m.created_at, m.user_id, m.content,
+           ts_rank_cd(m.search, q.query) AS rank
+    FROM {s}.conversation_messages m, q
+    WHERE m.search @@ q.query
+      AND ($1::text IS NULL OR m.tenant_id = $1) AND ($2::text IS NULL OR m.user_id = $2)
+      AND ($3::text IS NULL OR m.session_id = $3)
+      AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM {s}.agent_sessions s
+                                       WHERE s.tenant_id = m.tenant_id AND s.id = m.session_id AND s.agent_name = $4))
+    ORDER BY rank DESC, m.created_at DESC, m.session_id, m.seq
+    LIMIT $6 OFFSET $7
+)
+SELECT h.tenant_id, h.session_id, h.seq, h.id, h.role, h.branch, h.created_at, h.user_id, h.rank,
+       ts_headline('english', left(h.content, 100000), q.query,
+                   'MaxWords=' || $8::int || ', MinWords=' || greatest($8::int / 3, 1) || ', MaxFragments=2, '
+                   || 'FragmentDelimiter=" ... ", StartSel="' || $9::text || '", StopSel="' || $10::text || '"') AS snippet
+FROM hits h, q
+ORDER BY h.rank DESC, h.created_at DESC, h.session_id, h.seq
+"""
+
+# -- API keys (convostore.keys) ----------------------------------------------------------------
+
+INSERT_KEY = """
+INSERT INTO {s}.convostore_api_keys (id, secret_hash, name, tenant_id, user_id) VALUES ($1, $2, $3, $4, $5)
+RETURNING id, name, tenant_id, user_id, created_at, revoked_at
+"""
+
+KEY = "SELECT secret_hash, name, tenant_id, user_id, created_at, revoked_at FROM {s}.convostore_api_keys WHERE id = $1"
+
+KEYS = """
+SELECT id, name, tenant_id, user_id, created_at, revoked_at FROM {s}.convostore_api_keys
+WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, id
+"""
+
+REVOKE_KEY = """
+UPDATE {s}.convostore_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+  AND ($2::text IS NULL OR tenant_id = $2)
+RETURNING id
+"""
+
 # -- stats ---------------------------------------------------------------------------------
 
 # $1: the tenant (NULL: every tenant), $2: the user (NULL: every user).
@@ -1197,6 +1245,11 @@ class Queries:
     trim_branch: str
     drop_branches: str
     record_usage: str
+    search: str
+    insert_key: str
+    key: str
+    keys: str
+    revoke_key: str
     usage_totals: str
 
 

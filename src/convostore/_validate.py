@@ -165,6 +165,11 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
     )
 
 
+def check_text(value: str, what: str) -> None:
+    """Refuse text PostgreSQL cannot hold (lone surrogates)."""
+    check_utf8(value, what, InvalidInput)
+
+
 def token_text(content: str, tool_calls: str | None, raw: str | None) -> str:
     """The text whose tokens a message counts: its raw item, else its content and tool calls."""
     return raw if raw is not None else content + (tool_calls or "")

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from ._validate import MAX_DURATION
 from .errors import ConvostoreError, ImportFileError
-from .models import Message, Session, SessionCursor
+from .models import HIT_END, HIT_START, Message, Session, SessionCursor
 from .store import PostgresSessionStore
 
 T = TypeVar("T")
@@ -52,6 +52,8 @@ sessions_app = typer.Typer(help="List and show sessions.", no_args_is_help=True,
 app.add_typer(sessions_app, name="sessions")
 roles_app = typer.Typer(help="Database roles for production.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(roles_app, name="roles")
+keys_app = typer.Typer(help="API keys of convostore serve.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -374,6 +376,67 @@ def roles_create(
     out.print("set their passwords with ALTER ROLE ... PASSWORD, or use your server's authentication")
 
 
+@keys_app.command("create")
+@common
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
+    user: Annotated[str | None, typer.Option("--user", help="Act for this user only (a user's view).")] = None,
+    operator: Annotated[bool, typer.Option("--operator", help="Act across every tenant (an operator's key).")] = False,
+) -> None:
+    """Create an API key for the tenant (--tenant), one of its users, or an operator. The key is
+    printed once, on standard output; only its hash is stored."""
+    from .keys import create_key
+
+    token, key = _run(ctx, lambda s: create_key(s, name=name, user=user, operator=operator))
+    scope = "every tenant" if key.operator else f"tenant {key.tenant}" + (f", user {key.user}" if key.user else "")
+    err.print(f"created key {key.id} for {safe(scope, oneline=True)}; it is shown once:")
+    out.print(token, markup=False)
+
+
+@keys_app.command("list")
+@common
+def keys_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    all_tenants: AllTenants = False,
+) -> None:
+    """List the tenant's API keys (never their secrets)."""
+    from .keys import list_keys
+
+    keys = _run(ctx, lambda s: list_keys(s, all_tenants=all_tenants))
+    if as_json:
+        _print_json([asdict(k) for k in keys])
+        return
+    table = Table("id", "name", "tenant", "user", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            safe(k.name, oneline=True),
+            safe(k.tenant or "(operator)", oneline=True),
+            safe(k.user or "(every user)", oneline=True),
+            _when(k.created_at),
+            _when(k.revoked_at) if k.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+@common
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key's id (from keys list).")],
+    all_tenants: AllTenants = False,
+) -> None:
+    """Revoke an API key: it is refused from then on."""
+    from .keys import revoke_key
+
+    if not _run(ctx, lambda s: revoke_key(s, key_id, all_tenants=all_tenants)):
+        err.print(f"[red]error:[/] no valid key {safe(key_id, oneline=True)}")
+        raise typer.Exit(1)
+    out.print(f"revoked key {safe(key_id, oneline=True)}")
+
+
 # -- retention --------------------------------------------------------------------------------
 
 
@@ -606,6 +669,39 @@ def sessions_show(
     for m in messages:
         replaced = raw and any(first <= m.seq <= last for first, last in ranges if m.covers != (first, last))
         out.print(_render(m, full, replaced))
+
+
+@app.command()
+@common
+def search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help='Words, "a phrase", or, -word (web search syntax).')],
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's messages.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this session's messages.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Hits to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    all_tenants: AllTenants = False,
+) -> None:
+    """Search what messages say (ranked, with snippets; sealed messages are not searchable)."""
+    hits = _run(
+        ctx,
+        lambda s: s.search(
+            query, user_id=user, session_id=session, agent_name=agent, limit=limit, all_tenants=all_tenants
+        ),
+    )
+    if as_json:
+        _print_json([asdict(h) | {"snippet": h.marked("[", "]")} for h in hits])
+        return
+    if not hits:
+        out.print("no messages match")
+        raise typer.Exit(1)
+    for h in hits:
+        snippet = safe(h.snippet, oneline=True).replace(HIT_START, "[bold yellow]").replace(HIT_END, "[/]")
+        out.print(
+            f"[dim]{safe(h.session_id, oneline=True)} #{h.seq} {safe(h.role, oneline=True)} "
+            f"{safe(h.user_id, oneline=True)} {_when(h.created_at)}[/]\n  {snippet}"
+        )
 
 
 @sessions_app.command("branches")

@@ -321,6 +321,31 @@ DROP FUNCTION IF EXISTS {s}.convostore_read(text, text, text, bigint, bigint);
         + READ_FUNCTION
         + COMPACT_FUNCTION,
     ),
+    Migration(
+        7,
+        "search_and_api_keys",
+        """
+-- Full-text search over what messages say: English stemming, the first 100,000 characters
+-- (a tsvector has a size limit), never a sealed message (its content is a digest).
+ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS search tsvector
+    GENERATED ALWAYS AS (CASE WHEN sealed IS NULL THEN to_tsvector('english', left(content, 100000)) END) STORED;
+CREATE INDEX IF NOT EXISTS idx_messages_search ON {s}.conversation_messages USING gin (search);
+
+-- API keys of `convostore serve`: the secret is never stored, only its SHA-256 (the secret
+-- is 256 random bits). A key acts in one tenant, for one user or every user of it, or (no
+-- tenant) as an operator across tenants.
+CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
+    id varchar(32) PRIMARY KEY,
+    secret_hash bytea NOT NULL,
+    name text NOT NULL DEFAULT '',
+    tenant_id varchar(255),
+    user_id varchar(255),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz,
+    CONSTRAINT convostore_api_keys_scope_check CHECK (user_id IS NULL OR tenant_id IS NOT NULL)
+);
+""",
+    ),
 )
 
 _LEDGER = """
@@ -426,9 +451,10 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
     by ``session_id``, co-located, so that a session and its messages live on one node (Citus
     moves the rows already there); ``convostore_append``, ``convostore_read`` and
     ``convostore_compact`` are distributed by their session argument, so that an append, a
-    history read or a compaction is delegated whole to that node. The migration ledger and the audit trail stay on the coordinator.
-    Idempotent, and safe from several processes at once (they queue on the migrations'
-    lock): what is already distributed is left as it is.
+    history read or a compaction is delegated whole to that node. The migration ledger, the
+    audit trail and the API keys stay on the coordinator. Idempotent, and safe from several
+    processes at once (they queue on the migrations' lock): what is already distributed is
+    left as it is.
     """
     quoted = quote_ident(schema)
     sessions = f"{quoted}.agent_sessions"

@@ -121,6 +121,34 @@ class UsageTotal:
     duration: float
 
 
+HIT_START = "\ue01a"
+"""Marks where a search hit starts in :attr:`SearchHit.snippet` (a private-use character)."""
+HIT_END = "\ue01b"
+"""Marks where a search hit ends in :attr:`SearchHit.snippet`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A message that matched a search: where it is, how well it matched (*rank*, higher is
+    better) and a *snippet* of its content with each hit between :data:`HIT_START` and
+    :data:`HIT_END` (plain text otherwise: escape it before showing it as HTML)."""
+
+    tenant: str
+    session_id: str
+    seq: int
+    message_id: str
+    role: str
+    branch: str
+    user_id: str
+    created_at: datetime
+    rank: float
+    snippet: str
+
+    def marked(self, start: str, end: str) -> str:
+        """The snippet with hits between *start* and *end* (after any escaping of the text)."""
+        return self.snippet.replace(HIT_START, start).replace(HIT_END, end)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentStats:
     """Sessions and messages of one agent."""

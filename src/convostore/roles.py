@@ -33,6 +33,7 @@ _TABLES = (
     "conversation_usage",
     "convostore_migrations",
     "convostore_audit",
+    "convostore_api_keys",
 )
 _FUNCTIONS = ("convostore_append", "convostore_read", "convostore_compact")
 
@@ -87,6 +88,8 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str)
                 f"{schema}.conversation_branches, {schema}.conversation_usage TO {runtime_q}"
             )
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_migrations TO {runtime_q}")
+            # The server checks keys (hashes only); creating and revoking them is the owner's.
+            await conn.execute(f"GRANT SELECT ON {schema}.convostore_api_keys TO {runtime_q}")
             await conn.execute(f"REVOKE ALL ON {schema}.convostore_audit FROM {runtime_q}")
             await conn.execute(f"GRANT INSERT ON {schema}.convostore_audit TO {runtime_q}")
             for function in _FUNCTIONS:

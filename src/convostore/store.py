@@ -46,10 +46,13 @@ from .errors import (
 )
 from .migrations import Distribution, Migration, MigrationStatus, apply_migrations, distribute, migration_status
 from .models import (
+    HIT_END,
+    HIT_START,
     AgentStats,
     Branch,
     Message,
     NewMessage,
+    SearchHit,
     Session,
     SessionCursor,
     StoreStats,
@@ -884,6 +887,47 @@ class PostgresSessionStore:
         stored = await self.get_messages(sid, raw=True, branch=line, before_seq=records[-1]["seq"] + 1, limit=len(rows))
         ids = {r["id"] for r in records}
         return [m for m in stored if m.id in ids]
+
+    # -- search -------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        snippet_words: int = 30,
+        all_tenants: bool = False,
+    ) -> list[SearchHit]:
+        """Messages of the store's scope (a user view: its user's) matching *query*, best
+        first: web search syntax (words, ``"a phrase"``, ``or``, ``-word``), English
+        stemming, ranked by cover density. Narrowed to a session, a user or an agent; paged
+        with *limit* and *offset*. Every stored message is searched, those a compaction
+        replaced too; sealed (encrypted) messages are not searchable."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query must be a non-empty string")
+        check.check_text(query, "query")
+        if len(query) > 1000:
+            raise InvalidInput("query is longer than 1,000 characters")
+        sid = check.optional_identifier(session_id, "session_id")
+        uid = self.acting_user(user_id)
+        agent = check.optional_identifier(agent_name, "agent_name")
+        n = check.limit(limit)
+        skip = check.limit(offset, "offset")
+        words = check.limit(snippet_words, "snippet_words")
+        if not n or n > 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        if not words or words > 200:
+            raise InvalidInput("snippet_words must be between 1 and 200")
+        tenant = await self.tenant_for(all_tenants)
+        args = (tenant, uid, sid, agent, query.replace("\x00", ""), n, skip or 0, words, HIT_START, HIT_END)
+        rows = await self._run(
+            "search", lambda c: c.fetch(self._q.search, *args), session_id=sid, all_tenants=all_tenants
+        )
+        return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[6], float(r[8]), r[9]) for r in rows]
 
     # -- usage --------------------------------------------------------------------------------
 
