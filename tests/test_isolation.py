@@ -166,6 +166,7 @@ WALK: dict[str, Call] = {
     "record_usage": lambda s: s.record_usage("b-own", TurnUsage(input_tokens=1)),
     "usage": lambda s: s.usage(by="session"),
     "search": lambda s: s.search("secret"),
+    "list_sessions": lambda s: s.list_sessions(metadata={"secret": "b-metadata"}),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
 NO_DATA = {

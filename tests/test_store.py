@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,12 +12,14 @@ import pytest
 
 from convostore import (
     InvalidIdentifier,
+    InvalidInput,
     InvalidMessage,
     InvalidMetadata,
     NewMessage,
     PostgresSessionStore,
     SessionNotFound,
     StoreClosed,
+    Window,
     cleanup_old_sessions,
 )
 
@@ -415,7 +417,7 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
     retried = (t, session.id, None, True, True, *one, *rows)
     many = (t, session.id, None, True, False, [1, 2] * (n // 2), [session.id, other.id] * (n // 2), [None] * n,
             [None] * n, ["main"] * n, *rows)  # fmt: skip
-    plain = (t, session.id, None, None, 20, "main", False, None, None, False)
+    plain = (t, session.id, None, None, 20, "main", False, None, None, False, None)
     cases = [
         (store.queries.append, single, n),
         (store.queries.append, retried, n),
@@ -424,8 +426,9 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
         (store.queries.read, (t, session.id, "u", *plain[3:]), 20),
         # Windows (the last 20 turns of one message each, the last 20 messages' tokens): the
         # newest 64 rows to find the window's start, then the window.
-        (store.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True), 42),
-        (store.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True), 42),
+        (store.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True, None), 42),
+        (store.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True, None), 42),
+        (store.queries.read, (t, session.id, None, None, 20, "main", False, None, None, False, 2500), 20),
     ]
     counters = (
         "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
@@ -464,3 +467,37 @@ async def test_json_numbers_round_trip_exactly(store: PostgresSessionStore, valu
     assert repr(message.raw) == repr({"n": value})
     assert message.tool_calls is not None
     assert repr(message.tool_calls[0]["n"]) == repr(value)
+
+
+async def test_pages_of_messages_go_both_ways(store: PostgresSessionStore) -> None:
+    session = await store.create_session("u", "a")
+    stored = await store.add_messages(session.id, [{"role": "user", "content": f"m{i}"} for i in range(10)])
+    first = await store.get_messages(session.id, after_seq=0, limit=4)
+    assert [m.content for m in first] == ["m0", "m1", "m2", "m3"]
+    second = await store.get_messages(session.id, after_seq=first[-1].seq, limit=4)
+    assert [m.content for m in second] == ["m4", "m5", "m6", "m7"]
+    back = await store.get_messages(session.id, before_seq=second[0].seq, limit=3)
+    assert [m.content for m in back] == ["m1", "m2", "m3"]
+    between = await store.get_messages(session.id, after_seq=stored[2].seq, before_seq=stored[5].seq)
+    assert [m.content for m in between] == ["m3", "m4"]
+    with pytest.raises(InvalidInput):
+        await store.get_messages(session.id, after_seq=1, window=Window(turns=2))
+
+
+async def test_the_tenants_sessions_are_listed_with_filters(store: PostgresSessionStore) -> None:
+    a = await store.create_session("alice", "support", {"plan": "pro", "region": "eu"})
+    b = await store.create_session("bob", "sales", {"plan": "free"})
+    c = await store.create_session("alice", "sales")
+    await store.add_messages(a.id, [{"role": "user", "content": "x"}])
+    listed = await store.list_sessions()
+    assert [s.id for s in listed] == [a.id, c.id, b.id]
+    assert listed[0].message_count == 1
+    assert [s.id for s in await store.list_sessions(user_id="alice")] == [a.id, c.id]
+    assert [s.id for s in await store.list_sessions(agent_name="sales")] == [c.id, b.id]
+    assert [s.id for s in await store.list_sessions(metadata={"plan": "pro"})] == [a.id]
+    page = await store.list_sessions(limit=2)
+    assert [s.id for s in await store.list_sessions(limit=2, before=page[-1])] == [b.id]
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert await store.list_sessions(updated_since=later) == []
+    assert [s.id for s in await store.scoped(user="bob").list_sessions()] == [b.id]
+    assert await store.scoped(tenant="other").list_sessions() == []

@@ -213,7 +213,7 @@ async def pop(
     lines = await _lines(conn, q, tenant, sid) if session["forked"] else Lines(())
     lines.require(name, sid)
     # The newest message of the view (what compaction hides is not in it).
-    last = await conn.fetchrow(q.read, tenant, sid, None, None, 1, name, False, None, None, False)
+    last = await conn.fetchrow(q.read, tenant, sid, None, None, 1, name, False, None, None, False, None)
     if last is None or last["seq"] is None:
         return None
     if last["branch"] != name or last["seq"] <= lines.shared(name):

@@ -363,6 +363,15 @@ def _windowed(visible: str) -> str:
             ) x ORDER BY x.seq;"""
 
     return f"""
+        IF p_above IS NOT NULL THEN  -- paging forwards: the first p_limit after seq p_above
+            RETURN QUERY
+            SELECT v_owner, {_READ_COLUMNS}
+              FROM {{s}}.conversation_messages m
+             WHERE {visible} AND m.seq > p_above AND m.seq < v_below
+             ORDER BY m.seq
+             LIMIT p_limit;
+            RETURN;
+        END IF;
         IF p_turns IS NULL AND p_budget IS NULL THEN
             RETURN QUERY
             SELECT v_owner, x.* FROM (
@@ -403,14 +412,15 @@ def _windowed(visible: str) -> str:
 # The view is a branch's (p_branch; 'main' unless forked) with what compaction replaced
 # hidden (unless p_raw). Below seq p_below, the window is the latest p_turns turns (a turn
 # starts at a user message), cut further to the latest messages within p_budget tokens, and
-# to the latest p_limit messages; with p_pinned, the view's system and developer messages
-# before the window come too (their tokens counted first). A session never forked nor
-# compacted (or read raw) is read without working out a line: its rows are all its view.
+# to the latest p_limit messages (or, paging forwards, the first p_limit after seq p_above);
+# with p_pinned, the view's system and developer messages before the window come too (their
+# tokens counted first). A session never forked nor compacted (or read raw) is read without
+# working out a line: its rows are all its view.
 READ_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(
     p_tenant text, p_session text, p_user text, p_below bigint, p_limit bigint,
-    p_branch text, p_raw boolean, p_turns bigint, p_budget bigint, p_pinned boolean
+    p_branch text, p_raw boolean, p_turns bigint, p_budget bigint, p_pinned boolean, p_above bigint
 ) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
                  tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea,
                  branch text, covers_from bigint, covers_to bigint)
@@ -449,6 +459,7 @@ DECLARE
     + """
               FROM {s}.conversation_messages m
              WHERE m.tenant_id = p_tenant AND m.session_id = p_session AND m.seq < v_below
+               AND m.seq > coalesce(p_above, 0)
              ORDER BY m.seq;
             RETURN;
         END IF;"""
@@ -549,7 +560,7 @@ $fn$;
 
 APPEND = "SELECT * FROM {s}.convostore_append(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
 COMPACT = "SELECT * FROM {s}.convostore_compact(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
-READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 # -- sessions ---------------------------------------------------------------------------------
 
@@ -648,6 +659,23 @@ WITH page AS (
 )
 """
 
+# A tenant's sessions (of one user, of one agent, updated since $7, whose metadata holds $8),
+# newest first, keyset-paginated by (updated_at, id) on idx_sessions_recent.
+_SESSIONS_PAGE = """
+WITH page AS (
+    SELECT id, user_id, agent_name, metadata, created_at, updated_at, expires_at, ttl
+    FROM {s}.agent_sessions
+    WHERE tenant_id = $1
+      AND (updated_at, id) < (COALESCE($3::timestamptz, 'infinity'), COALESCE($4::text, ''))
+      AND ($2::text IS NULL OR user_id = $2)
+      AND ($6::text IS NULL OR agent_name = $6)
+      AND ($7::timestamptz IS NULL OR updated_at >= $7)
+      AND ($8::jsonb IS NULL OR metadata @> $8::jsonb)
+    ORDER BY updated_at DESC, id DESC
+    LIMIT $5
+)
+"""
+
 USER_SESSIONS_WITH_MESSAGES = (
     _USER_PAGE
     + """
@@ -665,15 +693,14 @@ ORDER BY p.updated_at DESC, p.id DESC, m.seq
 """
 )
 
-USER_SESSIONS = (
-    _USER_PAGE
-    + """
+_WITH_COUNTS = """
 SELECT p.*, (SELECT count(*) FROM {s}.conversation_messages x WHERE x.tenant_id = $1 AND x.session_id = p.id)
        AS message_count
 FROM page p
 ORDER BY p.updated_at DESC, p.id DESC
 """
-)
+USER_SESSIONS = _USER_PAGE + _WITH_COUNTS
+LIST_SESSIONS = _SESSIONS_PAGE + _WITH_COUNTS
 
 # On distributed tables (Citus) a lateral join and a correlated subquery cannot reach across
 # shards: the page is computed first, then the latest messages (or counts) of its sessions.
@@ -695,16 +722,15 @@ ORDER BY p.updated_at DESC, p.id DESC, m.seq
 """
 )
 
-USER_SESSIONS_DIST = (
-    _USER_PAGE
-    + """, counts AS (
+_WITH_COUNTS_DIST = """, counts AS (
     SELECT session_id, count(*) AS n FROM {s}.conversation_messages
     WHERE tenant_id = $1 AND session_id IN (SELECT id FROM page) GROUP BY session_id
 )
 SELECT p.*, COALESCE(c.n, 0) AS message_count FROM page p LEFT JOIN counts c ON c.session_id = p.id
 ORDER BY p.updated_at DESC, p.id DESC
 """
-)
+USER_SESSIONS_DIST = _USER_PAGE + _WITH_COUNTS_DIST
+LIST_SESSIONS_DIST = _SESSIONS_PAGE + _WITH_COUNTS_DIST
 
 # -- branches (convostore._branches decides; these read and change) ----------------------------
 
@@ -1121,7 +1147,8 @@ hits AS (
 SELECT h.tenant_id, h.session_id, h.seq, h.id, h.role, h.branch, h.created_at, h.user_id, h.rank,
        ts_headline('english', left(h.content, 100000), q.query,
                    'MaxWords=' || $8::int || ', MinWords=' || greatest($8::int / 3, 1) || ', MaxFragments=2, '
-                   || 'FragmentDelimiter=" ... ", StartSel="' || $9::text || '", StopSel="' || $10::text || '"') AS snippet
+                   || 'FragmentDelimiter=" ... ", StartSel="' || $9::text || '", StopSel="' || $10::text || '"')
+       AS snippet
 FROM hits h, q
 ORDER BY h.rank DESC, h.created_at DESC, h.session_id, h.seq
 """
@@ -1212,6 +1239,7 @@ class Queries:
     set_expiry: str
     user_sessions_with_messages: str
     user_sessions: str
+    list_sessions: str
     idle_cutoff: str
     delete_idle_batch: str
     count_idle: str
@@ -1258,6 +1286,7 @@ DISTRIBUTED_VARIANTS = frozenset(
     {
         "user_sessions_with_messages",
         "user_sessions",
+        "list_sessions",
         "delete_idle_batch",
         "delete_expired_batch",
         "delete_user_batch",

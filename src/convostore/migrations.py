@@ -323,13 +323,16 @@ DROP FUNCTION IF EXISTS {s}.convostore_read(text, text, text, bigint, bigint);
     ),
     Migration(
         7,
-        "search_and_api_keys",
+        "search_listing_and_api_keys",
         """
 -- Full-text search over what messages say: English stemming, the first 100,000 characters
 -- (a tsvector has a size limit), never a sealed message (its content is a digest).
 ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS search tsvector
     GENERATED ALWAYS AS (CASE WHEN sealed IS NULL THEN to_tsvector('english', left(content, 100000)) END) STORED;
 CREATE INDEX IF NOT EXISTS idx_messages_search ON {s}.conversation_messages USING gin (search);
+
+-- A tenant's sessions by recency (listing every user's, as a browser does).
+CREATE INDEX IF NOT EXISTS idx_sessions_recent ON {s}.agent_sessions (tenant_id, updated_at DESC, id DESC);
 
 -- API keys of `convostore serve`: the secret is never stored, only its SHA-256 (the secret
 -- is 256 random bits). A key acts in one tenant, for one user or every user of it, or (no

@@ -565,6 +565,33 @@ class PostgresSessionStore:
         )
         return [session_from_row(r, count=r["message_count"]) for r in rows]
 
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        updated_since: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int = 20,
+        before: Session | SessionCursor | None = None,
+    ) -> list[Session]:
+        """The tenant's sessions (in a user view, its user's), most recently updated first,
+        each with its message count: of one user, of one agent, updated since a time, whose
+        metadata contains *metadata* (JSON containment); keyset-paginated with *before*."""
+        uid = self.acting_user(user_id)
+        agent = check.optional_identifier(agent_name, "agent_name")
+        page = check.limit(limit)
+        if not page or page > 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        if updated_since is not None and (not isinstance(updated_since, datetime) or updated_since.tzinfo is None):
+            raise InvalidInput("updated_since must be a timezone-aware datetime")
+        contains = None if metadata is None else check.metadata(metadata)
+        cursor = check.cursor(before)
+        after_time, after_id = (cursor.updated_at, cursor.id) if cursor else (None, None)
+        args = (self._tenant, uid, after_time, after_id, page, agent, updated_since, contains)
+        rows = await self._run("list_sessions", lambda c: c.fetch(self._q.list_sessions, *args))
+        return [session_from_row(r, count=r["message_count"]) for r in rows]
+
     # -- messages ----------------------------------------------------------------------------
 
     async def add_message(
@@ -667,6 +694,7 @@ class PostgresSessionStore:
         *,
         limit: int | None = None,
         before_seq: int | None = None,
+        after_seq: int | None = None,
         user_id: str | None = None,
         branch: str = "main",
         window: Window | None = None,
@@ -675,7 +703,8 @@ class PostgresSessionStore:
         """Messages in chronological order: all of them, or the latest *limit*.
 
         *before_seq* pages backwards: pass the ``seq`` of the oldest message you hold to get
-        the *limit* messages before it. An unknown session has no messages (``[]``). With
+        the *limit* messages before it; *after_seq* pages forwards (the first *limit* after
+        it). An unknown session has no messages (``[]``). With
         *user_id* (or in a user view), a session owned by another user raises
         :class:`SessionOwnershipError` (checked in the same query).
 
@@ -688,14 +717,17 @@ class PostgresSessionStore:
         sid = check.identifier(session_id, "session_id")
         n = check.limit(limit)
         below = check.limit(before_seq, "before_seq")
+        above = check.limit(after_seq, "after_seq")
         uid = self.acting_user(user_id)
         line = check.identifier(branch, "branch")
         if window is not None and not isinstance(window, Window):
             raise InvalidInput(f"window must be a Window, not {type(window).__name__}")
+        if window is not None and above is not None:
+            raise InvalidInput("a window is the latest messages: it cannot page forwards (after_seq)")
         if not isinstance(raw, bool):
             raise InvalidInput(f"raw must be a bool, not {type(raw).__name__}")
         turns, budget, pinned = (window.turns, window.tokens, window.pinned) if window else (None, None, False)
-        args = (self._tenant, sid, uid, below, n, line, raw, turns, budget, pinned)
+        args = (self._tenant, sid, uid, below, n, line, raw, turns, budget, pinned, above)
         rows = await self._run("get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid)
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
