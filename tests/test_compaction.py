@@ -87,7 +87,7 @@ async def test_an_empty_summary_hides_what_it_replaces(store: PostgresSessionSto
     assert await _contents(store, session.id) == ["m0", "m1"]
     raw = await store.get_messages(session.id, raw=True)
     assert raw[-1].role == "item"
-    assert raw[-1].covers == (stored[2].seq, raw[-1].seq)
+    assert raw[-1].covers == (stored[2].seq, stored[3].seq)
     # A pop takes the newest message of the view, not the hidden marker.
     popped = await store.pop_message(session.id)
     assert popped is not None

@@ -301,9 +301,14 @@ _LINEAGE_VARS = """
     v_cleared bigint;
 """
 
-# Whether row m is in the view (the line, above the floor, not hidden by a summary).
-_VISIBLE = """m.session_id = p_session AND m.tenant_id = p_tenant AND m.seq > v_floor
+# What a compaction that replaced messages with nothing leaves: a marker of the range, itself
+# never in the view.
+MARKER_KIND = "convostore.empty_summary"
+
+# Whether row m is in the view (the line, above the floor, not hidden by a summary, no marker).
+_VISIBLE = f"""m.session_id = p_session AND m.tenant_id = p_tenant AND m.seq > v_floor
            AND m.seq <= v_limits[array_position(v_names, m.branch::text)]
+           AND m.kind IS DISTINCT FROM '{MARKER_KIND}'
            AND (v_from IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(v_from, v_to) AS r(f, t)
                                                 WHERE m.seq BETWEEN r.f AND r.t))"""
 
@@ -482,8 +487,9 @@ $fn$;
 # p_expect: the seqs of the view from p_from on that the summary was made from; if the view
 # holds anything else now, nothing is written ('s'). NULL: replace the whole view as it is.
 # Each summary row records the range it stands for (covers_from, covers_to), widened to
-# hold the ranges of earlier summaries it replaces. With p_empty (a summary of nothing), the
-# one row sent is a marker whose range ends at its own seq: it hides itself too.
+# hold the ranges of earlier summaries it replaces (a summary of nothing is one marker row,
+# of kind MARKER_KIND). With p_prune_to, the view's messages before the replaced ones up to
+# that seq are hidden too, by a marker (expired items an encrypted session drops).
 # Outcomes: 'i' rows inserted, 'r' a retry of a compaction already stored (its rows), 'n' no
 # such session, 'o' another user's, 's' the view changed, 'e' nothing to replace.
 COMPACT_FUNCTION = (
@@ -491,7 +497,7 @@ COMPACT_FUNCTION = (
 CREATE OR REPLACE FUNCTION {s}.convostore_compact(
     p_tenant text, p_session text, p_user text, p_branch text, p_from bigint, p_expect bigint[],
     p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
-    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[], p_empty boolean
+    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[], p_prune_to bigint
 ) RETURNS TABLE (id text, seq bigint, created_at timestamptz, outcome text)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
@@ -503,6 +509,7 @@ DECLARE
     v_last bigint;
     v_tail bigint[];
     v_inner bigint;
+    v_pruned bigint;
     v_now timestamptz := now();"""
     + _LINEAGE_VARS
     + """BEGIN
@@ -540,15 +547,33 @@ DECLARE
         RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::timestamptz, 'e'::text;
         RETURN;
     END IF;
-    UPDATE {s}.agent_sessions s SET last_seq = v_last + cardinality(p_ids), updated_at = v_now, compacted = true
+    IF p_prune_to IS NOT NULL THEN
+        SELECT min(m.seq) INTO v_pruned FROM {s}.conversation_messages m
+         WHERE """
+    + _VISIBLE
+    + """ AND m.seq <= p_prune_to AND m.seq < v_tail[1];
+    END IF;
+    UPDATE {s}.agent_sessions s
+       SET last_seq = v_last + cardinality(p_ids) + (v_pruned IS NOT NULL)::int, updated_at = v_now, compacted = true
      WHERE s.tenant_id = p_tenant AND s.id = p_session;
+    IF v_pruned IS NOT NULL THEN
+        INSERT INTO {s}.conversation_messages AS m
+            (tenant_id, session_id, seq, id, user_id, role, content, raw, created_at, branch, tokens, kind,
+             covers_from, covers_to)
+        VALUES (p_tenant, p_session, v_last + cardinality(p_ids) + 1, p_ids[1] || '.pruned', v_owner, 'item', '',
+                jsonb_build_object('type', '"""
+    + MARKER_KIND
+    + """'), v_now, p_branch, 0, '"""
+    + MARKER_KIND
+    + """', v_pruned, least(p_prune_to, v_tail[1] - 1));
+    END IF;
     RETURN QUERY
     INSERT INTO {s}.conversation_messages AS m
         (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
          key_id, sealed, branch, tokens, kind, covers_from, covers_to)
     SELECT p_tenant, p_session, v_last + n.ord, n.id, v_owner, n.role, n.content, n.tool_calls::jsonb,
            n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed, p_branch, n.tokens, n.kind,
-           least(v_tail[1], v_inner), CASE WHEN p_empty THEN v_last + n.ord ELSE v_tail[cardinality(v_tail)] END
+           least(v_tail[1], v_inner), v_tail[cardinality(v_tail)]
       FROM unnest(p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids, p_sealed, p_tokens,
                   p_kinds)
            WITH ORDINALITY AS n(id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)

@@ -28,7 +28,7 @@ from ._coalesce import AppendWriter
 from ._crypto import Keyring, parse_keys
 from ._rows import Opener, messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
-from ._sql import HAS_CITUS, IS_DISTRIBUTED, Queries, quote_ident, render
+from ._sql import HAS_CITUS, IS_DISTRIBUTED, MARKER_KIND, Queries, quote_ident, render
 from ._types import Connection
 from .errors import (
     ConfigurationError,
@@ -74,7 +74,7 @@ T = TypeVar("T")
 __all__ = ["ErasureReport", "PostgresSessionStore", "redact"]
 
 # What stands for messages a compaction replaced with nothing (it hides itself too).
-EMPTY_SUMMARY = NewMessage("item", "", raw={"type": "convostore.empty_summary"})
+EMPTY_SUMMARY = NewMessage("item", "", raw={"type": MARKER_KIND})
 
 
 # Whether the connected role is restricted by row-level security on the tables: not a
@@ -874,6 +874,7 @@ class PostgresSessionStore:
         *,
         from_seq: int | None = None,
         expect: Sequence[int] | None = None,
+        prune_to: int | None = None,
         branch: str = "main",
         user_id: str | None = None,
     ) -> list[Message] | None:
@@ -887,12 +888,15 @@ class PostgresSessionStore:
         is returned if the view holds anything else by then; ``None`` too if there is
         nothing to replace. Retrying with the same summary ids is safe: a summary already
         stored is returned as it is. An empty *summary* replaces the messages with nothing:
-        a marker row (role ``item``, hidden itself) records the range, and ``[]`` is returned.
+        a marker row (role ``item``, never in the view) records the range, and ``[]`` is
+        returned. With *prune_to*, the view's messages before *from_seq* up to that seq are
+        hidden too, in the same transaction (a marker records their range).
         """
         sid = check.identifier(session_id, "session_id")
         line = check.identifier(branch, "branch")
         uid = self.acting_user(user_id)
         start = check.limit(from_seq, "from_seq")
+        prune = check.limit(prune_to, "prune_to")
         expected = None if expect is None else [check.limit(e, "expect") for e in expect]
         if isinstance(summary, (str, bytes, Mapping)) or not isinstance(summary, Sequence):
             raise InvalidMessage("summary must be a sequence of NewMessage or mappings")
@@ -905,7 +909,7 @@ class PostgresSessionStore:
         if len({r[0] for r in rows}) != len(rows):
             raise InvalidMessage("message ids must be unique within a batch")
         columns = [list(c) for c in zip(*rows, strict=True)]
-        args = (self._tenant, sid, uid, line, start, expected, *columns, empty)
+        args = (self._tenant, sid, uid, line, start, expected, *columns, prune)
         records = await self._write("compact", lambda c: c.fetch(self._q.compact, *args), session_id=sid)
         outcome = records[0]["outcome"] if records else "n"
         if outcome == "n":

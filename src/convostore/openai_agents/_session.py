@@ -194,24 +194,28 @@ class PostgresSession:
     async def _get_compaction_snapshot(
         self, limit: int, *, prune_prefix: Callable[[TResponseInputItem], bool] | None = None
     ) -> _CompactionSnapshot | None:
-        """The latest *limit* items of the compacted view, with an atomic replacement of any
-        suffix of them that keeps the replaced messages stored.
+        """The latest *limit* items of the compacted view (``complete`` when that is all of
+        it), with an atomic replacement of any suffix of them that keeps the replaced messages
+        stored. With *prune_prefix* (an ``EncryptedSession``'s test for expired items), the
+        replacement also hides the view's oldest items while they are expired (stored still).
 
-        *prune_prefix* (expired items an ``EncryptedSession`` hides) is not applied: the
-        record is kept, and the encrypted session hides such items when it reads them.
+        ``None`` (the SDK then falls back to its own replacement) when a subclass changes how
+        items are stored or read: its overrides must see the change.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or self._storage_overridden():
             return None
-        messages = await self.store.get_messages(self.session_id, limit=limit, user_id=self.user_id, branch=self.branch)
+        # One more than asked for tells whether these are all of them.
+        messages = await self.store.get_messages(
+            self.session_id, limit=limit + 1, user_id=self.user_id, branch=self.branch
+        )
         owners: list[Message] = []  # the message each item comes from
         items: list[Any] = []
         for message in messages:
             for item in to_items(message):
                 owners.append(message)
                 items.append(item)
-        complete = len(messages) < limit
-        if len(items) > limit:
-            owners, items, complete = owners[-limit:], items[-limit:], False
+        complete = len(messages) <= limit and len(items) <= limit
+        owners, items = owners[-limit:], items[-limit:]
 
         async def replace_suffix(start: int, output: list[TResponseInputItem]) -> bool:
             if not 0 <= start < len(items):
@@ -220,21 +224,63 @@ class PostgresSession:
             if start > 0 and owners[start - 1] is first:
                 return False  # the suffix would start inside a message of several items
             seqs = list(dict.fromkeys(m.seq for m in owners[start:]))
-            return await self._compact(output, from_seq=first.seq, expect=seqs)
+            prune_to = await self._expired_prefix(prune_prefix, first.seq) if prune_prefix is not None else None
+            return await self._compact(output, from_seq=first.seq, expect=seqs, prune_to=prune_to)
 
         return _CompactionSnapshot(cast(list[TResponseInputItem], items), complete, replace_suffix)
 
+    async def _expired_prefix(self, expired: Callable[[TResponseInputItem], bool], before: int) -> int | None:
+        """The seq of the last of the view's oldest items that *expired* says are expired,
+        before seq *before* (stopping at the first live or unreadable one); ``None`` if none."""
+        last: int | None = None
+        after = 0
+        while True:
+            page = await self.store.get_messages(
+                self.session_id, after_seq=after, limit=200, user_id=self.user_id, branch=self.branch
+            )
+            for message in page:
+                if message.seq >= before:
+                    return last
+                try:
+                    gone = all(expired(cast(TResponseInputItem, item)) for item in to_items(message))
+                except Exception:
+                    return last  # unreadable: kept, as the SDK's own sessions keep it
+                if not gone:
+                    return last
+                last = message.seq
+            if len(page) < 200:
+                return last
+            after = page[-1].seq
+
     async def _atomic_replace_items(self, items: list[TResponseInputItem]) -> bool:
         """Replace the whole compacted view with *items* in one transaction, keeping what it
-        held stored; ``False`` (the SDK then clears and adds) when there is nothing to replace."""
+        held stored; ``False`` (the SDK then clears and adds) when there is nothing to replace,
+        or when a subclass changes how items are stored."""
+        if self._storage_overridden():
+            return False
         return await self._compact(items, from_seq=None, expect=None)
 
-    async def _compact(self, items: list[Any], *, from_seq: int | None, expect: list[int] | None) -> bool:
+    def _storage_overridden(self) -> bool:
+        cls = type(self)
+        return any(
+            getattr(cls, name) is not getattr(PostgresSession, name)
+            for name in ("get_items", "add_items", "pop_item", "clear_session")
+        )
+
+    async def _compact(
+        self, items: list[Any], *, from_seq: int | None, expect: list[int] | None, prune_to: int | None = None
+    ) -> bool:
         base = secrets.token_hex(16)
         summary = [dataclasses.replace(to_message(item, n), id=f"{base}-{n}") for n, item in enumerate(items)]
         try:
             stored = await self.store.compact(
-                self.session_id, summary, from_seq=from_seq, expect=expect, branch=self.branch, user_id=self.user_id
+                self.session_id,
+                summary,
+                from_seq=from_seq,
+                expect=expect,
+                prune_to=prune_to,
+                branch=self.branch,
+                user_id=self.user_id,
             )
         except SessionNotFound:
             return False  # nothing stored yet: nothing to replace
