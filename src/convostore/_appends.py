@@ -113,10 +113,13 @@ class Appender:
                 raise _refusal(r["outcome"], request.session_id)
         return records
 
-    async def many(self, batch: Sequence[AppendRequest], *, deadline: float | None = None) -> ManyOutcome:
+    async def many(
+        self, batch: Sequence[AppendRequest], *, deadline: float | None = None, wait: bool = False
+    ) -> ManyOutcome:
         """Append every request of *batch* (one owner per session) in one call and one commit;
-        sessions another transaction holds are reported busy instead of waited for."""
-        records = await self._call(batch, False, deadline)
+        sessions another transaction holds are reported busy instead of waited for (with
+        *wait*, waited for: for requests of one session, which nothing else could go on with)."""
+        records = await self._call(batch, wait, deadline)
         outcome = ManyOutcome()
         inserted: dict[tuple[str, str], Any] = {}
         for r in records:

@@ -232,10 +232,30 @@ class AppendWriter:
             self._settle(item, result=result)
 
     async def _alone_in_order(self, items: list[_Item]) -> None:
-        """Send *items* (one session's, in queue order) one after the other."""
+        """Send *items* (one session's, in queue order) in one call that waits for the
+        session's row (many callers of one busy session then take one lock, not one each);
+        if one of them is refused, one after the other, so that only it fails."""
         try:
+            if len(items) > 1:
+                deadlines = [i.deadline for i in items if i.deadline is not None]
+                try:
+                    outcome = await self._appender.many(
+                        [i.request for i in items], deadline=min(deadlines, default=None), wait=True
+                    )
+                except StoreUnavailable as exc:
+                    for item in items:
+                        self._settle(item, exc=exc)
+                    return
+                except ConvostoreError:
+                    pass  # one of them was refused: alone below
+                else:
+                    for index, stored in outcome.stored.items():
+                        self._settle(items[index], result=stored)
+                    for index, error in outcome.refused.items():
+                        self._settle(items[index], exc=error)
             for item in items:
-                await self._alone(item)
+                if not item.future.done():
+                    await self._alone(item)
         finally:
             for item in items:
                 self._settle(item, exc=DatabaseError("add_messages: the append was not completed"))

@@ -421,6 +421,10 @@ def _windowed(visible: str) -> str:
 # with p_pinned, the view's system and developer messages before the window come too (their
 # tokens counted first). A session never forked nor compacted (or read raw) is read without
 # working out a line: its rows are all its view.
+#
+# Bitmap scans are off in it: under row-level security the policy's conditions made a
+# reused plan estimate one row per session and read a whole long session through a bitmap
+# and a sort to return its last 20; the key read backwards is always right here.
 READ_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(
@@ -429,7 +433,7 @@ CREATE OR REPLACE FUNCTION {s}.convostore_read(
 ) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
                  tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea,
                  branch text, covers_from bigint, covers_to bigint)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $fn$
 #variable_conflict use_column
 DECLARE
     v_owner text;

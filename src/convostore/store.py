@@ -728,7 +728,9 @@ class PostgresSessionStore:
             raise InvalidInput(f"raw must be a bool, not {type(raw).__name__}")
         turns, budget, pinned = (window.turns, window.tokens, window.pinned) if window else (None, None, False)
         args = (self._tenant, sid, uid, below, n, line, raw, turns, budget, pinned, above)
-        rows = await self._run("get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid)
+        # No scope transaction around it: the read function sets its scope itself (as the
+        # append function does), which saves the round trips of one under row-level security.
+        rows = await self._runner.run("get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid)
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
         messages = messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid, self._opener)
