@@ -1,8 +1,12 @@
 """Run the benchmark suite: ``./dev bench [--size quick|full|tiny] [--runs N]``.
 
 Every system is measured in the same run, on the same server, each in its own schema;
-figures are medians over ``--runs`` runs, and ratios compare systems within a run. Prints a
-table, writes JSON and a PNG plot of throughput against concurrency.
+figures are medians over ``--runs`` runs with their spread, and ratios compare systems
+within a run. Prints tables, writes JSON and a PNG plot of throughput against concurrency.
+
+Two further modes run instead of the suite: ``--citus [URL]`` (appends on undistributed and
+distributed tables of a Citus cluster, and the task counts of the hot statements) and
+``--growth-10m`` (the last-20 read as the messages table grows to 10M rows).
 """
 
 from __future__ import annotations
@@ -26,28 +30,33 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-from rich.console import Console
 from rich.table import Table
 
 from . import workloads as w
+from ._common import cell, console, ratio_cell, spread, verdict
 from .systems import SYSTEMS, System
 
-console = Console(highlight=False, width=max(150, Console().width))
-
-PEER_MODULES = {"sqlalchemy-sdk": "sqlalchemy", "langchain": "langchain_postgres"}
+PEER_MODULES = {"sqlalchemy-sdk": "sqlalchemy", "langchain": "langchain_postgres", "convostore-sealed": "cryptography"}
+W2B = "W2b 32 tasks, one session"
 # (workload, unit, higher is better, target ratio to the floor or None)
 ROWS: list[tuple[str, str, bool, float | None]] = [
     ("W1 sequential appends", "/s", True, 0.8),
     ("W2 1 task", "/s", True, None),
     ("W2 8 tasks", "/s", True, None),
     ("W2 32 tasks", "/s", True, 3.0),
-    ("W2 128 tasks", "/s", True, None),
+    ("W2 128 tasks", "/s", True, 5.0),
+    (W2B, "/s", True, 1.0),
     ("W3 batch", "msg/s", True, 0.8),
     ("W4 last 20 of long session", "ms p50", False, 1.25),
     ("W5 whole session", "ms p50", False, 1.25),
     ("W6 10 recent sessions", "ms p50", False, 1.25),
     ("W7 delete idle sessions", "s", False, 1.5),
 ]
+# The variants of convostore whose cost is shown relative to it, and the tolerance (10%:
+# a throughput ratio >= 0.9, a latency ratio <= 1.1), which applies to COST_ROWS.
+COSTS = {"convostore-rls": 0.10, "convostore-sealed": 0.25}
+COST_ROWS = ("W1 sequential appends", "W3 batch", "W4 last 20 of long session")
+PGBENCH_CLIENTS = (1, 32)
 
 
 def _url() -> str:
@@ -68,6 +77,7 @@ async def run_system(name: str, url: str, sizes: w.Sizes, pool: int, extras: boo
         out["W1 sequential appends"] = await w.w1_sequential(system, sizes)
         for tasks in sizes.w2_tasks:
             out[f"W2 {tasks} task" + ("s" if tasks > 1 else "")] = await w.w2_concurrent(system, sizes, tasks)
+        out[W2B] = await w.w2b_one_session(system, sizes)
         out["W3 batch"] = await w.w3_batch(system, sizes)
         out["W4 last 20 of long session"] = await w.w4_last_n(system, sizes)
         out["W5 whole session"] = await w.w5_whole(system, sizes)
@@ -82,8 +92,8 @@ async def run_system(name: str, url: str, sizes: w.Sizes, pool: int, extras: boo
     return out
 
 
-def pgbench(url: str, seconds: int) -> float | None:
-    """Single-row INSERT throughput at 32 clients by pgbench: the server's own limit."""
+def pgbench(url: str, seconds: int, clients: int) -> float | None:
+    """Single-row INSERT throughput by pgbench at *clients* clients: the server's physical reference."""
     binary = shutil.which("pgbench") or next((str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/pgbench")), None)
     if binary is None:
         return None
@@ -104,7 +114,7 @@ def pgbench(url: str, seconds: int) -> float | None:
         script.write("INSERT INTO bench_pgbench_t (session_id, content) VALUES ('s' || :client_id, 'message');\n")
     try:
         done = subprocess.run(
-            [binary, "-n", "-c", "32", "-j", "2", "-T", str(seconds), "-f", script.name],
+            [binary, "-n", "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds), "-f", script.name],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
     finally:
@@ -114,33 +124,41 @@ def pgbench(url: str, seconds: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit.startswith("ms") or unit == "s":
-        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-    return f"{value:,.0f}"
+def _per_run_ratios(results: dict[str, list[dict[str, Any]]], ours: str, base: str) -> dict[str, list[float]]:
+    """For each row, *ours* / *base* computed within each run (runs where both have a value)."""
+    out: dict[str, list[float]] = {}
+    for row, *_ in ROWS:
+        per_run = [
+            mine[row] / theirs[row]
+            for mine, theirs in zip(results.get(ours, []), results.get(base, []), strict=False)
+            if mine.get(row) and theirs.get(row)
+        ]
+        if per_run:
+            out[row] = per_run
+    return out
 
 
 def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[str, Any]) -> dict[str, Any]:
     systems = list(results)
-    medians: dict[str, dict[str, float | None]] = {}
-    ratios: dict[str, list[float]] = {}
-    for name, runs in results.items():
-        medians[name] = {}
-        for row, *_ in ROWS:
-            values = [r[row] for r in runs if r.get(row) is not None]
-            medians[name][row] = statistics.median(values) if values else None
+    values: dict[str, dict[str, list[float]]] = {
+        name: {row: [r[row] for r in runs if r.get(row) is not None] for row, *_ in ROWS}
+        for name, runs in results.items()
+    }
+    medians = {
+        name: {row: (statistics.median(v) if v else None) for row, v in rows.items()} for name, rows in values.items()
+    }
+    spreads = {name: {row: spread(v) for row, v in rows.items() if v} for name, rows in values.items()}
     # Ratios convostore / floor, computed within each run, then the median across runs.
-    for row, *_ in ROWS:
-        per_run = []
-        for ours, floor in zip(results.get("convostore", []), results.get("floor", []), strict=False):
-            if ours.get(row) and floor.get(row):
-                per_run.append(ours[row] / floor[row])
-        if per_run:
-            ratios[row] = per_run
+    ratios = _per_run_ratios(results, "convostore", "floor")
 
-    table = Table(title=f"convostore benchmark ({meta['size']}, {meta['runs']} run(s), medians)")
+    several = meta["runs"] > 1
+    table = Table(
+        title=f"convostore benchmark ({meta['size']}, {meta['runs']} run(s), medians)",
+        caption="(n%) after a figure: its spread over the runs, (max - min) / median; "
+        "(a-b) after a ratio: its lowest and highest run"
+        if several
+        else None,
+    )
     table.add_column("workload")
     table.add_column("unit")
     for name in systems:
@@ -149,19 +167,16 @@ def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[
     table.add_column("target", justify="right")
     verdicts = {}
     for row, unit, higher, target in ROWS:
-        if all(medians[n][row] is None for n in systems) and row.startswith("W2"):
+        if all(medians[n][row] is None for n in systems) and row.startswith("W2 "):
             continue  # a concurrency level this size does not run
         ratio = statistics.median(ratios[row]) if row in ratios else None
-        verdict = ""
+        shown = ""
         if ratio is not None and target is not None:
-            ok = ratio >= target if higher else ratio <= target
-            verdicts[row] = ok
-            verdict = f"{'>=' if higher else '<='} {target}x {'[green]met[/]' if ok else '[red]missed[/]'}"
-        table.add_row(
-            row, unit, *[_fmt(medians[n][row], unit) for n in systems],
-            "" if ratio is None else f"{ratio:.2f}x", verdict,
-        )  # fmt: skip
+            verdicts[row], shown = verdict(ratio, target, higher)
+        table.add_row(row, unit, *[cell(values[n][row], unit) for n in systems], ratio_cell(ratios.get(row, [])), shown)
     console.print(table)
+
+    costs = cost_table(results, several)
 
     peer = "sqlalchemy-sdk"
     versus_peer: dict[str, float] = {}
@@ -177,26 +192,82 @@ def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[
 
     extras = {n: runs[0] for n, runs in results.items() if "growth" in runs[0]}
     if extras:
-        growth = Table(title="W4 p50 ms as the messages table grows (must stay flat)")
+        growth = Table(title="W4 p50 ms as the messages table grows (must stay flat; first run only)")
         growth.add_column("system")
         for size in sizes.growth:
             growth.add_column(f"{size:,} rows", justify="right")
+        growth.add_column(f"{sizes.growth[-1]:,} / {sizes.growth[0]:,}", justify="right")
         growth.add_column("peak MB reading a whole session of " + f"{sizes.memory_session:,}", justify="right")
         for name, r in extras.items():
-            growth.add_row(name, *[f"{r['growth'][s]:.2f}" for s in sizes.growth], f"{r['memory MB']:.1f}")
+            g = r["growth"]
+            flat = g[sizes.growth[-1]] / g[sizes.growth[0]] if g[sizes.growth[0]] else float("nan")
+            growth.add_row(name, *[f"{g[s]:.2f}" for s in sizes.growth], f"{flat:.2f}x", f"{r['memory MB']:.1f}")
         console.print(growth)
-    if meta.get("pgbench_tps"):
-        console.print(f"pgbench, single-row INSERT, 32 clients: {meta['pgbench_tps']:,.0f}/s (the server's own limit)")
+
+    pg: dict[str, Any] = {}
+    for clients in PGBENCH_CLIENTS:
+        tps = [t for t in meta.get("pgbench_runs", {}).get(str(clients), []) if t]
+        if tps:
+            pg[f"{clients} client" + ("s" if clients > 1 else "")] = spread(tps)
+    if pg:
+        line = ", ".join(
+            f"{k} {v['median']:,.0f}/s" + (f" ({v['rel_range']:.0%})" if several else "") for k, v in pg.items()
+        )
+        console.print(f"pgbench, single-row INSERT (the server's physical reference): {line}")
+        refs = []
+        for row, key in (("W1 sequential appends", "1 client"), ("W2 32 tasks", "32 clients"), (W2B, "32 clients")):
+            mine = medians.get("convostore", {}).get(row)
+            if mine and key in pg:
+                refs.append(f"{row} = {mine / pg[key]['median']:.2f}x pgbench {key}")
+        if refs:
+            console.print("  convostore: " + "; ".join(refs))
     console.print(f"parameters: {asdict(sizes)}", style="dim")
     return {
         "meta": meta,
         "parameters": asdict(sizes),
         "medians": medians,
+        "spread": spreads,
         "ratios_to_floor": {k: statistics.median(v) for k, v in ratios.items()},
+        "ratios_to_floor_spread": {k: spread(v) for k, v in ratios.items()},
         "targets_met": verdicts,
+        "cost_vs_convostore": costs,
         "convostore_vs_sqlalchemy": versus_peer,
+        "pgbench": pg,
         "runs": results,
     }
+
+
+def cost_table(results: dict[str, list[dict[str, Any]]], several: bool) -> dict[str, Any]:
+    """Row-level security and encryption: each variant / plain convostore, within each run."""
+    variants = [name for name in COSTS if name in results and "convostore" in results]
+    if not variants:
+        return {}
+    table = Table(title="cost of row-level security and of encryption: variant / convostore, same run")
+    table.add_column("workload")
+    table.add_column("unit")
+    for name in variants:
+        table.add_column(f"{name} / convostore", justify="right")
+        table.add_column("target", justify="right")
+    out: dict[str, Any] = {name: {} for name in variants}
+    per_variant = {name: _per_run_ratios(results, name, "convostore") for name in variants}
+    for row, unit, higher, _ in ROWS:
+        cells: list[str] = []
+        for name in variants:
+            runs = per_variant[name].get(row, [])
+            entry: dict[str, Any] = spread(runs) if runs else {}
+            shown = ""
+            if runs and row in COST_ROWS:
+                tolerance = COSTS[name]
+                target = 1 - tolerance if higher else 1 + tolerance
+                entry["target"] = target
+                entry["met"], shown = verdict(statistics.median(runs), target, higher)
+            if entry:
+                out[name][row] = entry
+            cells += [ratio_cell(runs), shown]
+        if any(cells):
+            table.add_row(row, unit, *cells)
+    console.print(table)
+    return out
 
 
 def plot(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, path: Path) -> bool:
@@ -227,6 +298,8 @@ def plot(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, path: Path) -
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = w.SIZES[args.size]
+    if sizes.w2b_tasks != 32:
+        raise SystemExit(f"W2b is reported as {W2B!r}: keep w2b_tasks at 32")
     url = _url()
     conn = await asyncpg.connect(url)
     server = await conn.fetchval("SHOW server_version")
@@ -234,30 +307,49 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     wanted = args.systems.split(",") if args.systems else list(SYSTEMS)
     chosen = []
     for name in wanted:
+        if name not in SYSTEMS:
+            raise SystemExit(f"unknown system {name!r}: choose among {', '.join(SYSTEMS)}")
         module = PEER_MODULES.get(name)
         if module and importlib.util.find_spec(module) is None:
-            console.print(f"skipping {name}: install the bench extra (pip install -e '.[bench]')", style="yellow")
+            console.print(
+                f"skipping {name}: install the bench extra (pip install -e '.[bench,encryption]')", style="yellow"
+            )
             continue
         chosen.append(name)
-    meta = {
+    meta: dict[str, Any] = {
         "size": args.size, "runs": args.runs, "server_version": server, "pool_size": args.pool,
         "python": platform.python_version(), "machine": f"{os.cpu_count()} cores", "systems": chosen,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     console.print(f"PostgreSQL {server}; systems: {', '.join(chosen)}; size {args.size}; runs {args.runs}")
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    pgbench_runs: dict[str, list[float | None]] = {str(c): [] for c in PGBENCH_CLIENTS}
     for run in range(args.runs):
         console.print(f"run {run + 1}/{args.runs}")
         for name in chosen:
             extras = run == 0 and name in ("floor", "convostore") and not args.no_extras
             results[name].append(await run_system(name, url, sizes, args.pool, extras))
+        if args.pgbench:  # in every run, beside the systems
+            for clients in PGBENCH_CLIENTS:
+                tps = await asyncio.to_thread(pgbench, url, 3 if args.size == "tiny" else 10, clients)
+                pgbench_runs[str(clients)].append(tps)
+            console.print(f"  pgbench: {pgbench_runs}", style="dim")
     if args.pgbench:
-        meta["pgbench_tps"] = pgbench(url, 3 if args.size == "tiny" else 10)
+        meta["pgbench_runs"] = pgbench_runs
     return report(results, sizes, meta) | {"_results": results}
 
 
+def _write_json(out: Path, kind: str, data: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = out / f"bench-{kind}-{stamp}.json"
+    path.write_text(json.dumps(data, indent=2, default=str))
+    console.print(f"JSON: {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="./dev bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(w.SIZES), default="quick", help="workload sizes (default quick)")
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
     parser.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
@@ -265,14 +357,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON and PNG go")
     parser.add_argument("--no-extras", action="store_true", help="skip the growth and memory measurements")
     parser.add_argument("--pgbench", action=argparse.BooleanOptionalAction, default=True, help="run pgbench too")
+    parser.add_argument(
+        "--citus", nargs="?", const="", metavar="URL",
+        help="instead of the suite: appends on undistributed vs distributed tables and EXPLAIN task counts, "
+        "on the Citus coordinator at URL (default $CONVOSTORE_CITUS_URL)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--growth-10m", action="store_true",
+        help="instead of the suite: the last-20 read at 10k and at 10M messages (1M sessions; long, several GB)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.citus is not None or args.growth_10m:
+        from . import scale
+
+        if args.citus is not None:
+            citus_url = args.citus or os.environ.get("CONVOSTORE_CITUS_URL")
+            if not citus_url:
+                parser.error("--citus needs a URL or $CONVOSTORE_CITUS_URL")
+            data = asyncio.run(scale.citus_mode(citus_url, w.SIZES[args.size], args.runs, args.pool))
+            _write_json(args.out, f"citus-{args.size}", data)
+        if args.growth_10m:
+            data = asyncio.run(scale.growth_10m(_url()))
+            _write_json(args.out, "growth-10m", data)
+        return 0
     data = asyncio.run(main_async(args))
     results = data.pop("_results")
-    args.out.mkdir(parents=True, exist_ok=True)
+    _write_json(args.out, args.size, data)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    json_path = args.out / f"bench-{args.size}-{stamp}.json"
-    json_path.write_text(json.dumps(data, indent=2, default=str))
-    console.print(f"JSON: {json_path}")
     png = args.out / f"w2-concurrency-{args.size}-{stamp}.png"
     if plot(results, w.SIZES[args.size], png):
         console.print(f"plot: {png}")

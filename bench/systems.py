@@ -2,6 +2,9 @@
 
 * ``floor``: raw asyncpg on a minimal table, one statement per operation.
 * ``convostore``: the store API; ``convostore-sdk``: its Agents SDK ``PostgresSession``.
+* ``convostore-rls``: the store connecting as a runtime role made by
+  ``convostore.roles.create_roles``, so that every statement runs under row-level security.
+* ``convostore-sealed``: the store with an encryption key (messages sealed with AES-GCM).
 * ``sqlalchemy-sdk``: the Agents SDK's ``SQLAlchemySession`` (asyncpg driver).
 * ``langchain``: langchain-postgres' ``PostgresChatMessageHistory`` (psycopg 3, pooled).
 * ``seed``: the seed document's query pattern, written here as a reference: two statements
@@ -14,13 +17,18 @@ systems' APIs.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from convostore import NewMessage, PostgresSessionStore
+
+# The master key of ``convostore-sealed`` (a fixed, benchmark-only key).
+BENCH_KEY = base64.b64encode(b"convostore bench key, 32 bytes!!").decode()
 
 
 class System:
@@ -170,6 +178,9 @@ class Floor(System):
             user,
             count,
         )
+        # Statistics for the new sessions before the messages' foreign key checks plan
+        # their lookup (a plan made when the table was nearly empty scans it whole).
+        await self.admin.execute(f'ANALYZE "{s}".sessions')
         await self.admin.execute(
             f"INSERT INTO \"{s}\".messages (session_id, role, content) SELECT 'old-' || g, 'user', 'hello' "
             "FROM generate_series(1, $1) g, generate_series(1, 2)",
@@ -181,9 +192,13 @@ class Convostore(System):
     name = "convostore"
     messages_table = "conversation_messages"
 
+    def _options(self) -> dict[str, Any]:
+        """Extra options of the store (the variants below add theirs)."""
+        return {}
+
     async def open(self) -> None:
         self.store = PostgresSessionStore(
-            self.url, schema=self.schema, min_size=self.pool_size, max_size=self.pool_size
+            self.url, schema=self.schema, min_size=self.pool_size, max_size=self.pool_size, **self._options()
         )
         await self.store.connect()
 
@@ -239,6 +254,7 @@ class Convostore(System):
             count,
             self.store.tenant,
         )
+        await self.admin.execute(f'ANALYZE "{s}".agent_sessions')  # see Floor.fill_old_sessions
         await self.admin.execute(
             f'INSERT INTO "{s}".conversation_messages (tenant_id, session_id, seq, id, user_id, role, content) '
             "SELECT $3, 'old-' || g, k, 'm' || k, $2, 'user', 'hello' "
@@ -247,6 +263,91 @@ class Convostore(System):
             user,
             self.store.tenant,
         )
+
+
+def with_user(url: str, user: str) -> str:
+    """*url* connecting as *user* (no password: the server's trust or peer authentication)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+class ConvostoreRLS(Convostore):
+    """The store connecting as the runtime role of ``convostore.roles.create_roles``: every
+    statement runs under row-level security. The roles are dropped afterwards."""
+
+    name = "convostore-rls"
+
+    @property
+    def roles(self) -> tuple[str, str]:
+        return f"{self.schema}_owner", f"{self.schema}_app"
+
+    async def _drop_roles(self) -> None:
+        for role in reversed(self.roles):
+            if await self.admin.fetchval("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role):
+                await self.admin.execute(f'DROP OWNED BY "{role}"')
+                await self.admin.execute(f'DROP ROLE "{role}"')
+
+    async def open(self) -> None:
+        from convostore.roles import create_roles
+
+        await self._drop_roles()  # left behind by an interrupted run
+        owner, runtime = self.roles
+        async with PostgresSessionStore(self.url, schema=self.schema, min_size=1, max_size=1) as setup:
+            await create_roles(setup, owner=owner, runtime=runtime)
+        self.store = PostgresSessionStore(
+            with_user(self.url, runtime),
+            schema=self.schema,
+            apply_migrations=False,
+            min_size=self.pool_size,
+            max_size=self.pool_size,
+        )
+        await self.store.connect()
+        if not self.store.runner.row_security:
+            raise AssertionError("the runtime role is not subject to row-level security")
+
+    async def stop(self) -> None:
+        await self.close()
+        await self.admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        await self._drop_roles()
+        await self.admin.close()
+
+
+class ConvostoreSealed(Convostore):
+    """The store with an encryption key: what messages say is sealed (AES-GCM). Bulk fills
+    seal their rows too (in Python, with the store's key), so that reads open sealed rows."""
+
+    name = "convostore-sealed"
+
+    def _options(self) -> dict[str, Any]:
+        return {"encryption_keys": [BENCH_KEY]}
+
+    async def fill(self, sid: str, n: int, raw: bool = False) -> None:
+        s, tenant = self.schema, self.store.tenant
+        for start in range(0, n, 50_000):
+            count = min(50_000, n - start)
+            rows = [
+                self.store.seal_row(sid, (str(uuid.uuid4()), "user", f"message number {start + g}", *[None] * 5))
+                for g in range(1, count + 1)
+            ]
+            await self.admin.execute(
+                f"""
+                WITH bump AS (UPDATE "{s}".agent_sessions SET last_seq = last_seq + $2
+                              WHERE tenant_id = $3 AND id = $1 RETURNING last_seq - $2 AS base, user_id)
+                INSERT INTO "{s}".conversation_messages
+                    (tenant_id, session_id, seq, id, user_id, role, content, key_id, sealed)
+                SELECT $3, $1, bump.base + r.ord, r.id, bump.user_id, 'user', r.content, r.key_id, r.sealed
+                FROM bump, unnest($4::text[], $5::text[], $6::text[], $7::bytea[])
+                           WITH ORDINALITY AS r(id, content, key_id, sealed, ord)
+                """,
+                sid,
+                count,
+                tenant,
+                [r[0] for r in rows],
+                [r[2] for r in rows],
+                [r[6] for r in rows],
+                [r[7] for r in rows],
+            )
 
 
 class ConvostoreSDK(Convostore):
@@ -542,6 +643,7 @@ class Seed(System):
             user,
             count,
         )
+        await self.admin.execute(f'ANALYZE "{s}".agent_sessions')  # see Floor.fill_old_sessions
         await self.admin.execute(
             f'INSERT INTO "{s}".conversation_messages (session_id, role, content) '
             "SELECT lpad(to_hex(g), 32, '0')::uuid, 'user', 'hello' "
@@ -551,5 +653,6 @@ class Seed(System):
 
 
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (Floor, Convostore, ConvostoreSDK, SQLAlchemySDK, Langchain, Seed)
+    cls.name: cls
+    for cls in (Floor, Convostore, ConvostoreRLS, ConvostoreSealed, ConvostoreSDK, SQLAlchemySDK, Langchain, Seed)
 }

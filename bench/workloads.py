@@ -21,6 +21,7 @@ class Sizes:
     w1_appends: int
     w2_appends: int
     w2_tasks: tuple[int, ...]
+    w2b_tasks: int
     w3_batches: int
     w3_batch: int
     w4_session: int
@@ -38,19 +39,19 @@ class Sizes:
 
 
 FULL = Sizes(
-    w1_appends=2000, w2_appends=4000, w2_tasks=(1, 8, 32, 128), w3_batches=50, w3_batch=100,
+    w1_appends=2000, w2_appends=4000, w2_tasks=(1, 8, 32, 128), w2b_tasks=32, w3_batches=50, w3_batch=100,
     w4_session=10_000, w4_reads=300, w4_last=20, w5_session=1000, w5_reads=200,
     w6_sessions=50, w6_messages=20, w6_reads=200, w6_listed=10, w7_sessions=10_000,
     growth=(10_000, 100_000, 1_000_000), memory_session=100_000,
 )  # fmt: skip
 QUICK = Sizes(
-    w1_appends=500, w2_appends=1500, w2_tasks=(1, 8, 32, 128), w3_batches=20, w3_batch=100,
+    w1_appends=500, w2_appends=1500, w2_tasks=(1, 8, 32, 128), w2b_tasks=32, w3_batches=20, w3_batch=100,
     w4_session=10_000, w4_reads=100, w4_last=20, w5_session=1000, w5_reads=50,
     w6_sessions=50, w6_messages=20, w6_reads=50, w6_listed=10, w7_sessions=2000,
     growth=(10_000, 100_000), memory_session=20_000,
 )  # fmt: skip
 TINY = Sizes(
-    w1_appends=20, w2_appends=64, w2_tasks=(1, 8), w3_batches=2, w3_batch=10,
+    w1_appends=20, w2_appends=64, w2_tasks=(1, 8), w2b_tasks=32, w3_batches=2, w3_batch=10,
     w4_session=200, w4_reads=5, w4_last=20, w5_session=50, w5_reads=5,
     w6_sessions=5, w6_messages=3, w6_reads=5, w6_listed=3, w7_sessions=20,
     growth=(300, 600), memory_session=200,
@@ -101,6 +102,22 @@ async def w2_concurrent(system: System, sizes: Sizes, tasks: int) -> float:
 
     start = time.perf_counter()
     await asyncio.gather(*(writer(sid) for sid in sessions))
+    return per_task * tasks / (time.perf_counter() - start)
+
+
+async def w2b_one_session(system: System, sizes: Sizes) -> float:
+    """W2b: appends/s with ``w2b_tasks`` concurrent writers, all on one session."""
+    sid = await system.new_session("w2b")
+    tasks = sizes.w2b_tasks
+    per_task = max(1, sizes.w2_appends // tasks)
+    await asyncio.gather(*(system.append(sid, "warm-up") for _ in range(tasks)))
+
+    async def writer(task: int) -> None:
+        for i in range(per_task):
+            await system.append(sid, f"task {task} message {i}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer(t) for t in range(tasks)))
     return per_task * tasks / (time.perf_counter() - start)
 
 
