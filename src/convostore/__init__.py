@@ -52,6 +52,7 @@ from .models import (
 )
 from .retry import RetryPolicy
 from .store import ErasureReport, PostgresSessionStore
+from .sync import SyncSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
 from .windows import Window, estimate_tokens, tiktoken_counter
 
@@ -104,6 +105,7 @@ __all__ = [
     "StoreTimeout",
     "StoreUnavailable",
     "Sweeper",
+    "SyncSessionStore",
     "TableSize",
     "TurnUsage",
     "UsageTotal",

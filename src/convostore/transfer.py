@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -74,7 +74,7 @@ async def export_jsonl(
     user_id: str | None = None,
     session_id: str | None = None,
     all_tenants: bool = False,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Yield the export of the store's tenant (of every tenant with *all_tenants*), one JSON
     line (without newline) at a time; in a user view, only that user's sessions.
 
