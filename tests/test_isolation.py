@@ -78,6 +78,8 @@ async def _seed(admin: PostgresSessionStore) -> None:
     await b.fork_session("b-own", "b-branch")
     await b.add_messages("b-own", [NewMessage("user", "b-secret-3")], branch="b-branch")
     await b.record_usage("b-own", TurnUsage(input_tokens=777777, model="b-secret-model"))
+    await b.update_state("agent", {"shared": "b-secret-state"})
+    await b.update_state("agent", {"mine": "b-secret-user-state"}, user_id="bob")
     await b.pool.execute(f"UPDATE \"{admin.schema}\".agent_sessions SET updated_at = now() - interval '400 days'")
     a = admin.scoped(tenant="A")
     await a.create_session("alice", "agent", session_id="b-shared")
@@ -102,7 +104,11 @@ async def _snapshot(url: str, schema: str) -> list[Any]:
             f"""SELECT session_id, id, input_tokens, model FROM "{schema}".conversation_usage
                 WHERE tenant_id = 'B' ORDER BY 1, 2"""
         )
-        return [tuple(r) for r in (*rows, *branches, *usage)]
+        state = await conn.fetch(
+            f"""SELECT agent_name, user_id, state::text, updated_at FROM "{schema}".convostore_state
+                WHERE tenant_id = 'B' ORDER BY 1, 2"""
+        )
+        return [tuple(r) for r in (*rows, *branches, *usage, *state)]
     finally:
         await conn.close()
 
@@ -167,6 +173,8 @@ WALK: dict[str, Call] = {
     "usage": lambda s: s.usage(by="session"),
     "search": lambda s: s.search("secret"),
     "list_sessions": lambda s: s.list_sessions(metadata={"secret": "b-metadata"}),
+    "get_state": lambda s: s.get_state("agent", user_id=s.user or "bob"),
+    "update_state": lambda s: s.update_state("agent", {"shared": "overwritten"}),
 }
 # Methods that touch no conversation data (lifecycle, views, helpers).
 NO_DATA = {
@@ -217,7 +225,7 @@ async def test_tenant_a_reaches_nothing_of_tenant_b(
 ) -> None:
     owner_url, runtime_url = roles
     before = await _snapshot(database_url, schema_name)
-    assert len(before) == 5 + 1 + 1  # B's messages, its branch, its usage
+    assert len(before) == 5 + 1 + 1 + 2  # B's messages, its branch, its usage, its state
     # With encryption keys, so that rekey (sealing plaintext rows) is walked too.
     url = runtime_url if role == "runtime" else owner_url
     store = PostgresSessionStore(url, schema=schema_name, tenant="A", encryption_keys=[KEY])

@@ -1182,6 +1182,17 @@ FROM hits h, q
 ORDER BY h.rank DESC, h.created_at DESC, h.session_id, h.seq
 """
 
+# -- state beside conversations (app and user state) ---------------------------------------
+
+GET_STATE = "SELECT state FROM {s}.convostore_state WHERE tenant_id = $1 AND agent_name = $2 AND user_id = $3"
+
+# $4 merged into the stored state (top-level keys), created if absent; the new state returned.
+UPDATE_STATE = """
+INSERT INTO {s}.convostore_state AS t (tenant_id, agent_name, user_id, state) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (tenant_id, agent_name, user_id) DO UPDATE SET state = t.state || $4::jsonb, updated_at = now()
+RETURNING state
+"""
+
 # -- API keys (convostore.keys) ----------------------------------------------------------------
 
 INSERT_KEY = """
@@ -1303,6 +1314,8 @@ class Queries:
     drop_branches: str
     record_usage: str
     search: str
+    get_state: str
+    update_state: str
     insert_key: str
     key: str
     keys: str

@@ -34,6 +34,7 @@ _TABLES = (
     "convostore_migrations",
     "convostore_audit",
     "convostore_api_keys",
+    "convostore_state",
 )
 _FUNCTIONS = ("convostore_append", "convostore_read", "convostore_compact")
 
@@ -85,7 +86,7 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str)
             await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {runtime_q}")
             await conn.execute(
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.agent_sessions, {schema}.conversation_messages, "
-                f"{schema}.conversation_branches, {schema}.conversation_usage TO {runtime_q}"
+                f"{schema}.conversation_branches, {schema}.conversation_usage, {schema}.convostore_state TO {runtime_q}"
             )
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_migrations TO {runtime_q}")
             # The server checks keys (hashes only); creating and revoking them is the owner's.

@@ -25,6 +25,7 @@ from . import _branches
 from . import _validate as check
 from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
+from ._codec import load_json
 from ._crypto import Keyring, parse_keys
 from ._rows import Opener, messages_from_rows, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
@@ -966,6 +967,33 @@ class PostgresSessionStore:
             "search", lambda c: c.fetch(self._q.search, *args), session_id=sid, all_tenants=all_tenants
         )
         return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[6], float(r[8]), r[9]) for r in rows]
+
+    # -- state beside conversations -----------------------------------------------------------
+
+    def _state_owner(self, user_id: str | None) -> str:
+        owner = self.acting_user(user_id) if user_id is not None else None
+        return "" if owner is None else owner
+
+    async def get_state(self, agent_name: str, *, user_id: str | None = None) -> dict[str, Any]:
+        """The state an agent keeps beside its conversations: shared by all its users, or with
+        *user_id*, that user's (``{}`` if none). Frameworks' app and user state live here."""
+        agent = check.identifier(agent_name, "agent_name")
+        owner = self._state_owner(user_id)
+        state = await self._run("get_state", lambda c: c.fetchval(self._q.get_state, self._tenant, agent, owner))
+        return {} if state is None else dict(load_json(state))
+
+    async def update_state(
+        self, agent_name: str, patch: Mapping[str, Any], *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Merge *patch* into the agent's state (its users' shared state, or with *user_id*
+        that user's): top-level keys replaced, atomically; return the new state."""
+        agent = check.identifier(agent_name, "agent_name")
+        owner = self._state_owner(user_id)
+        value = check.metadata(patch)
+        state = await self._write(
+            "update_state", lambda c: c.fetchval(self._q.update_state, self._tenant, agent, owner, value)
+        )
+        return dict(load_json(state))
 
     # -- usage --------------------------------------------------------------------------------
 

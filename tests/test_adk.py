@@ -1,0 +1,134 @@
+"""Google ADK: PostgresSessionService keeps sessions, events and app/user/session state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+from google.adk.agents import LlmAgent
+from google.adk.errors.already_exists_error import AlreadyExistsError
+from google.adk.errors.session_not_found_error import SessionNotFoundError
+from google.adk.events.event import Event
+from google.adk.events.event_actions import EventActions
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
+from google.adk.runners import Runner
+from google.adk.sessions.base_session_service import GetSessionConfig
+from google.genai import types
+
+from convostore import PostgresSessionStore
+from convostore.adk import PostgresSessionService
+
+
+def _event(author: str, text: str, ts: float, delta: dict[str, Any] | None = None, **kw: Any) -> Event:
+    return Event(
+        invocation_id="inv",
+        author=author,
+        content=types.Content(role="user" if author == "user" else "model", parts=[types.Part(text=text)]),
+        actions=EventActions(state_delta=delta or {}),
+        timestamp=ts,
+        **kw,
+    )
+
+
+async def test_sessions_events_and_state_scopes(store: PostgresSessionStore) -> None:
+    service = PostgresSessionService(store)
+    session = await service.create_session(
+        app_name="app", user_id="ada", state={"topic": "tea", "app:theme": "dark", "user:lang": "en", "temp:x": 1}
+    )
+    assert session.state == {"topic": "tea", "app:theme": "dark", "user:lang": "en"}
+    with pytest.raises(AlreadyExistsError):
+        await service.create_session(app_name="app", user_id="ada", session_id=session.id)
+    # The same id for another user (or app) is another session, as in ADK.
+    other = await service.create_session(app_name="app", user_id="bob", session_id=session.id)
+    assert other.state == {"app:theme": "dark"}
+
+    await service.append_event(session, _event("user", "hello", 100.0, {"topic": "coffee", "user:lang": "fr"}))
+    await service.append_event(session, _event("helper", "hi Ada", 101.0, {"temp:scratch": 1, "app:theme": "light"}))
+    partial = _event("helper", "...", 101.5)
+    partial.partial = True
+    await service.append_event(session, partial)  # partial events are not stored
+    got = await service.get_session(app_name="app", user_id="ada", session_id=session.id)
+    assert got is not None
+    assert [e.content.parts[0].text for e in got.events if e.content and e.content.parts] == ["hello", "hi Ada"]
+    assert got.state == {"topic": "coffee", "app:theme": "light", "user:lang": "fr"}
+    assert got.last_update_time == 101.0
+    assert await service.get_user_state(app_name="app", user_id="ada") == {"lang": "fr"}
+    bob = await service.get_session(app_name="app", user_id="bob", session_id=session.id)
+    assert bob is not None
+    assert bob.events == []
+    assert bob.state["app:theme"] == "light"
+    assert "user:lang" not in bob.state
+
+    recent = await service.get_session(
+        app_name="app", user_id="ada", session_id=session.id, config=GetSessionConfig(num_recent_events=1)
+    )
+    assert recent is not None
+    assert len(recent.events) == 1
+    later = await service.get_session(
+        app_name="app", user_id="ada", session_id=session.id, config=GetSessionConfig(after_timestamp=100.5)
+    )
+    assert later is not None
+    assert [e.timestamp for e in later.events] == [101.0]
+
+    listed = await service.list_sessions(app_name="app")
+    assert {(s.user_id, s.id) for s in listed.sessions} == {("ada", session.id), ("bob", session.id)}
+    assert all(s.events == [] for s in listed.sessions)
+    assert [s.user_id for s in (await service.list_sessions(app_name="app", user_id="bob")).sessions] == ["bob"]
+    assert await service.get_session(app_name="other-app", user_id="ada", session_id=session.id) is None
+
+    await service.delete_session(app_name="app", user_id="ada", session_id=session.id)
+    assert await service.get_session(app_name="app", user_id="ada", session_id=session.id) is None
+    with pytest.raises(SessionNotFoundError):
+        await service.append_event(session, _event("user", "too late", 102.0))
+
+
+async def test_an_event_delivered_twice_is_stored_once(store: PostgresSessionStore) -> None:
+    service = PostgresSessionService(store)
+    session = await service.create_session(app_name="app", user_id="ada")
+    event = _event("user", "once", 1.0)
+    await service.append_event(session, event)
+    await service.append_event(session, event)
+    got = await service.get_session(app_name="app", user_id="ada", session_id=session.id)
+    assert got is not None
+    assert len(got.events) == 1
+    assert got.events[0] == event
+
+
+class _OfflineLlm(BaseLlm):
+    """An ADK model that answers from the request alone (no network): it remembers "my
+    name is X" from earlier user turns."""
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        texts = [p.text for c in llm_request.contents if c.role == "user" for p in c.parts or [] if p.text]
+        names = [t.split("is", 1)[1].strip(" .") for t in texts[:-1] if "name is" in t]
+        reply = f"You are {names[-1]}." if names and "?" in texts[-1] else f"Noted ({len(texts)} user turns)."
+        yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text=reply)]))
+
+
+async def test_adks_runner_remembers_across_turns(store: PostgresSessionStore) -> None:
+    """ADK's own runner, with an offline model, on PostgresSessionService."""
+    service = PostgresSessionService(store)
+    agent = LlmAgent(name="helper", model=_OfflineLlm(model="offline"), instruction="Be brief.")
+    runner = Runner(app_name="demo", agent=agent, session_service=service)
+    session = await service.create_session(app_name="demo", user_id="ada")
+
+    async def ask(text: str) -> str:
+        message = types.Content(role="user", parts=[types.Part(text=text)])
+        replies = [
+            e.content.parts[0].text
+            async for e in runner.run_async(user_id="ada", session_id=session.id, new_message=message)
+            if e.content and e.content.parts and e.author == "helper"
+        ]
+        return replies[-1] or ""
+
+    assert await ask("My name is Ada.") == "Noted (1 user turns)."
+    # A new runner (a restart) reads the conversation back from PostgreSQL.
+    runner = Runner(app_name="demo", agent=agent, session_service=PostgresSessionService(store))
+    assert await ask("What is my name?") == "You are Ada."
+    stored = await store.get_messages(f"demo:ada:{session.id}")
+    assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
