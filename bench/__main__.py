@@ -36,7 +36,16 @@ from . import workloads as w
 from ._common import cell, console, ratio_cell, spread, verdict
 from .systems import SYSTEMS, System
 
-PEER_MODULES = {"sqlalchemy-sdk": "sqlalchemy", "langchain": "langchain_postgres", "convostore-sealed": "cryptography"}
+PEER_MODULES = {
+    "sqlalchemy-sdk": "sqlalchemy",
+    "langchain": "langchain_postgres",
+    "convostore-langchain": "langchain_core",
+    "convostore-sealed": "cryptography",
+}
+WINDOWS = "W4 windows"
+WINDOW_TARGET = 1.25  # a window read / the plain last-20 read, same run
+# convostore's LangChain adapter beside langchain-postgres: (workload, higher is better).
+LANGCHAIN_ROWS = (("W1 sequential appends", True), ("W4 last 20 of long session", False), ("W5 whole session", False))
 W2B = "W2b 32 tasks, one session"
 # (workload, unit, higher is better, target ratio to the floor or None)
 ROWS: list[tuple[str, str, bool, float | None]] = [
@@ -81,6 +90,7 @@ async def run_system(name: str, url: str, sizes: w.Sizes, pool: int, extras: boo
         out["W3 batch"] = await w.w3_batch(system, sizes)
         out["W4 last 20 of long session"] = await w.w4_last_n(system, sizes)
         out["W5 whole session"] = await w.w5_whole(system, sizes)
+        out[WINDOWS] = await w.w4_windows(system, sizes)
         out["W6 10 recent sessions"] = await w.w6_recent(system, sizes)
         out["W7 delete idle sessions"] = await w.w7_delete(system, sizes)
         if extras:
@@ -177,6 +187,8 @@ def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[
     console.print(table)
 
     costs = cost_table(results, several)
+    windows = window_table(results)
+    langchain = langchain_table(results, medians)
 
     peer = "sqlalchemy-sdk"
     versus_peer: dict[str, float] = {}
@@ -231,10 +243,72 @@ def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[
         "ratios_to_floor_spread": {k: spread(v) for k, v in ratios.items()},
         "targets_met": verdicts,
         "cost_vs_convostore": costs,
+        "windows": windows,
+        "langchain_adapter_vs_langchain_postgres": langchain,
         "convostore_vs_sqlalchemy": versus_peer,
         "pgbench": pg,
         "runs": results,
     }
+
+
+def window_table(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Windowed reads against the plain last-20 read of the same session, within each run."""
+    out: dict[str, Any] = {}
+    table = Table(title=f"windowed reads: p50 ms, and window / last-20 in the same run (target <= {WINDOW_TARGET}x)")
+    for column in (
+        "system",
+        "last 20",
+        "20 turns",
+        "tokens of 20",
+        "turns / last",
+        "target",
+        "tokens / last",
+        "target",
+    ):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for name, runs in results.items():
+        measured = [r[WINDOWS] for r in runs if r.get(WINDOWS)]
+        if not measured:
+            continue
+        entry: dict[str, Any] = {}
+        cells: list[str] = []
+        for kind in ("turns", "tokens"):
+            per_run = [m[kind] / m["last"] for m in measured]
+            entry[kind] = spread(per_run)
+            entry[kind]["met"], shown = verdict(statistics.median(per_run), WINDOW_TARGET, False)
+            cells += [ratio_cell(per_run), shown]
+        p50 = {k: statistics.median(m[k] for m in measured) for k in ("last", "turns", "tokens")}
+        entry["p50_ms"] = p50
+        out[name] = entry
+        table.add_row(name, *(f"{p50[k]:.2f}" for k in ("last", "turns", "tokens")), *cells)
+    if out:
+        console.print(table)
+    return out
+
+
+def langchain_table(results: dict[str, list[dict[str, Any]]], medians: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """convostore's LangChain adapter / langchain-postgres, on the workloads both run."""
+    ours, theirs = "convostore-langchain", "langchain"
+    if ours not in results or theirs not in results:
+        return {}
+    table = Table(title="LangChain: convostore's PostgresChatMessageHistory beside langchain-postgres's")
+    for column in ("workload", "convostore adapter", "langchain-postgres", "adapter advantage"):
+        table.add_column(column, justify="left" if column == "workload" else "right")
+    out: dict[str, Any] = {}
+    for row, higher in LANGCHAIN_ROWS:
+        per_run = [
+            (a[row] / b[row]) if higher else (b[row] / a[row])
+            for a, b in zip(results[ours], results[theirs], strict=False)
+            if a.get(row) and b.get(row)
+        ]
+        if not per_run:
+            continue
+        out[row] = spread(per_run)
+        unit = "/s" if higher else "ms p50"
+        mine, other = medians[ours][row], medians[theirs][row]
+        table.add_row(row, f"{mine:,.2f} {unit}", f"{other:,.2f} {unit}", ratio_cell(per_run))
+    console.print(table)
+    return out
 
 
 def cost_table(results: dict[str, list[dict[str, Any]]], several: bool) -> dict[str, Any]:

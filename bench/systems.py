@@ -92,6 +92,14 @@ class System:
         """Create *count* sessions of 2 messages each, idle for 40 days (bulk SQL)."""
         raise NotImplementedError
 
+    async def window(self, sid: str, turns: int | None, tokens: int | None) -> list[Any] | None:
+        """A turn or token window of the session's history (``None``: not supported)."""
+        return None
+
+    async def tokens_of_last(self, sid: str, n: int) -> int:
+        """The tokens of the last *n* messages, as a budget window counts them."""
+        raise NotImplementedError(self.name)
+
     async def table_rows(self) -> int:
         return int(await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}"."{self.messages_table}"'))
 
@@ -227,6 +235,23 @@ class Convostore(System):
         from datetime import timedelta
 
         return await self.store.delete_idle_sessions(timedelta(days=30))
+
+    async def window(self, sid: str, turns: int | None, tokens: int | None) -> list[Any] | None:
+        from convostore import Window
+
+        return await self.store.get_messages(sid, window=Window(turns=turns, tokens=tokens))
+
+    async def tokens_of_last(self, sid: str, n: int) -> int:
+        """The tokens the last *n* messages count for a budget window (as the store counts them)."""
+        return int(
+            await self.admin.fetchval(
+                "SELECT sum(coalesce(tokens, octet_length(coalesce(raw::text, content)) / 4 + 1)) "
+                f'FROM (SELECT * FROM "{self.schema}".conversation_messages '
+                "WHERE session_id = $1 ORDER BY seq DESC LIMIT $2) x",
+                sid,
+                n,
+            )
+        )
 
     async def fill(self, sid: str, n: int, raw: bool = False) -> None:
         s = self.schema
@@ -533,6 +558,41 @@ class Langchain(System):
         )
 
 
+class ConvostoreLangchain(Convostore):
+    """convostore's LangChain adapter (PostgresChatMessageHistory) on the same store, beside
+    langchain-postgres's PostgresChatMessageHistory."""
+
+    name = "convostore-langchain"
+    supports_recent = False
+
+    async def new_session(self, user: str) -> str:
+        return (await self.store.create_session("bench", "bench")).id  # the histories' user
+
+    def _history(self, sid: str, limit: int | None = None) -> Any:
+        from convostore.langchain import PostgresChatMessageHistory
+
+        return PostgresChatMessageHistory(sid, store=self.store, user_id="bench", agent_name="bench", limit=limit)
+
+    async def append(self, sid: str, text: str) -> None:
+        from langchain_core.messages import HumanMessage
+
+        await self._history(sid).aadd_messages([HumanMessage(text)])
+
+    async def append_batch(self, sid: str, texts: list[str]) -> None:
+        from langchain_core.messages import HumanMessage
+
+        await self._history(sid).aadd_messages([HumanMessage(t) for t in texts])
+
+    async def last_n(self, sid: str, n: int) -> list[Any]:
+        return list(await self._history(sid, limit=n).aget_messages())
+
+    async def whole(self, sid: str) -> list[Any]:
+        return list(await self._history(sid).aget_messages())
+
+    async def window(self, sid: str, turns: int | None, tokens: int | None) -> list[Any] | None:
+        return None
+
+
 class Seed(System):
     """The seed document's query pattern (reference implementation written for the bench)."""
 
@@ -654,5 +714,15 @@ class Seed(System):
 
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
-    for cls in (Floor, Convostore, ConvostoreRLS, ConvostoreSealed, ConvostoreSDK, SQLAlchemySDK, Langchain, Seed)
+    for cls in (
+        Floor,
+        Convostore,
+        ConvostoreRLS,
+        ConvostoreSealed,
+        ConvostoreSDK,
+        SQLAlchemySDK,
+        Langchain,
+        ConvostoreLangchain,
+        Seed,
+    )
 }

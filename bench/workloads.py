@@ -141,6 +141,27 @@ async def w4_last_n(system: System, sizes: Sizes, sid: str | None = None) -> flo
     return await _p50_ms(lambda: system.last_n(sid, sizes.w4_last), sizes.w4_reads)
 
 
+async def w4_windows(system: System, sizes: Sizes) -> dict[str, float] | None:
+    """W4 as windows: p50 ms of the last-20 read, of a 20-turn window and of a token window
+    holding 20 messages, on the same long session (each message its own turn here)."""
+    sid = await system.new_session("w4w")
+    await system.fill(sid, sizes.w4_session)
+    await _analyze(system)
+    n = sizes.w4_last
+    if await system.window(sid, n, None) is None:
+        return None
+    budget = await system.tokens_of_last(sid, n)
+    turns = await system.window(sid, n, None)
+    tokens = await system.window(sid, None, budget)
+    if turns is None or tokens is None or len(turns) != n or len(tokens) != n:
+        raise AssertionError(f"{system.name}: windows of {n} messages read {len(turns or [])} and {len(tokens or [])}")
+    return {
+        "last": await _p50_ms(lambda: system.last_n(sid, n), sizes.w4_reads),
+        "turns": await _p50_ms(lambda: system.window(sid, n, None), sizes.w4_reads),
+        "tokens": await _p50_ms(lambda: system.window(sid, None, budget), sizes.w4_reads),
+    }
+
+
 async def w5_whole(system: System, sizes: Sizes) -> float:
     """W5: p50 ms to read a whole session."""
     sid = await system.new_session("w5")
