@@ -101,10 +101,18 @@ async def _main() -> int:
         session = await store.get_session(session_id)
         assert session is not None
         _show(session)
+        [usage] = await store.usage(by="session", session_id=session_id)
+        console.print(
+            f"usage recorded with the session: {usage.turns} turns, {usage.requests} model requests, "
+            f"{usage.input_tokens} input and {usage.output_tokens} output tokens"
+        )
         recent = await store.get_user_sessions(USER_ID, limit=5, with_messages=False)
         console.print(
             f"{USER_ID} has {len(recent)} recent session(s) in schema {SCHEMA!r}; "
             "run the demo again and the list grows (the data persists)."
+        )
+        console.print(
+            f"[dim]see it again: .venv/bin/convostore sessions show {session_id} --schema {SCHEMA}[/]", soft_wrap=True
         )
     return 0
 
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convostore.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--second-turn", metavar="SESSION_ID", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="  [log] %(name)s: %(message)s", stream=sys.stderr)
+    # Warnings and errors only: retries and migrations are logged at INFO.
+    logging.basicConfig(level=logging.WARNING, format="  [log] %(name)s: %(message)s", stream=sys.stderr)
     if args.second_turn:
         _, answer = asyncio.run(_turn("What's my name?", args.second_turn))
         print(answer)
