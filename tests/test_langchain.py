@@ -111,6 +111,9 @@ async def test_misuse_gets_our_errors(store: PostgresSessionStore) -> None:
         await PostgresChatMessageHistory("lc-5", store=store, user_id="mallory").aget_messages()
 
 
+# LangChain 1.x deprecates it in favour of LangGraph's persistence; it is still the runner
+# built on chat message histories.
+@pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
 async def test_langchains_runnable_with_history_remembers_across_turns(store: PostgresSessionStore) -> None:
     """LangChain's own runner: RunnableWithMessageHistory around an offline chat model."""
     seen: list[list[BaseMessage]] = []
