@@ -4,9 +4,10 @@ Every system is measured in the same run, on the same server, each in its own sc
 figures are medians over ``--runs`` runs with their spread, and ratios compare systems
 within a run. Prints tables, writes JSON and a PNG plot of throughput against concurrency.
 
-Two further modes run instead of the suite: ``--citus [URL]`` (appends on undistributed and
-distributed tables of a Citus cluster, and the task counts of the hot statements) and
-``--growth-10m`` (the last-20 read as the messages table grows to 10M rows).
+Three further modes run instead of the suite: ``--citus [URL]`` (appends on undistributed and
+distributed tables of a Citus cluster, and the task counts of the hot statements),
+``--growth-10m`` (the last-20 read as the messages table grows to 10M rows) and ``--api``
+(the HTTP API under load, see :mod:`bench.api`).
 """
 
 from __future__ import annotations
@@ -440,7 +441,19 @@ def main(argv: list[str] | None = None) -> int:
         "--growth-10m", action="store_true",
         help="instead of the suite: the last-20 read at 10k and at 10M messages (1M sessions; long, several GB)",
     )  # fmt: skip
+    parser.add_argument(
+        "--api", action="store_true",
+        help="instead of the suite: the HTTP API under load (p50/p99 of list, read, append; API / library appends)",
+    )  # fmt: skip
+    parser.add_argument("--api-clients", type=int, default=32, help="concurrent HTTP clients (default 32)")
+    parser.add_argument("--api-seconds", type=float, default=30.0, help="seconds of the mixed phase (default 30)")
     args = parser.parse_args(argv)
+    if args.api:
+        from .api import api_mode
+
+        data = asyncio.run(api_mode(_url(), args.api_clients, args.api_seconds, args.pool))
+        _write_json(args.out, "api", data)
+        return 0
     if args.citus is not None or args.growth_10m:
         from . import scale
 

@@ -84,3 +84,27 @@ def test_citus_mode_needs_a_url(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--citus needs a URL" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.single_node
+def test_api_load_mode_runs(database_url: str, tmp_path: Path) -> None:
+    env = dict(os.environ, DATABASE_URL=database_url)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--api", "--api-clients", "4", "--api-seconds", "2", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = tmp_path.glob("bench-api-*.json")
+    data = json.loads(report.read_text())
+    for op in ("list", "read", "append"):
+        figures = data["ops"][op]
+        assert figures["count"] > 0, op
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"], op
+    assert data["api_appends_per_s"] > 0
+    assert data["library_appends_per_s"] > 0
+    assert "API / library" in done.stdout

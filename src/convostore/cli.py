@@ -802,6 +802,34 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+# -- serving -----------------------------------------------------------------------------------
+
+
+@app.command()
+@common
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", envvar="CONVOSTORE_HOST", show_envvar=True, help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", envvar="CONVOSTORE_PORT", show_envvar=True, min=1, max=65535, help="Port.")
+    ] = 8080,
+) -> None:
+    """Serve the HTTP API (/v1; its OpenAPI at /openapi.json) and the conversation browser (/ui)
+    until interrupted; needs the `server` extra. Clients authenticate with keys made by
+    `convostore keys create`."""
+    try:
+        from .server import serve as run_server
+    except ImportError as exc:
+        err.print(f"[red]error:[/] convostore serve needs: pip install 'convostore[server]' ({safe(str(exc))})")
+        raise typer.Exit(1) from None
+    opts: _Options = ctx.obj
+    run_server(
+        database_url=opts.database_url, schema=opts.schema, tenant=opts.tenant, host=host, port=port, debug=opts.debug
+    )
+
+
 # -- export / import --------------------------------------------------------------------------
 
 

@@ -1,0 +1,713 @@
+"""``convostore serve``'s HTTP API against a real PostgreSQL: every endpoint, keys and scopes,
+paging both ways, idempotent appends, problem details, streaming export, erasure, spans.
+
+Requests go through httpx's ASGI transport to ``create_app(store)`` in the test's own event
+loop, with the application's lifespan running, so the store's pool is the test loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from convostore import NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage
+from convostore.keys import create_key, revoke_key
+from convostore.server import create_app
+
+from .conftest import QueryCounter
+
+BASE = "http://convostore.test"
+PROBLEMS = "urn:convostore:problem:"
+
+
+def auth(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+def ids(response: httpx.Response) -> list[str]:
+    """The ids of a page of sessions."""
+    return [s["id"] for s in response.json()["items"]]
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
+    """*response* is an RFC 9457 problem of *status* (and type *slug*) that leaks nothing."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert all(isinstance(body[k], str) and body[k] for k in ("type", "title", "detail"))
+    if slug is not None:
+        assert body["type"] == PROBLEMS + slug
+    for secret in ("Traceback", "postgresql://", "asyncpg", "SELECT "):
+        assert secret not in response.text
+    return body
+
+
+@dataclass
+class Api:
+    """A client of the app serving *store*, and the tenant-wide key *admin*."""
+
+    client: httpx.AsyncClient
+    app: FastAPI
+    store: PostgresSessionStore
+    admin: str
+
+    async def key(self, *, user: str | None = None, tenant: str | None = None, operator: bool = False) -> str:
+        store = self.store if tenant is None else self.store.scoped(tenant=tenant)
+        token, _ = await create_key(store, user=user, operator=operator)
+        return token
+
+    async def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
+        return await self.client.get(path, params=params, headers=auth(token or self.admin))
+
+    async def post(self, path: str, body: Any, token: str | None = None) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=auth(token or self.admin))
+
+    async def delete(self, path: str, token: str | None = None) -> httpx.Response:
+        return await self.client.delete(path, headers=auth(token or self.admin))
+
+
+async def _serve(store: PostgresSessionStore, **options: Any) -> AsyncIterator[Api]:
+    admin, _ = await create_key(store, name="admin")
+    app = create_app(store, **options)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        yield Api(client, app, store, admin)
+
+
+@pytest.fixture
+async def api(store: PostgresSessionStore) -> AsyncIterator[Api]:
+    async for served in _serve(store):
+        yield served
+
+
+# -- lifecycle, health ---------------------------------------------------------------------------
+
+
+async def test_the_lifespan_opens_the_pool_in_the_running_loop_and_closes_an_owned_store(
+    database_url: str, schema_name: str
+) -> None:
+    store = PostgresSessionStore(database_url, schema=schema_name)
+    app = create_app(store, owns_store=True)
+    with pytest.raises(StoreClosed):
+        _ = store.pool  # nothing opened yet: construction does no I/O
+    async with app.router.lifespan_context(app):
+        pool = store.pool  # opened (and migrated) by the lifespan, in this loop
+        token, _ = await create_key(store)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            ready = await client.get("/readyz")
+            listed = await client.get("/v1/sessions", headers=auth(token))
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"
+        assert listed.status_code == 200
+        assert store.pool is pool  # the requests used the same pool
+    with pytest.raises(StoreClosed):
+        _ = store.pool
+
+
+async def test_health_and_readiness(api: Api, database_url: str, schema_name: str) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["migrations"] >= 1
+    # A schema never migrated: the server runs, but is not ready.
+    unmigrated = PostgresSessionStore(database_url, schema=schema_name + "_none", apply_migrations=False)
+    async for client in _serve_unready(unmigrated):
+        assert_problem(await client.get("/readyz"), 503, "schema-not-ready")
+        assert (await client.get("/healthz")).status_code == 200
+    # No database at all: 503 quickly, without the URL.
+    nowhere = PostgresSessionStore(
+        "postgresql://postgres:secret@127.0.0.1:1/nothing",
+        retry=RetryPolicy(attempts=1, deadline=1.0),
+        connect_timeout=0.5,
+        apply_migrations=False,
+    )
+    async for client in _serve_unready(nowhere):
+        body = assert_problem(await client.get("/readyz"), 503, "database-unavailable")
+        assert "secret" not in json.dumps(body)
+        assert_problem(await client.get("/v1/sessions"), 401)  # no key: refused before any database call
+        unknown = auth("csk_0123456789abcdef_" + "A" * 43)
+        assert_problem(await client.get("/v1/sessions", headers=unknown), 503, "database-unavailable")
+
+
+async def _serve_unready(store: PostgresSessionStore) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(store, owns_store=True)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        yield client
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+async def test_requests_without_a_valid_key_are_401(api: Api) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": "Bearer csk_0123456789abcdef_" + "A" * 43},  # well formed, unknown
+        {"Authorization": f"Bearer {api.admin[:-1]}{'B' if api.admin[-1] != 'B' else 'C'}"},  # wrong secret
+    ):
+        response = await api.client.get("/v1/sessions", headers=headers)
+        body = assert_problem(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "csk_" not in body["detail"] or "Bearer csk_..." in body["detail"]
+    assert (await api.get("/v1/sessions")).status_code == 200
+
+
+async def test_a_revoked_key_stops_working_within_the_cache_ttl(store: PostgresSessionStore) -> None:
+    async for api in _serve(store, key_cache_ttl=0.3):
+        token, key = await create_key(store)
+        assert (await api.get("/v1/sessions", token)).status_code == 200
+        assert await revoke_key(store, key.id)
+        # Remembered for the TTL (no database round trip), then refused.
+        assert (await api.get("/v1/sessions", token)).status_code == 200
+        await asyncio.sleep(0.35)
+        assert_problem(await api.get("/v1/sessions", token), 401)
+    async for api in _serve(store, key_cache_ttl=0):
+        token, key = await create_key(store)
+        assert (await api.get("/v1/sessions", token)).status_code == 200
+        await revoke_key(store, key.id)
+        assert_problem(await api.get("/v1/sessions", token), 401)
+
+
+async def test_a_remembered_key_costs_no_round_trip(store: PostgresSessionStore, query_counter: QueryCounter) -> None:
+    async def statements(ttl: float) -> int:
+        async for api in _serve(store, key_cache_ttl=ttl):
+            await api.get("/v1/usage")  # warm up: the key is verified (and remembered)
+            before = query_counter.count
+            for _ in range(5):
+                assert (await api.get("/v1/usage")).status_code == 200
+            return query_counter.count - before
+        raise AssertionError("unreachable")
+
+    remembered, checked = await statements(30.0), await statements(0.0)
+    assert checked - remembered == 5  # one verification per request without the cache, none with it
+
+
+async def test_the_tenant_header(api: Api) -> None:
+    await api.store.create_session("alice", "a", session_id="ours")
+    await api.store.scoped(tenant="other").create_session("olga", "a", session_id="theirs")
+    operator = await api.key(operator=True)
+    other = await api.key(tenant="other")
+    # An operator's key acts in the server's tenant, or in the one it names.
+    assert ids(await api.get("/v1/sessions", operator)) == ["ours"]
+    named = await api.client.get("/v1/sessions", headers=auth(operator, **{"X-Convostore-Tenant": "other"}))
+    assert ids(named) == ["theirs"]
+    # Any other key: its own tenant only.
+    assert ids(await api.get("/v1/sessions", other)) == ["theirs"]
+    own = await api.client.get("/v1/sessions", headers=auth(other, **{"X-Convostore-Tenant": "other"}))
+    assert ids(own) == ["theirs"]
+    refused = await api.client.get("/v1/sessions", headers=auth(other, **{"X-Convostore-Tenant": "default"}))
+    assert_problem(refused, 403, "forbidden")
+    bad = await api.client.get("/v1/sessions", headers=auth(operator, **{"X-Convostore-Tenant": "*"}))
+    assert_problem(bad, 422, "validation-error")
+
+
+async def _two_users(store: PostgresSessionStore) -> tuple[str, str]:
+    alice = await store.create_session("alice", "support", {"title": "alice's"})
+    bob = await store.create_session("bob", "support", {"title": "bob's"})
+    await store.add_messages(alice.id, [NewMessage("user", "my refund for the blue kettle")])
+    await store.add_messages(bob.id, [NewMessage("user", "my refund for the red kettle")])
+    await store.record_usage(alice.id, TurnUsage(input_tokens=10))
+    await store.record_usage(bob.id, TurnUsage(input_tokens=20))
+    return alice.id, bob.id
+
+
+async def test_a_user_key_never_sees_another_users_data(api: Api) -> None:
+    alice_sid, bob_sid = await _two_users(api.store)
+    alice = await api.key(user="alice")
+    listed = await api.get("/v1/sessions", alice)
+    assert [s["id"] for s in listed.json()["items"]] == [alice_sid]
+    assert_problem(await api.get("/v1/sessions", alice, user_id="bob"), 403, "forbidden")
+    assert_problem(await api.get(f"/v1/sessions/{bob_sid}", alice), 403, "forbidden")
+    assert_problem(await api.get(f"/v1/sessions/{bob_sid}/messages", alice), 403, "forbidden")
+    assert_problem(await api.post(f"/v1/sessions/{bob_sid}/messages", _batch("x"), alice), 403, "forbidden")
+    assert_problem(await api.delete(f"/v1/sessions/{bob_sid}", alice), 403, "forbidden")
+    assert_problem(await api.delete("/v1/users/bob", alice), 403, "forbidden")
+    assert_problem(await api.get("/v1/export", alice, session_id=bob_sid), 404)  # not among hers
+    hits = (await api.get("/v1/search", alice, q="kettle")).json()["items"]
+    assert [(h["session_id"], h["user_id"]) for h in hits] == [(alice_sid, "alice")]
+    assert_problem(await api.get("/v1/search", alice, q="kettle", user_id="bob"), 403)
+    lines = [json.loads(line) for line in (await api.get("/v1/export", alice)).text.splitlines()]
+    assert {line.get("session_id", line.get("id")) for line in lines} == {alice_sid}
+    assert {line["user_id"] for line in lines if line["type"] == "session"} == {"alice"}
+    usage = (await api.get("/v1/usage", alice, by="user")).json()["items"]
+    assert [u["key"] for u in usage] == ["alice"]
+    # A session a user key creates is its user's.
+    created = await api.post("/v1/sessions", {"agent_name": "support"}, alice)
+    assert created.json()["user_id"] == "alice"
+    assert_problem(await api.post("/v1/sessions", {"agent_name": "a", "user_id": "bob"}, alice), 403)
+
+
+async def test_another_tenants_key_sees_nothing_of_this_tenant(api: Api) -> None:
+    alice_sid, _ = await _two_users(api.store)
+    stranger = await api.key(tenant="elsewhere")
+    assert (await api.get("/v1/sessions", stranger)).json() == {"items": [], "next": None}
+    assert_problem(await api.get(f"/v1/sessions/{alice_sid}", stranger), 404, "session-not-found")
+    assert_problem(await api.get(f"/v1/sessions/{alice_sid}/messages", stranger), 404, "session-not-found")
+    assert_problem(await api.delete(f"/v1/sessions/{alice_sid}", stranger), 404)
+    assert (await api.get("/v1/search", stranger, q="kettle")).json()["items"] == []
+    assert (await api.get("/v1/usage", stranger)).json()["items"] == []
+    export = await api.get("/v1/export", stranger)
+    assert export.status_code == 200
+    assert export.text == ""
+    assert (await api.delete("/v1/users/alice", stranger)).json()["sessions"] == 0
+    assert (await api.get(f"/v1/sessions/{alice_sid}")).status_code == 200  # still there
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+async def test_sessions_are_created_read_listed_and_deleted(api: Api) -> None:
+    created = await api.post(
+        "/v1/sessions",
+        {"id": "s/1 é", "user_id": "alice", "agent_name": "support", "metadata": {"title": "Hi", "n": 1}, "ttl": 3600},
+    )
+    assert created.status_code == 201
+    session = created.json()
+    assert created.headers["location"] == "/v1/sessions/s%2F1%20%C3%A9"
+    assert session["id"] == "s/1 é"
+    assert session["metadata"] == {"title": "Hi", "n": 1}
+    assert datetime.fromisoformat(session["expires_at"]) > datetime.now(UTC)
+    assert "messages" not in session
+    assert_problem(
+        await api.post("/v1/sessions", {"id": "s/1 é", "user_id": "alice", "agent_name": "x"}), 409, "session-exists"
+    )
+    both = await api.post("/v1/sessions", {"user_id": "a", "agent_name": "x", "ttl": 1, "expires_in": 1})
+    assert_problem(both, 422, "validation-error")
+    assert_problem(await api.post("/v1/sessions", {"agent_name": "x"}), 400, "invalid-input")  # no owner
+    fetched = await api.client.get("/v1/sessions/s%2F1%20%C3%A9", headers=auth(api.admin))
+    assert fetched.json() == session
+    assert (await api.client.delete("/v1/sessions/s%2F1%20%C3%A9", headers=auth(api.admin))).status_code == 204
+    assert_problem(await api.client.delete("/v1/sessions/s%2F1%20%C3%A9", headers=auth(api.admin)), 404)
+    assert_problem(await api.get("/v1/sessions/nope"), 404, "session-not-found")
+
+
+async def test_sessions_page_by_cursor_and_filter(api: Api) -> None:
+    made = []
+    for i in range(7):
+        s = await api.store.create_session("alice" if i % 2 else "bob", f"agent-{i % 3}", {"i": i, "even": i % 2 == 0})
+        made.append(s.id)
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3} | ({"before": cursor} if cursor else {})
+        page = (await api.get("/v1/sessions", **params)).json()
+        seen += [s["id"] for s in page["items"]]
+        pages += 1
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == made[::-1]  # newest first, each once
+    assert pages == 3
+    assert ids(await api.get("/v1/sessions", user_id="alice")) == made[1::2][::-1]
+    assert ids(await api.get("/v1/sessions", agent="agent-0")) == [made[6], made[3], made[0]]
+    assert ids(await api.get("/v1/sessions", metadata='{"even": true, "i": 4}')) == [made[4]]
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert ids(await api.get("/v1/sessions", updated_since=future)) == []
+    assert len(ids(await api.get("/v1/sessions", updated_since="2000-01-01T00:00:00Z"))) == 7
+    assert_problem(await api.get("/v1/sessions", updated_since="2000-01-01T00:00:00"), 400, "invalid-input")
+    assert_problem(await api.get("/v1/sessions", metadata="[1]"), 400, "invalid-input")
+    not_json = base64.urlsafe_b64encode(b"not json at all").decode().rstrip("=")
+    not_position = base64.urlsafe_b64encode(b'{"a": 1}').decode().rstrip("=")
+    for bad in ("zzzzzzzzzz", not_json, not_position):
+        assert_problem(await api.get("/v1/sessions", before=bad), 400, "bad-cursor")
+    assert_problem(await api.get("/v1/sessions", before="not a cursor!"), 422)
+    assert_problem(await api.get("/v1/sessions", limit=0), 422, "validation-error")
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def _batch(*texts: str, ids: bool = False) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": t, **({"id": f"id-{t}"} if ids else {})}  # ids name the text
+            for t in texts
+        ]
+    }
+
+
+async def test_messages_page_both_ways(api: Api) -> None:
+    session = await api.store.create_session("alice", "a")
+    await api.store.add_messages(session.id, [NewMessage("user", f"m{i}") for i in range(1, 26)])
+    path = f"/v1/sessions/{session.id}/messages"
+
+    async def page(**params: Any) -> tuple[list[int], int | None, int | None]:
+        body = (await api.get(path, **params)).json()
+        return [m["seq"] for m in body["items"]], body["next_before"], body["next_after"]
+
+    assert await page(limit=10) == (list(range(16, 26)), 16, None)
+    assert await page(limit=10, before_seq=16) == (list(range(6, 16)), 6, 15)
+    assert await page(limit=10, before_seq=6) == (list(range(1, 6)), None, 5)
+    assert await page(limit=10, after_seq=0) == (list(range(1, 11)), None, 10)
+    assert await page(limit=10, after_seq=10) == (list(range(11, 21)), 11, 20)
+    assert await page(limit=10, after_seq=20) == (list(range(21, 26)), 21, None)
+    assert await page(limit=30) == (list(range(1, 26)), None, None)
+    first = (await api.get(path, limit=1, after_seq=0)).json()["items"][0]
+    assert set(first) == {
+        "id", "session_id", "seq", "role", "content", "tool_calls", "tool_call_id", "raw", "created_at", "branch",
+        "covers",
+    }  # fmt: skip
+    assert (first["content"], first["branch"], first["covers"]) == ("m1", "main", None)
+    assert datetime.fromisoformat(first["created_at"]).tzinfo is not None
+    # An empty session is an empty page; no session, or no branch, is a 404.
+    empty = await api.store.create_session("alice", "a")
+    assert (await api.get(f"/v1/sessions/{empty.id}/messages")).json()["items"] == []
+    assert_problem(await api.get("/v1/sessions/nope/messages"), 404, "session-not-found")
+    assert_problem(await api.get(path, branch="nope"), 404, "branch-not-found")
+    assert_problem(await api.get(path, limit=1001), 422)
+
+
+async def test_compacted_and_branched_views(api: Api) -> None:
+    session = await api.store.create_session("alice", "a")
+    stored = await api.store.add_messages(session.id, [NewMessage("user", f"m{i}") for i in range(3)])
+    await api.store.compact(session.id, [NewMessage("assistant", "gist")], from_seq=stored[0].seq)
+    await api.store.fork_session(session.id, "what-if", at_seq=0)
+    path = f"/v1/sessions/{session.id}/messages"
+    view = (await api.get(path)).json()["items"]
+    assert [(m["content"], m["covers"]) for m in view] == [("gist", [1, 3])]
+    raw = (await api.get(path, raw="true")).json()["items"]
+    assert [m["content"] for m in raw] == ["m0", "m1", "m2", "gist"]
+    appended = await api.post(path, _batch("other line") | {"branch": "what-if"})
+    assert appended.json()["items"][0]["branch"] == "what-if"
+    assert [m["content"] for m in (await api.get(path, branch="what-if")).json()["items"]] == ["other line"]
+
+
+async def test_appends_are_idempotent_with_client_ids(api: Api) -> None:
+    session = await api.store.create_session("alice", "a")
+    path = f"/v1/sessions/{session.id}/messages"
+    first = await api.post(path, _batch("a", "b", ids=True))
+    assert first.status_code == 201
+    again = await api.post(path, _batch("a", "b", ids=True))
+    assert again.status_code == 201  # the same answer: a client can retry blindly
+    assert again.json() == first.json()
+    assert [m["seq"] for m in first.json()["items"]] == [1, 2]
+    assert len((await api.get(path)).json()["items"]) == 2
+    changed = {"messages": [{"id": "id-a", "role": "user", "content": "not a"}]}
+    assert_problem(await api.post(path, changed), 409, "duplicate-message-id")
+    twice = {"messages": [{"id": "x", "role": "user", "content": "1"}, {"id": "x", "role": "user", "content": "1"}]}
+    assert_problem(await api.post(path, twice), 409, "duplicate-message-id")
+    # Without ids, each post is a new message.
+    await api.post(path, _batch("c"))
+    await api.post(path, _batch("c"))
+    assert [m["content"] for m in (await api.get(path)).json()["items"]] == ["a", "b", "c", "c"]
+
+
+async def test_appends_validate_and_create_on_first_write(api: Api) -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    body = {
+        "messages": [
+            {"role": "assistant", "content": "", "tool_calls": calls},
+            {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+            {"role": "item", "raw": {"type": "reasoning", "summary": []}},
+        ],
+        "user_id": "carol",
+        "agent_name": "helper",
+    }
+    assert_problem(await api.post("/v1/sessions/new-one/messages", _batch("x")), 404, "session-not-found")
+    created = await api.post("/v1/sessions/new-one/messages", body)
+    assert created.status_code == 201, created.text
+    items = created.json()["items"]
+    assert [(m["role"], m["tool_call_id"]) for m in items] == [("assistant", None), ("tool", "call_1"), ("item", None)]
+    assert items[0]["tool_calls"] == calls
+    session = (await api.get("/v1/sessions/new-one")).json()
+    assert (session["user_id"], session["agent_name"]) == ("carol", "helper")
+    bad: dict[str, Any]
+    for bad in (
+        {"messages": []},
+        {"messages": [{"role": "tool", "content": "no call id"}]},
+        {"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]},
+        {"messages": [{"role": "item", "content": ""}]},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": 42}]},  # strict: no coercion
+        {"messages": [{"role": "user", "content": "x", "colour": "red"}]},
+        {"messages": [{"role": "user", "content": "x", "id": "   "}]},
+        {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]}]},
+    ):
+        assert_problem(await api.post("/v1/sessions/new-one/messages", bad), 422, "validation-error")
+    garbled = await api.client.post(
+        "/v1/sessions/new-one/messages",
+        content=b"{not json",
+        headers=auth(api.admin, **{"Content-Type": "application/json"}),
+    )
+    assert_problem(garbled, 422)
+
+
+# -- search, export, erasure, usage ---------------------------------------------------------------
+
+
+async def test_search_marks_hits_in_plain_text(api: Api) -> None:
+    alice_sid, bob_sid = await _two_users(api.store)
+    await api.store.add_messages(alice_sid, [NewMessage("user", "refund & 2 < 3 refund again")])
+    found = (await api.get("/v1/search", q="refund", limit=2)).json()
+    assert len(found["items"]) == 2
+    assert found["next_offset"] == 2
+    top = found["items"][0]
+    assert top["session_id"] == alice_sid
+    assert "\ue01a" not in top["snippet"]
+    assert "& 2 < 3" in top["snippet"]  # text, never HTML
+    assert [top["snippet"][a:b].lower() for a, b in top["highlights"]] == ["refund", "refund"]
+    assert "".join(p["text"] for p in top["parts"]) == top["snippet"]
+    assert [p["text"] for p in top["parts"] if p["hit"]] == ["refund", "refund"]
+    rest = (await api.get("/v1/search", q="refund", limit=2, offset=2)).json()
+    assert len(rest["items"]) == 1
+    assert rest["next_offset"] is None
+    assert {h["session_id"] for h in (await api.get("/v1/search", q="refund", user_id="bob")).json()["items"]} == {
+        bob_sid
+    }
+    assert_problem(await api.get("/v1/search", q="   "), 422)
+    assert_problem(await api.client.get("/v1/search", headers=auth(api.admin)), 422)
+
+
+async def test_export_streams_json_lines(api: Api) -> None:
+    sids = []
+    for i in range(5):
+        s = await api.store.create_session("alice", "a")
+        await api.store.add_messages(s.id, [NewMessage("user", f"line {i} {j}") for j in range(3)])
+        sids.append(s.id)
+    response = await api.get("/v1/export")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert "attachment" in response.headers["content-disposition"]
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert len(lines) == 5 * (1 + 3)
+    assert {line["id"] for line in lines if line["type"] == "session"} == set(sids)
+    # Sent line by line as it is read, not as one buffered body (seen at the ASGI level:
+    # httpx's transport joins the parts).
+    bodies = [m["body"] for m in await _asgi_get(api.app, "/v1/export", api.admin) if m["type"] == "http.response.body"]
+    assert b"".join(bodies).decode() == response.text
+    assert len([b for b in bodies if b]) == len(lines)
+    one = await api.get("/v1/export", session_id=sids[0])
+    assert [json.loads(line)["type"] for line in one.text.splitlines()] == ["session", "message", "message", "message"]
+    assert_problem(await api.get("/v1/export", session_id="nope"), 404, "session-not-found")
+
+
+async def _asgi_get(app: FastAPI, path: str, token: str) -> list[MutableMapping[str, Any]]:
+    """The ASGI messages *app* sends for ``GET path``."""
+    sent: list[MutableMapping[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"convostore.test"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("convostore.test", 80),
+    }
+
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_erasing_a_user(api: Api) -> None:
+    alice_sid, bob_sid = await _two_users(api.store)
+    await api.store.create_session("bob", "other")
+    erased = await api.delete("/v1/users/bob")
+    assert erased.status_code == 200
+    assert erased.json() == {"user_id": "bob", "sessions": 2, "messages": 1}
+    assert_problem(await api.get(f"/v1/sessions/{bob_sid}"), 404)
+    assert (await api.get(f"/v1/sessions/{alice_sid}")).status_code == 200
+    assert (await api.delete("/v1/users/bob")).json()["sessions"] == 0
+    assert_problem(await api.delete("/v1/users/*"), 422)
+
+
+async def test_usage_totals(api: Api) -> None:
+    await _two_users(api.store)
+    by_user = {u["key"]: u for u in (await api.get("/v1/usage", by="user")).json()["items"]}
+    assert (by_user["alice"]["input_tokens"], by_user["bob"]["input_tokens"]) == (10, 20)
+    assert by_user["alice"]["turns"] == 1
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert (await api.get("/v1/usage", since=later)).json()["items"] == []
+    assert_problem(await api.get("/v1/usage", by="month"), 422)
+
+
+# -- problems, limits, headers, OpenAPI, spans ----------------------------------------------------
+
+
+async def test_every_error_is_a_problem(api: Api, database_url: str, schema_name: str) -> None:
+    assert_problem(await api.client.get("/no/such/route"), 404)
+    assert (await api.client.get("/no/such/route")).json()["type"] == "about:blank"
+    wrong = await api.client.put("/v1/sessions", headers=auth(api.admin))
+    assert_problem(wrong, 405)
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "POST"}
+    invalid = assert_problem(await api.get("/v1/sessions", limit="many"), 422, "validation-error")
+    assert invalid["errors"][0]["loc"] == ["query", "limit"]
+    assert "input" not in invalid["errors"][0]  # what was sent is not echoed back
+    # A statement that outlives its deadline: 504, and no SQL in the answer.
+    session = await api.store.create_session("alice", "a")
+    impatient = PostgresSessionStore(database_url, schema=schema_name, command_timeout=0.3)
+    locker = await asyncpg.connect(database_url)
+    try:
+        async for served in _serve(impatient):
+            async with locker.transaction():
+                await locker.execute(
+                    f'SELECT 1 FROM "{schema_name}".agent_sessions WHERE id = $1 FOR UPDATE', session.id
+                )
+                blocked = await served.post(f"/v1/sessions/{session.id}/messages", _batch("hello"))
+            assert_problem(blocked, 504, "timeout")
+    finally:
+        await locker.close()
+        await impatient.close()
+    # A store that is closed: 503, said in general terms.
+    closing = PostgresSessionStore(database_url, schema=schema_name)
+    async for served in _serve(closing):
+        await closing.close()
+        body = assert_problem(await served.get("/v1/sessions"), 503, "database-unavailable")
+        assert "closed" not in body["detail"]
+
+
+async def test_sealed_messages_without_their_key_are_a_500_that_says_nothing(
+    database_url: str, schema_name: str
+) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    async with PostgresSessionStore(database_url, schema=schema_name, encryption_keys=[key]) as sealed:
+        await sealed.add_messages("secret", [NewMessage("user", "sealed text")], user_id="alice")
+    async with PostgresSessionStore(database_url, schema=schema_name) as keyless:
+        async for api in _serve(keyless):
+            body = assert_problem(await api.get("/v1/sessions/secret/messages"), 500, "internal-error")
+            assert "secret" not in body["detail"]
+
+
+async def test_bodies_are_bounded(store: PostgresSessionStore) -> None:
+    async for api in _serve(store, max_body=10_000):
+        session = await store.create_session("alice", "a")
+        path = f"/v1/sessions/{session.id}/messages"
+        assert_problem(await api.post(path, _batch("x" * 20_000)), 413, "content-too-large")
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield b'{"messages": [{"role": "user", "content": "'
+            for _ in range(30):
+                yield b"y" * 1000
+            yield b'"}]}'
+
+        streamed = await api.client.post(
+            path, content=chunked(), headers=auth(api.admin, **{"Content-Type": "application/json"})
+        )
+        assert_problem(streamed, 413, "content-too-large")
+        assert (await api.post(path, _batch("small"))).status_code == 201
+    # Within the body limit, a field past its own limit is a 422.
+    async for api in _serve(store):
+        too_many = {"messages": [{"role": "user", "content": "x"}] * 1001}
+        assert_problem(await api.post(f"/v1/sessions/{session.id}/messages", too_many), 422)
+
+
+async def test_security_headers(api: Api) -> None:
+    for path in ("/v1/sessions", "/ui/login", "/healthz"):
+        response = await api.client.get(path, headers=auth(api.admin))
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        csp = response.headers["content-security-policy"]
+        for directive in ("default-src 'self'", "script-src 'self'", "object-src 'none'", "base-uri 'none'"):
+            assert directive in csp
+        assert "frame-ancestors 'none'" in csp
+        assert response.headers["cache-control"] == "no-store"
+    static = await api.client.get("/ui/static/app.css")
+    assert static.status_code == 200
+    assert "max-age" in static.headers["cache-control"]
+
+
+async def test_the_openapi_document_describes_keys_and_problems(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "csk_<id>_<secret>",
+        "description": spec["components"]["securitySchemes"]["apiKey"]["description"],
+    }
+    problem = spec["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    assert len([1 for path, *_ in operations if path.startswith("/v1/")]) == 10
+    for path, _, op in operations:
+        if not path.startswith("/v1/"):
+            assert "security" not in op
+            continue
+        assert op["security"] == [{"apiKey": []}]
+        for status in ("401", "403", "422", "500", "503"):
+            assert list(op["responses"][status]["content"]) == ["application/problem+json"]
+    export = spec["paths"]["/v1/export"]["get"]["responses"]["200"]["content"]
+    assert list(export) == ["application/x-ndjson"]
+    assert not any(path.startswith("/ui") for path in spec["paths"])
+
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    """The SDK's tracer provider (one per process: the one set first, maybe by another
+    module), with this module's exporter added to it."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    return _EXPORTER
+
+
+async def test_each_request_is_a_span(api: Api, spans: InMemorySpanExporter) -> None:
+    session = await api.store.create_session("alice", "a")
+    spans.clear()
+    await api.get(f"/v1/sessions/{session.id}/messages")
+    await api.get("/v1/sessions/missing")
+    await api.client.get("/nowhere")
+    finished = spans.get_finished_spans()
+    server = [s for s in finished if s.name.startswith("HTTP ")]
+    assert [(s.name, s.attributes) for s in server] == [
+        (
+            "HTTP GET /v1/sessions/{session_id}/messages",
+            {
+                "http.request.method": "GET",
+                "http.route": "/v1/sessions/{session_id}/messages",
+                "http.response.status_code": 200,
+            },
+        ),
+        (
+            "HTTP GET /v1/sessions/{session_id}",
+            {"http.request.method": "GET", "http.route": "/v1/sessions/{session_id}", "http.response.status_code": 404},
+        ),
+        ("HTTP GET", {"http.request.method": "GET", "http.response.status_code": 404}),
+    ]
+    # The store's spans are children of the request's.
+    read = next(s for s in finished if s.name == "convostore get_messages")
+    assert read.parent is not None
+    assert read.parent.span_id == server[0].context.span_id
