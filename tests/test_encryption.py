@@ -77,12 +77,9 @@ async def test_without_the_key_nothing_opens_and_rows_cannot_be_moved(database_u
         b = await store.create_session("u", "a")
         await store.add_message(a.id, "user", "for a only", message_id="m1")
         await store.add_message(b.id, "user", "for b", message_id="m1")
-        await store.pool.execute(
-            f'UPDATE "{schema_name}".conversation_messages SET sealed = '
-            f'(SELECT sealed FROM "{schema_name}".conversation_messages WHERE session_id = $1) WHERE session_id = $2',
-            a.id,
-            b.id,
-        )
+        table = f'"{schema_name}".conversation_messages'
+        sealed = await store.pool.fetchval(f"SELECT sealed FROM {table} WHERE session_id = $1", a.id)
+        await store.pool.execute(f"UPDATE {table} SET sealed = $1 WHERE session_id = $2", sealed, b.id)
         with pytest.raises(KeyUnavailable):  # a's sealed text copied into b's row does not open there
             await store.get_messages(b.id)
     async with PostgresSessionStore(database_url, schema=schema_name) as keyless:

@@ -86,9 +86,100 @@ DECLARE
     v_req int;
     v_sid text;
     v_first text;
+    v_base bigint;
+    v_holder text;
+    v_found boolean;
 BEGIN
     PERFORM set_config('convostore.tenant_id', p_tenant, true),
             set_config('convostore.user_id', coalesce(p_scope_user, '*'), true);
+    IF p_reqs[1] = p_reqs[cardinality(p_reqs)] THEN
+        -- One request (a lone append, or a batch of one): the same steps as below, each a
+        -- statement keyed by one session id (=, not ANY or a join with unnest), which a
+        -- sharded database runs on the session's shard without planning a distributed query.
+        v_sid := p_sessions[1];
+        IF p_probe THEN
+            PERFORM 1 FROM {s}.conversation_messages x
+              WHERE x.session_id = v_sid AND x.tenant_id = p_tenant AND x.id = p_ids[1];
+            IF FOUND THEN
+                RETURN QUERY
+                SELECT p_reqs[1], m.session_id::text, m.id::text, m.seq, m.created_at,
+                       CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+                                 IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls::jsonb, n.tool_call_id,
+                                                       n.raw::jsonb)
+                            THEN 'r' ELSE 'c' END
+                  FROM {s}.conversation_messages m
+                  JOIN unnest(p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+                       AS n(id, role, content, tool_calls, tool_call_id, raw) ON n.id = m.id
+                 WHERE m.session_id = v_sid AND m.tenant_id = p_tenant AND m.id = ANY (p_ids);
+                RETURN;
+            END IF;
+        END IF;
+        FOR v_round IN 1..2 LOOP
+            v_found := p_wait;
+            IF NOT p_wait THEN  -- skip the row if another transaction holds it
+                PERFORM 1 FROM {s}.agent_sessions l WHERE l.tenant_id = p_tenant AND l.id = v_sid
+                   FOR UPDATE SKIP LOCKED;
+                v_found := FOUND;
+            END IF;
+            IF v_found THEN
+                UPDATE {s}.agent_sessions s
+                   SET last_seq = s.last_seq + cardinality(p_ids), updated_at = v_now
+                 WHERE s.tenant_id = p_tenant AND s.id = v_sid AND (p_owners[1] IS NULL OR s.user_id = p_owners[1])
+                RETURNING s.last_seq - cardinality(p_ids), s.user_id, s.forked INTO v_base, v_holder, v_forked;
+                v_found := FOUND;
+            END IF;
+            EXIT WHEN v_found OR v_round = 2 OR p_agents[1] IS NULL OR p_owners[1] IS NULL;
+            -- Create on first write; a concurrent creator may win the race, and the second
+            -- round then waits for its row.
+            INSERT INTO {s}.agent_sessions AS s (tenant_id, id, user_id, agent_name, last_seq, created_at, updated_at)
+            VALUES (p_tenant, v_sid, p_owners[1], p_agents[1], cardinality(p_ids), v_now, v_now)
+            ON CONFLICT DO NOTHING
+            RETURNING 0::bigint, s.user_id, false INTO v_base, v_holder, v_forked;
+            v_found := FOUND;
+            EXIT WHEN v_found OR NOT p_wait;
+        END LOOP;
+        IF NOT v_found THEN
+            -- No such session ('n'), another user's ('o'), or held by another transaction ('b').
+            SELECT x.user_id INTO v_holder FROM {s}.agent_sessions x WHERE x.tenant_id = p_tenant AND x.id = v_sid;
+            RETURN QUERY SELECT p_reqs[1], v_sid, NULL::text, NULL::bigint, NULL::timestamptz,
+                                CASE WHEN NOT FOUND AND p_agents[1] IS NULL THEN 'n'
+                                     WHEN NOT FOUND OR (p_owners[1] IS NOT NULL AND v_holder <> p_owners[1]) THEN 'o'
+                                     ELSE 'b' END;
+            RETURN;
+        END IF;
+        IF v_forked OR p_branches[1] <> 'main' THEN
+            -- The branch must exist (or be 'main') and not be deleted.
+            SELECT b.deleted_at IS NOT NULL INTO v_found FROM {s}.conversation_branches b
+             WHERE b.session_id = v_sid AND b.tenant_id = p_tenant AND b.name = p_branches[1];
+            IF (FOUND AND v_found) OR (NOT FOUND AND p_branches[1] <> 'main') THEN
+                RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+                    MESSAGE = format('session %s has no branch %s', v_sid, p_branches[1]);
+            END IF;
+        END IF;
+        IF cardinality(p_ids) = 1 THEN
+            RETURN QUERY
+            INSERT INTO {s}.conversation_messages AS m
+                (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
+                 key_id, sealed, branch, tokens, kind)
+            VALUES (p_tenant, v_sid, v_base + 1, p_ids[1], v_holder, p_roles[1], p_contents[1],
+                    p_tool_calls[1]::jsonb, p_tool_call_ids[1], p_raws[1]::jsonb, v_now, p_key_ids[1], p_sealed[1],
+                    p_branches[1], p_tokens[1], p_kinds[1])
+            RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
+        ELSE
+            RETURN QUERY
+            INSERT INTO {s}.conversation_messages AS m
+                (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
+                 key_id, sealed, branch, tokens, kind)
+            SELECT p_tenant, v_sid, v_base + n.ord, n.id, v_holder, n.role, n.content, n.tool_calls::jsonb,
+                   n.tool_call_id, n.raw::jsonb, v_now, n.key_id, n.sealed, n.branch, n.tokens, n.kind
+              FROM unnest(p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids, p_sealed,
+                          p_branches, p_tokens, p_kinds)
+                   WITH ORDINALITY
+                   AS n(id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, branch, tokens, kind, ord)
+            RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text;
+        END IF;
+        RETURN;
+    END IF;
     IF p_reqs[1] = p_reqs[cardinality(p_reqs)] THEN
         v_all := ARRAY[p_sessions[1]];
     ELSE

@@ -366,6 +366,10 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
 );
 """,
     ),
+    # The append function with its path for one waiting request (statements keyed by one
+    # session id, which a sharded database routes without distributed planning); same
+    # signature, same results.
+    Migration(8, "lone_append_path", APPEND_FUNCTION),
 )
 
 _LEDGER = """
