@@ -132,3 +132,32 @@ async def test_adks_runner_remembers_across_turns(store: PostgresSessionStore) -
     assert await ask("What is my name?") == "You are Ada."
     stored = await store.get_messages(f"demo:ada:{session.id}")
     assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_a_state_value_json_cannot_hold_is_kept_as_text(store: PostgresSessionStore) -> None:
+    # As ADK's own services do: the event is stored, the value as its text.
+    service = PostgresSessionService(store)
+    session = await service.create_session(app_name="app", user_id="ada")
+    event = Event(
+        invocation_id="inv", author="user", actions=EventActions(state_delta={"callback": lambda: 1, "ok": 2})
+    )
+    await service.append_event(session, event)
+    got = await service.get_session(app_name="app", user_id="ada", session_id=session.id)
+    assert got is not None
+    assert len(got.events) == 1
+    assert got.state["ok"] == 2
+    assert isinstance(got.state["callback"], str)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_events_with_one_timestamp_come_back_in_append_order(store: PostgresSessionStore, reverse: bool) -> None:
+    # ADK's database service breaks timestamp ties by event id; convostore never reorders:
+    # events come back in the order they were appended, whatever their timestamps and ids.
+    service = PostgresSessionService(store)
+    session = await service.create_session(app_name="app", user_id="ada")
+    ids = ["event_a", "event_m", "event_z"][:: -1 if reverse else 1]
+    for event_id in ids:
+        await service.append_event(session, Event(author="user", id=event_id, timestamp=100.0))
+    got = await service.get_session(app_name="app", user_id="ada", session_id=session.id)
+    assert got is not None
+    assert [e.id for e in got.events] == ids

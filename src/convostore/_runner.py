@@ -202,10 +202,19 @@ _CITUS_SESSION = (
 )
 
 
-async def _init_connection(conn: Connection) -> None:
-    """Pool ``init`` hook: run once on each new connection (not through pgbouncer, whose
-    server connections are shared: there the setting would not stay with the session)."""
-    await conn.execute(_CITUS_SESSION)
+def _connection_init(user_init: Any, *, citus: bool) -> Any:
+    """The pool's ``init`` hook, run once on each new connection: the Citus setting (not
+    through pgbouncer, whose server connections are shared: there it would not stay with the
+    session), then the caller's own ``init`` from ``connect_kwargs``, if any."""
+    if not citus:
+        return user_init
+
+    async def init(conn: Connection) -> None:
+        await conn.execute(_CITUS_SESSION)
+        if user_init is not None:
+            await user_init(conn)
+
+    return init
 
 
 async def settle_despite_cancel(awaitable: Awaitable[T]) -> T:
@@ -378,6 +387,7 @@ class Runner:
         try:
             url = await self.resolve_url()
             o = self.options
+            kwargs = dict(o.connect_kwargs)
             pool = asyncpg.create_pool(
                 url,
                 min_size=o.min_size,
@@ -386,9 +396,9 @@ class Runner:
                 statement_cache_size=0 if o.pgbouncer else 1024,
                 max_inactive_connection_lifetime=o.max_inactive_connection_lifetime,
                 reset=_keep_session_state,
-                init=None if o.pgbouncer else _init_connection,
+                init=_connection_init(kwargs.pop("init", None), citus=not o.pgbouncer),
                 timeout=o.connect_timeout if budget is None else min(o.connect_timeout, budget),
-                **o.connect_kwargs,
+                **kwargs,
             )
             async with asyncio.timeout(o.connect_timeout if budget is None else min(o.connect_timeout, budget)):
                 await pool

@@ -214,7 +214,10 @@ class PostgresSessionService(BaseSessionService):
         await self._apply(session.app_name, session.user_id, deltas)
         self._commit_event_to_session(session, event)
         session.last_update_time = event.timestamp
-        stored_state = {k: v for k, v in session.state.items() if not k.startswith(_SCOPED_PREFIXES)}
+        # As in ADK's own services, a value JSON cannot hold (a callable, say) is kept as its text.
+        stored_state = _session_util.make_json_safe_state(
+            {k: v for k, v in session.state.items() if not k.startswith(_SCOPED_PREFIXES)}
+        )
         await view.update_metadata(key, {_STATE: stored_state, _UPDATED: event.timestamp})
         return event
 
