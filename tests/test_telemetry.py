@@ -21,13 +21,15 @@ _READER = InMemoryMetricReader()
 
 @pytest.fixture(scope="module", autouse=True)
 def providers() -> None:
-    """The SDK's providers, set once for the process (OpenTelemetry allows one)."""
+    """The SDK's providers (OpenTelemetry allows one per process: another test module may
+    have set the tracer's already), with this module's exporter and reader."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
-    return
+        trace.set_tracer_provider(TracerProvider())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    assert not isinstance(metrics.get_meter_provider(), MeterProvider), "only this module sets the meter provider"
+    metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
 
 
 def _points(name: str) -> list[Any]:

@@ -1084,9 +1084,11 @@ class PostgresSessionStore:
             total += len(rows)
             if on_batch is not None and rows:
                 on_batch(len(rows))
-            # A short batch means nothing eligible is left but rows that live writers (or
-            # another sweeper) hold; those are not idle, or will be deleted by their holder.
-            if len(rows) < batch_size:
+            # An empty batch means nothing eligible is left but rows that live writers (or
+            # another sweeper) hold; those are not idle, or will be deleted by their holder. A
+            # short batch does not: on distributed tables (no SKIP LOCKED) a batch whose rows
+            # another sweeper deleted while it waited comes back short with more to do.
+            if not rows:
                 return total
 
     async def idle_cutoff(self, older_than: timedelta | float) -> datetime:
