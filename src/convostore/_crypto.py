@@ -88,6 +88,9 @@ class Keyring:
         self._masters = {key_id(m): m for m in masters}
         self.current = key_id(masters[0])
         self._tenant_keys: dict[tuple[str, str], bytes] = {}
+        # The cipher of each tenant key, built once (its key schedule costs more than opening
+        # a short message).
+        self._ciphers: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def from_env(cls) -> Keyring | None:
@@ -105,6 +108,12 @@ class Keyring:
             cached = self._tenant_keys[(kid, tenant)] = derive.derive(master)
         return cached
 
+    def _cipher(self, kid: str, tenant: str) -> Any:
+        cipher = self._ciphers.get((kid, tenant))
+        if cipher is None:
+            cipher = self._ciphers[(kid, tenant)] = self._aesgcm(self._key(kid, tenant))
+        return cipher
+
     def seal(
         self, tenant: str, session_id: str, message_id: str, content: str, tool_calls: str | None, raw: str | None
     ) -> Sealed:
@@ -114,7 +123,7 @@ class Keyring:
         plain = json.dumps([content, tool_calls, raw], ensure_ascii=False, separators=(",", ":")).encode()
         aad = _aad(tenant, session_id, message_id)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = nonce + self._aesgcm(key).encrypt(nonce, plain, aad)
+        sealed = nonce + self._cipher(self.current, tenant).encrypt(nonce, plain, aad)
         digest = base64.b64encode(hmac.new(key, aad + plain, hashlib.sha256).digest()).decode()
         return Sealed(self.current, digest, sealed)
 
@@ -123,11 +132,9 @@ class Keyring:
     ) -> tuple[str, str | None, str | None]:
         """The ``(content, tool_calls, raw)`` column values a row sealed; :class:`KeyUnavailable`
         if its key is not here or it does not open (tampered, or moved from another row)."""
-        key = self._key(kid, tenant)
+        cipher = self._cipher(kid, tenant)
         try:
-            plain = self._aesgcm(key).decrypt(
-                sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(tenant, session_id, message_id)
-            )
+            plain = cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(tenant, session_id, message_id))
         except Exception as exc:  # cryptography's InvalidTag: wrong key, tampered, or another row's
             raise KeyUnavailable(
                 f"message {message_id!r} of session {session_id!r} does not open with key {kid!r}"
