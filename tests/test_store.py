@@ -218,6 +218,7 @@ async def test_round_trips_per_call(store: PostgresSessionStore, query_counter: 
     # Warm the prepared-statement cache, then count one call of each.
     await store.add_message(session.id, "user", "warm")
     await store.get_messages(session.id, limit=20)
+    await store.get_messages(session.id, window=Window(turns=2))
     await store.get_user_sessions("rt")
     await store.get_session(session.id)
 
@@ -227,6 +228,8 @@ async def test_round_trips_per_call(store: PostgresSessionStore, query_counter: 
             session.id, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
         ),
         "get_messages": lambda: store.get_messages(session.id, limit=20),
+        "get_messages, a window of turns": lambda: store.get_messages(session.id, window=Window(turns=2)),
+        "get_messages, a token window": lambda: store.get_messages(session.id, window=Window(tokens=5)),
         "get_user_sessions": lambda: store.get_user_sessions("rt"),
         "get_session": lambda: store.get_session(session.id),
     }
