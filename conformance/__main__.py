@@ -17,7 +17,6 @@ entry matches no test.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -42,6 +41,7 @@ from . import (
     SDIST_SHA256,
     SDK_VERSION,
 )
+from ._shared import sha256_file
 
 PER_TEST_TIMEOUT = 30
 """Seconds (pytest-timeout); a later ``--timeout`` argument overrides it."""
@@ -74,18 +74,10 @@ def check_dependencies() -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_sdist() -> Path:
     """The verified sdist tarball in the cache, downloaded with pip if missing."""
     tarball = CACHE_DIR / f"{SDIST_NAME}.tar.gz"
-    if tarball.is_file() and _sha256(tarball) == SDIST_SHA256:
+    if tarball.is_file() and sha256_file(tarball) == SDIST_SHA256:
         return tarball
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     _say(f"downloading the openai-agents {SDK_VERSION} source distribution into {CACHE_DIR}")
@@ -108,7 +100,7 @@ def download_sdist() -> Path:
         downloaded = Path(tmp) / tarball.name
         if result.returncode != 0 or not downloaded.is_file():
             raise SetupError(f"pip download failed ({result.returncode}):\n{result.stderr.strip()}")
-        actual = _sha256(downloaded)
+        actual = sha256_file(downloaded)
         if actual != SDIST_SHA256:
             raise SetupError(f"{tarball.name} has sha256 {actual}, expected {SDIST_SHA256}")
         os.replace(downloaded, tarball)

@@ -18,8 +18,6 @@ conftest apply and no test file is touched. It
 
 from __future__ import annotations
 
-import asyncio
-import fnmatch
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -27,7 +25,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +33,7 @@ from typing import Any
 import pytest
 
 from . import REQUIRED_MODULES, classification, shim
+from ._shared import drop_stores, match, matches
 
 # ---------------------------------------------------------------------------------------
 # 1. The swap, done at plugin import (before conftest and test modules are imported).
@@ -126,23 +124,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _matches(nodeid: str, pattern: str) -> bool:
-    """A key matches its exact node id, every parametrization of a test ("file::test"), or
-    as an fnmatch pattern (``*`` and ``?``; a ``[`` is literal)."""
-    return (
-        nodeid == pattern
-        or nodeid.split("[", 1)[0] == pattern
-        or fnmatch.fnmatchcase(nodeid, pattern.replace("[", "[[]"))
-    )
-
-
-def _match(nodeid: str, table: dict[str, str]) -> str | None:
-    for pattern, reason in table.items():
-        if _matches(nodeid, pattern):
-            return reason
-    return None
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if not collection_path.is_relative_to(config.rootpath):
         return None
@@ -167,7 +148,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _check_swapped()
     for item in items:
-        reason = _match(item.nodeid, classification.NOT_APPLICABLE)
+        reason = match(item.nodeid, classification.NOT_APPLICABLE)
         if reason is not None:
             item.user_properties.append(("conformance_na", reason))
             if not _run_na:
@@ -211,46 +192,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def _cleanup(st: shim.TestStorage) -> None:
-    """Close the test's stores (the pools of loops that are gone get their connections
-    dropped), end any connection still tagged with one of its schemas, drop the schemas."""
+    """Close the test's stores, end their leftover connections, drop their schemas."""
     stores = st.stores()
-    if not stores:
-        return
-    schemas = [s.schema for s in stores]
-
-    async def run() -> None:
-        import asyncpg
-
-        for store in stores:
-            try:
-                await asyncio.wait_for(store.close(), 30)
-            except BaseException as exc:  # cleanup goes on
-                print(f"[conformance] closing store {store.schema} of {st.nodeid}: {exc!r}", file=sys.stderr)
-        conn = await asyncpg.connect(shim.database_url())
-        try:
-            apps = [shim.APP_NAME_PREFIX + s for s in schemas]
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY($1::text[])",
-                apps,
-            )
-            for schema in schemas:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    error: list[BaseException] = []
-
-    def in_thread() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            error.append(exc)
-
-    t = threading.Thread(target=in_thread, name="conformance-cleanup")
-    t.start()
-    t.join(120)
-    if error:
-        print(f"[conformance] cleanup of {st.nodeid} failed: {error[0]!r}", file=sys.stderr)
+    if stores:
+        drop_stores(stores, st.nodeid, shim.database_url(), shim.APP_NAME_PREFIX)
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,7 +239,7 @@ def _categorize() -> Categories:
     }
     for nodeid, e in sorted(_reports.items()):
         e["postgres_sessions"] = _built.get(nodeid, 0)
-        known = _match(nodeid, classification.KNOWN_DIFFERENCES)
+        known = match(nodeid, classification.KNOWN_DIFFERENCES)
         if known is not None:
             e["known_difference"] = known
         if "na" in e:
@@ -323,7 +268,7 @@ def _stale_keys() -> list[str]:
         for pattern in table:
             if pattern.split("::", 1)[0] not in _collected_files:
                 continue
-            if not any(_matches(nodeid, pattern) for nodeid in _collected):
+            if not any(matches(nodeid, pattern) for nodeid in _collected):
                 stale.append(pattern)
     return stale
 

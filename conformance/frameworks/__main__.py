@@ -15,7 +15,6 @@ PostgreSQL. The exit status is the worst of the pytest runs'.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -30,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .._shared import sha256_file
 from . import (
     ADK_DEFAULT_TESTS,
     ADK_RESULTS,
@@ -76,21 +76,13 @@ def _require_modules(names: Sequence[str]) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ensure_sdist(sdist: Sdist) -> Path:
     """The extracted, verified sdist root (downloaded with pip and extracted once)."""
     if (sdist.root / "tests").is_dir():
         return sdist.root
     tarball = sdist.cache_dir / f"{sdist.stem}.tar.gz"
     sdist.cache_dir.mkdir(parents=True, exist_ok=True)
-    if not (tarball.is_file() and _sha256(tarball) == sdist.sha256):
+    if not (tarball.is_file() and sha256_file(tarball) == sdist.sha256):
         _say(f"downloading the {sdist.project} {sdist.version} source distribution into {sdist.cache_dir}")
         with tempfile.TemporaryDirectory(dir=sdist.cache_dir) as tmp:
             command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
@@ -99,7 +91,7 @@ def ensure_sdist(sdist: Sdist) -> Path:
             downloaded = Path(tmp) / tarball.name
             if result.returncode != 0 or not downloaded.is_file():
                 raise SetupError(f"pip download failed ({result.returncode}):\n{result.stderr.strip()}")
-            actual = _sha256(downloaded)
+            actual = sha256_file(downloaded)
             if actual != sdist.sha256:
                 raise SetupError(f"{tarball.name} has sha256 {actual}, expected {sdist.sha256}")
             os.replace(downloaded, tarball)

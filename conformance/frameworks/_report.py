@@ -4,7 +4,6 @@ these hooks (pytest registers every ``pytest_*`` attribute of a plugin module)."
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Generator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from .._shared import match, matches
 from . import _storage, database_url
 from .classification import Classification
 
@@ -35,22 +35,6 @@ def _classification() -> Classification:
     return _suite
 
 
-def _matches(nodeid: str, pattern: str) -> bool:
-    """Exact node id, every parametrization of "file::test", or an fnmatch pattern."""
-    return (
-        nodeid == pattern
-        or nodeid.split("[", 1)[0] == pattern
-        or fnmatch.fnmatchcase(nodeid, pattern.replace("[", "[[]"))
-    )
-
-
-def _match(nodeid: str, table: dict[str, str]) -> str | None:
-    for pattern, reason in table.items():
-        if _matches(nodeid, pattern):
-            return reason
-    return None
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "convostore framework conformance")
     group.addoption("--run-not-applicable", action="store_true", default=False, help="also run the N/A tests")
@@ -72,7 +56,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        reason = _match(item.nodeid, _classification().not_applicable)
+        reason = match(item.nodeid, _classification().not_applicable)
         if reason is not None:
             item.user_properties.append(("conformance_na", reason))
             if not _run_na:
@@ -130,7 +114,7 @@ def _categorize() -> Categories:
     known_table = _classification().known_differences
     for nodeid, e in sorted(_reports.items()):
         e["convostore_stores"] = _built.get(nodeid, 0)
-        known = _match(nodeid, known_table)
+        known = match(nodeid, known_table)
         if known is not None:
             e["known_difference"] = known
         if "na" in e:
@@ -156,7 +140,7 @@ def _stale_keys() -> list[str]:
         p
         for table in (c.not_applicable, c.known_differences)
         for p in table
-        if p.split("::", 1)[0] in files and not any(_matches(n, p) for n in _collected)
+        if p.split("::", 1)[0] in files and not any(matches(n, p) for n in _collected)
     ]
 
 

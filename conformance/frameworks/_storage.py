@@ -8,7 +8,6 @@ drops the schemas.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
 import threading
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from convostore import PostgresSessionStore
 from convostore.sync import SyncSessionStore
 
+from .._shared import drop_stores
 from . import APP_NAME_PREFIX, database_url
 
 _counter = itertools.count(1)
@@ -79,39 +79,5 @@ def cleanup(st: TestStorage) -> None:
             facade.close()
         except Exception as exc:  # cleanup goes on; said, not swallowed
             print(f"[conformance] closing a sync facade of {st.nodeid}: {exc!r}", file=sys.stderr)
-    if not st.stores:
-        return
-    schemas = [s.schema for s in st.stores]
-
-    async def run() -> None:
-        import asyncpg
-
-        for store in st.stores:
-            try:
-                await asyncio.wait_for(store.close(), 30)
-            except BaseException as exc:  # pools of finished loops cannot close here; ended below
-                print(f"[conformance] closing store {store.schema} of {st.nodeid}: {exc!r}", file=sys.stderr)
-        conn = await asyncpg.connect(database_url())
-        try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY($1::text[])",
-                [APP_NAME_PREFIX + s for s in schemas],
-            )
-            for schema in schemas:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # our own generated name
-        finally:
-            await conn.close()
-
-    error: list[BaseException] = []
-
-    def in_thread() -> None:  # the test's own loop may still be running: use a thread of our own
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            error.append(exc)
-
-    t = threading.Thread(target=in_thread, name="conformance-cleanup")
-    t.start()
-    t.join(120)
-    if error:
-        print(f"[conformance] cleanup of {st.nodeid} failed: {error[0]!r}", file=sys.stderr)
+    if st.stores:
+        drop_stores(st.stores, st.nodeid, database_url(), APP_NAME_PREFIX)
