@@ -186,10 +186,10 @@ class _Attempt(Exception):
 
 async def _keep_session_state(conn: Connection) -> None:
     """Pool ``reset`` hook. asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
-    UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore sets no
-    session state but one catalog setting on Citus (``_init_connection``; its advisory locks and
-    other settings are transaction-scoped), and asyncpg
-    still rolls back an open transaction before calling this hook, so there is nothing to reset."""
+    UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore's only
+    session state is the catalog setting made once per connection on Citus (``_CITUS_SESSION``);
+    its advisory locks and other settings are transaction-scoped, and asyncpg still rolls back
+    an open transaction before calling this hook, so there is nothing to reset."""
 
 
 # On a Citus node, catalog queries get a filter that hides shards, costly per row: asyncpg's

@@ -366,8 +366,8 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
 );
 """,
     ),
-    # The append function with its path for one waiting request (statements keyed by one
-    # session id, which a sharded database routes without distributed planning); same
+    # The append function with its path for one request (statements keyed by one session
+    # id, which a sharded database runs on one shard without distributed planning); same
     # signature, same results.
     Migration(8, "lone_append_path", APPEND_FUNCTION),
 )

@@ -1074,7 +1074,6 @@ class PostgresSessionStore:
         what: str,
         sql: str,
         args: tuple[Any, ...],
-        batch_size: int,
         on_batch: Callable[[int], None] | None,
         all_tenants: bool,
     ) -> int:
@@ -1150,7 +1149,7 @@ class PostgresSessionStore:
             self._actor,
         )
         sql = self._q.delete_idle_batch
-        return await self._delete_in_batches("delete_idle_sessions", sql, args, size, on_batch, all_tenants)
+        return await self._delete_in_batches("delete_idle_sessions", sql, args, on_batch, all_tenants)
 
     async def count_idle_sessions(
         self,
@@ -1185,7 +1184,7 @@ class PostgresSessionStore:
         size = self._batch(batch_size)
         args = (await self.tenant_for(all_tenants), size, self._user, self._actor)
         sql = self._q.delete_expired_batch
-        return await self._delete_in_batches("delete_expired_sessions", sql, args, size, on_batch, all_tenants)
+        return await self._delete_in_batches("delete_expired_sessions", sql, args, on_batch, all_tenants)
 
     async def delete_user(
         self, user_id: str | None = None, *, batch_size: int = 500, on_batch: Callable[[int], None] | None = None
