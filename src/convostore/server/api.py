@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 
 from ..errors import ConvostoreError, SchemaNotReady
 from ..models import NewMessage
+from ..store import PostgresSessionStore
 from ..transfer import export_jsonl
 from .auth import TENANT_HEADER, Authenticator, Principal
 from .paging import CURSOR_PATTERN, decode_cursor, encode_cursor, parse_time
@@ -300,6 +301,28 @@ async def search(
     return SearchPage(items=[SearchHitOut.of(h) for h in hits[:limit]], next_offset=offset + limit if more else None)
 
 
+async def jsonl_export(
+    view: PostgresSessionStore, *, user_id: str | None, session_id: str | None
+) -> AsyncIterator[bytes]:
+    """An export as JSON Lines bytes (see :func:`convostore.transfer.export_jsonl`), its first
+    line read before it is returned, so that an unknown session or a refused user is an error
+    response, not a 200 cut short."""
+    lines = export_jsonl(view, user_id=user_id, session_id=session_id)
+    try:
+        first: str | None = await anext(lines)
+    except StopAsyncIteration:
+        first = None
+
+    async def body() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield (first + "\n").encode()
+        async for line in lines:
+            yield (line + "\n").encode()
+
+    return body()
+
+
 class NdjsonResponse(StreamingResponse):
     """JSON Lines, streamed."""
 
@@ -318,23 +341,10 @@ class NdjsonResponse(StreamingResponse):
 )
 async def export(principal: Auth, user_id: UserFilter = None, session_id: SessionFilter = None) -> NdjsonResponse:
     """Export as JSON Lines, streamed page by page (lossless; `convostore import` reads it back)."""
-    lines = export_jsonl(principal.view, user_id=user_id, session_id=session_id)
-    # The first line is read before answering, so that an unknown session or a refused
-    # user is a problem response, not a 200 cut short.
-    try:
-        first: str | None = await anext(lines)
-    except StopAsyncIteration:
-        first = None
-
-    async def body() -> AsyncIterator[bytes]:
-        if first is None:
-            return
-        yield (first + "\n").encode()
-        async for line in lines:
-            yield (line + "\n").encode()
+    body = await jsonl_export(principal.view, user_id=user_id, session_id=session_id)
 
     name = "convostore-export.jsonl"
-    return NdjsonResponse(body(), headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return NdjsonResponse(body, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.delete("/users/{user_id:text}", response_model=ErasureOut, responses=api_responses(400))

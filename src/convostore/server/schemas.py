@@ -199,17 +199,8 @@ class SessionOut(BaseModel):
 
     @classmethod
     def of(cls, s: Session) -> SessionOut:
-        """The representation of *s*."""
-        return cls(
-            id=s.id,
-            user_id=s.user_id,
-            agent_name=s.agent_name,
-            metadata=s.metadata,
-            created_at=s.created_at,
-            updated_at=s.updated_at,
-            message_count=s.message_count,
-            expires_at=s.expires_at,
-        )
+        """The representation of *s* (its fields, by name)."""
+        return cls.model_validate(s, from_attributes=True)
 
 
 class SessionPage(BaseModel):
@@ -301,17 +292,8 @@ class UsageOut(BaseModel):
 
     @classmethod
     def of(cls, u: UsageTotal) -> UsageOut:
-        """The representation of *u*."""
-        return cls(
-            key=u.key,
-            turns=u.turns,
-            requests=u.requests,
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            reasoning_tokens=u.reasoning_tokens,
-            cached_tokens=u.cached_tokens,
-            duration=u.duration,
-        )
+        """The representation of *u* (its fields, by name)."""
+        return cls.model_validate(u, from_attributes=True)
 
 
 class UsagePage(BaseModel):

@@ -17,7 +17,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -35,7 +35,7 @@ from ..errors import ConvostoreError
 from ..keys import ApiKey
 from ..models import Message
 from ..store import PostgresSessionStore
-from ..transfer import export_jsonl
+from .api import jsonl_export
 from .auth import Authenticator, view_for
 from .conversation import entries, title_of, utc_text
 from .paging import decode_cursor, encode_cursor
@@ -403,21 +403,10 @@ async def conversation(request: Request, session_id: str, viewer: SignedIn) -> R
 async def export(request: Request, viewer: SignedIn) -> Response:
     """Download a session (or a user's sessions) as JSON Lines."""
     sid, user = _param(request, "session_id"), _param(request, "user_id")
-    lines = export_jsonl(viewer.view, user_id=user, session_id=sid)
-    try:
-        first: str | None = await anext(lines)
-    except StopAsyncIteration:
-        first = None
-
-    async def body() -> AsyncIterator[bytes]:
-        if first is not None:
-            yield (first + "\n").encode()
-            async for line in lines:
-                yield (line + "\n").encode()
-
+    body = await jsonl_export(viewer.view, user_id=user, session_id=sid)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sid or user or "export")[:80].strip("._") or "export"
     return StreamingResponse(
-        body(),
+        body,
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="convostore-{stem}.jsonl"'},
     )
