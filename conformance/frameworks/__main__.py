@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .._shared import sha256_file
 from . import (
@@ -182,14 +182,17 @@ def run_langchain(args: list[str]) -> int:
     url, db_source = database_url()
     _say(f"database: {db_source}")
     env = _env(url)
-    # langchain-postgres' test helpers open a psycopg connection from POSTGRES_*; the stand-in
-    # ignores it, but it must open: point it at the same server.
+    # langchain-postgres' test helpers open a psycopg connection from POSTGRES_*, which they
+    # put into a URL; the stand-in ignores it, but it must open: point it at the same server,
+    # a unix socket directory (the embedded server's ?host=...) percent-encoded as libpq reads it.
     parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
     env.update(
         POSTGRES_USER=parts.username or "postgres",
         POSTGRES_PASSWORD=parts.password or "",
-        POSTGRES_HOST=parts.hostname or "localhost",
-        POSTGRES_PORT=str(parts.port or 5432),
+        POSTGRES_HOST=quote(host, safe="") if host.startswith("/") else host,
+        POSTGRES_PORT=query.get("port", [str(parts.port or 5432)])[0],
         POSTGRES_DB=parts.path.lstrip("/") or "postgres",
     )
     statuses = []
