@@ -428,7 +428,7 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
         (store.queries.read, plain, 20),
         (store.queries.read, (t, session.id, "u", *plain[3:]), 20),
         # Windows (the last 20 turns of one message each, the last 20 messages' tokens): the
-        # newest 64 rows to find the window's start, then the window.
+        # rows back to the window's start (and the one before it), then the window.
         (store.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True, None), 42),
         (store.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True, None), 42),
         (store.queries.read, (t, session.id, None, None, 20, "main", False, None, None, False, 2500), 20),

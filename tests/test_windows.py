@@ -136,7 +136,7 @@ def reference(messages: list[Message], tokens: dict[int, int], window: Window) -
     # The window never starts right after a reasoning item (it stays with the item after it).
     after = {m.seq: (prev.raw or {}).get("type") for prev, m in itertools.pairwise(messages)}
     starts = [m.seq for m in kept if after.get(m.seq) != "reasoning"]
-    cut = min(starts) if starts else len(messages) + 1
+    cut = min(starts) if starts else max((m.seq for m in messages), default=0) + 1
     before = [m for m in messages if m.seq < cut and m.role in PINNED_ROLES] if pinned else []
     return before + [m for m in messages if m.seq >= cut]
 
@@ -264,6 +264,40 @@ async def test_windows_longer_than_a_chunk_and_below_a_seq(store: PostgresSessio
     assert [m.content for m in below] == ["q38"] + [f"a38.{i}" for i in range(9)]
     assert await store.get_messages(session.id, window=Window(turns=0, pinned=False)) == []
     assert [m.content for m in await store.get_messages(session.id, window=Window(tokens=0))] == ["rules"]
+
+
+async def test_turn_windows_after_reasoning_in_branches_and_compacted(store: PostgresSessionStore) -> None:
+    """A turns window starts at a user message, unless a reasoning item is right before it
+    (an interrupted run), on a branch's view and on a compacted view alike."""
+    items: list[dict[str, Any]] = [{"role": "system", "content": "rules"}]
+    for turn in range(6):
+        items.append({"role": "user", "content": f"q{turn}"})
+        items.append(_reasoning(turn))  # a run cut off after reasoning: the next turn follows it
+        if turn % 2:
+            items.append(_said(turn, f"a{turn}"))
+    session = PostgresSession("interrupted", store=store, user_id="u")
+    await session.add_items(items)  # type: ignore[arg-type]
+    messages, tokens = as_messages(items)
+
+    async def check_view(view: list[Message], **read: Any) -> None:
+        for pinned in (True, False):
+            for n in range(sum(m.role == "user" for m in view) + 2):
+                window = Window(turns=n, pinned=pinned)
+                got = await store.get_messages("interrupted", window=window, **read)
+                want = fit(reference(view, tokens, window), pinned=pinned)
+                assert [m.seq for m in got] == [m.seq for m in want], f"{read} {window}"
+
+    await check_view(messages)
+    await store.fork_session("interrupted", "b", at_seq=6)
+    await store.add_messages("interrupted", [{"role": "user", "content": "b0"}], branch="b")
+    branch = messages[:6] + [m for m in await store.get_messages("interrupted", branch="b") if m.seq > 6]
+    tokens.update({m.seq: tokens.get(m.seq, 2) for m in branch})
+    await check_view(branch, branch="b")
+    summary = await store.compact("interrupted", [{"role": "assistant", "content": "summary"}], from_seq=2)
+    assert summary is not None
+    compacted = await store.get_messages("interrupted")
+    tokens.update({m.seq: 4 for m in summary})
+    await check_view(compacted)
 
 
 @pytest.mark.parametrize(

@@ -415,34 +415,7 @@ _WHOLE = "m.session_id = p_session AND m.tenant_id = p_tenant"
 
 def _windowed(visible: str) -> str:
     """The PL/pgSQL that returns the window of the rows matching *visible* (see READ_FUNCTION)."""
-    tokens = _TOKENS.replace("m.", "w.")
     pinned = "m.role IN ('system', 'developer')"
-    # Newest first, a row is kept while fewer than p_turns user messages are newer and the
-    # tokens so far (after the pinned messages') fit: the window starts at the oldest kept.
-    keep = (
-        "(p_budget IS NULL OR sum(CASE WHEN p_pinned AND x.role IN ('system', 'developer') THEN 0 ELSE x.tokens END)"
-        " OVER w <= p_budget - x.pinned)"
-        " AND (p_turns IS NULL OR count(*) FILTER (WHERE x.role = 'user') OVER w - (x.role = 'user')::int < p_turns)"
-    )
-
-    def cut(limit: str) -> str:
-        # (rows read, the window's first seq, whether every row read is kept). The window never
-        # starts right after a reasoning item: that item and the one after it stay together.
-        return f"""
-                SELECT count(*) AS n,
-                       min(c.seq) FILTER (WHERE c.keep AND c.older IS DISTINCT FROM 'reasoning') AS first,
-                       coalesce(bool_and(c.keep), true) AS all_kept
-                  FROM (SELECT x.seq, {keep} AS keep, lead(x.kind) OVER w AS older
-                          FROM (SELECT w.seq, w.role, w.kind, {tokens} AS tokens, p.tokens AS pinned
-                                  FROM {{s}}.conversation_messages w, pin p
-                                 WHERE {visible.replace("m.", "w.")} AND w.seq < v_below
-                                 ORDER BY w.seq DESC LIMIT {limit}) x
-                        WINDOW w AS (ORDER BY x.seq DESC ROWS UNBOUNDED PRECEDING)) c"""
-
-    pin = f"""pin AS (
-                SELECT coalesce(sum({_TOKENS}), 0) AS tokens FROM {{s}}.conversation_messages m
-                 WHERE p_budget IS NOT NULL AND p_pinned AND {visible} AND m.seq < v_below AND {pinned}
-            )"""
 
     def rows(first: str) -> str:
         return f"""
@@ -479,22 +452,58 @@ def _windowed(visible: str) -> str:
             ) x ORDER BY x.seq;
             RETURN;
         END IF;
-        -- One statement: the window's start from the newest 64 rows, then its rows. Where 64
-        -- rows do not reach the start (or the window is empty), the start is sought in chunks.
-        RETURN QUERY
-        WITH {pin}, c AS ({cut("64")}),
-             cut AS (SELECT CASE WHEN c.all_kept AND c.n = 64 THEN NULL ELSE coalesce(c.first, v_below) END AS seq
-                       FROM c)
-        {rows("(SELECT seq FROM cut)")}
-        IF FOUND THEN
-            RETURN;
+        IF p_budget IS NULL THEN
+            -- Turns only, one statement: the window starts at the p_turns-th newest user
+            -- message (at the oldest row if there are fewer), found by reading back just that
+            -- far. If the row before it is a reasoning item, or the window is empty, the
+            -- start is worked out below instead.
+            RETURN QUERY
+            WITH u AS (SELECT m.seq FROM {{s}}.conversation_messages m
+                        WHERE {visible} AND m.seq < v_below AND m.role = 'user'
+                        ORDER BY m.seq DESC OFFSET greatest(p_turns - 1, 0) LIMIT 1),
+                 cut AS (SELECT CASE WHEN p_turns = 0 THEN v_below
+                                     WHEN (SELECT p.kind FROM {{s}}.conversation_messages p
+                                            WHERE {visible.replace("m.", "p.")} AND p.seq < (SELECT seq FROM u)
+                                            ORDER BY p.seq DESC LIMIT 1) = 'reasoning' THEN NULL
+                                     ELSE coalesce((SELECT seq FROM u), 0) END AS seq)
+            {rows("(SELECT seq FROM cut)")}
+            IF FOUND THEN
+                RETURN;
+            END IF;
         END IF;
+        -- The window's start, read newest first just as far as the window reaches: a row is
+        -- kept while the tokens so far (after the pinned messages') fit and fewer than
+        -- p_turns user messages are newer. The window starts at the oldest kept row that does
+        -- not follow a reasoning item (that item and the one after it stay together).
+        v_pin := 0;
+        IF p_budget IS NOT NULL AND p_pinned THEN
+            SELECT coalesce(sum({_TOKENS}), 0) INTO v_pin FROM {{s}}.conversation_messages m
+             WHERE {visible} AND m.seq < v_below AND {pinned};
+        END IF;
+        v_used := 0;
+        v_users := 0;
+        v_fit := coalesce(p_budget - v_pin, 9223372036854775807);
+        v_turns := coalesce(p_turns, 9223372036854775807);
+        -- (A loop's query is planned to be read to its end, which a sort of the whole
+        -- session would win; a LIMIT not known when planning, and true since no more rows
+        -- lie below v_below, keeps the key read backwards.)
+        FOR v_row IN
+            SELECT m.seq, CASE WHEN p_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END AS tokens,
+                   (m.role = 'user')::int AS user_message, coalesce(m.kind = 'reasoning', false) AS reasoning
+              FROM {{s}}.conversation_messages m
+             WHERE {visible} AND m.seq < v_below ORDER BY m.seq DESC LIMIT v_below
         LOOP
-            WITH {pin}
-            SELECT c.n, c.first, c.all_kept INTO v_read, v_start, v_all FROM ({cut("v_chunk")}) c;
-            EXIT WHEN v_read < v_chunk OR NOT v_all;
-            v_chunk := v_chunk * 8;
+            IF NOT v_row.reasoning THEN
+                v_start := coalesce(v_kept, v_start);  -- the row kept before this one may start it
+            END IF;
+            v_used := v_used + v_row.tokens;
+            EXIT WHEN v_used > v_fit OR v_users >= v_turns;
+            v_users := v_users + v_row.user_message;
+            v_kept := v_row.seq;
         END LOOP;
+        IF FOUND AND v_kept = v_row.seq THEN  -- every row kept: the oldest starts it
+            v_start := v_kept;
+        END IF;
         v_cut := coalesce(v_start, v_below);
         RETURN QUERY
         WITH cut AS (SELECT v_cut AS seq)
@@ -513,9 +522,13 @@ def _windowed(visible: str) -> str:
 # tokens counted first). A session never forked nor compacted (or read raw) is read without
 # working out a line: its rows are all its view.
 #
-# Bitmap scans are off in it: under row-level security the policy's conditions made a
-# reused plan estimate one row per session and read a whole long session through a bitmap
-# and a sort to return its last 20; the key read backwards is always right here.
+# Its statements are planned once per connection (generic plans): every one of them reads
+# the primary key of one session backwards, whatever the parameters, and planning them on
+# every call (which PostgreSQL may keep doing when a custom plan looks cheaper) cost more
+# than the reads of a last-20 or a window. Bitmap scans are off in it: under row-level
+# security the policy's conditions made a reused plan estimate one row per session and read
+# a whole long session through a bitmap and a sort to return its last 20; the key read
+# backwards is always right here.
 READ_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(
@@ -524,7 +537,7 @@ CREATE OR REPLACE FUNCTION {s}.convostore_read(
 ) RETURNS TABLE (owner text, id text, seq bigint, role text, content text, tool_calls jsonb,
                  tool_call_id text, raw jsonb, created_at timestamptz, key_id text, sealed bytea,
                  branch text, covers_from bigint, covers_to bigint)
-LANGUAGE plpgsql SET enable_bitmapscan = off AS $fn$
+LANGUAGE plpgsql SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan AS $fn$
 #variable_conflict use_column
 DECLARE
     v_owner text;
@@ -533,9 +546,13 @@ DECLARE
     v_below bigint := coalesce(p_below, 9223372036854775807);
     v_cut bigint := 0;
     v_start bigint;
-    v_read bigint;
-    v_all boolean;
-    v_chunk bigint := 512;"""
+    v_pin bigint;
+    v_used bigint;
+    v_users bigint;
+    v_fit bigint;
+    v_turns bigint;
+    v_kept bigint;
+    v_row record;"""
     + _LINEAGE_VARS
     + """BEGIN
     PERFORM set_config('convostore.tenant_id', p_tenant, true),

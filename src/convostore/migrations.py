@@ -370,6 +370,10 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # id, which a sharded database runs on one shard without distributed planning); same
     # signature, same results.
     Migration(8, "lone_append_path", APPEND_FUNCTION),
+    # The read function finding a turns window's start by reading back to its user message,
+    # any other window's start by reading newest first just as far as it reaches, with its
+    # statements planned once per connection; same signature, same results.
+    Migration(9, "window_start_reads", READ_FUNCTION),
 )
 
 _LEDGER = """

@@ -86,6 +86,15 @@ def safe_start(messages: Sequence[Message]) -> int:
     """The first index at which *messages* can start without parting a call from its output
     (an output whose call is not after the start, parallel calls included) or a reasoning
     item from the item after it; ``len(messages)`` if none can."""
+    # Most windows can start at their first message: every output's call comes before it.
+    called: set[str] = set()
+    for message in messages:
+        if message.tool_call_id is not None and message.tool_call_id not in called:
+            break
+        if message.tool_calls:
+            called.update(_calls(message))
+    else:
+        return 0
     n = len(messages)
     # blocked[k]: starting at k would cut something apart (a difference array of intervals).
     delta = [0] * (n + 2)
