@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,21 +133,38 @@ class Keyring:
     ) -> tuple[str, str | None, str | None]:
         """The ``(content, tool_calls, raw)`` column values a row sealed; :class:`KeyUnavailable`
         if its key is not here or it does not open (tampered, or moved from another row)."""
-        cipher = self._cipher(kid, tenant)
-        try:
-            plain = cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(tenant, session_id, message_id))
-        except Exception as exc:  # cryptography's InvalidTag: wrong key, tampered, or another row's
-            raise KeyUnavailable(
-                f"message {message_id!r} of session {session_id!r} does not open with key {kid!r}"
-            ) from exc
-        content, tool_calls, raw = json.loads(plain)
-        return content, tool_calls, raw
+        return self.opener(tenant)(session_id, message_id, kid, sealed)
+
+    def opener(self, tenant: str) -> Callable[[str, str, str, bytes], tuple[str, str | None, str | None]]:
+        """:meth:`open` for the rows of *tenant*, with less work per row (reads open many)."""
+        ciphers: dict[str, Any] = {}
+        prefix = tenant + "\0"
+
+        def open_row(session_id: str, message_id: str, kid: str, sealed: bytes) -> tuple[str, str | None, str | None]:
+            cipher = ciphers.get(kid)
+            if cipher is None:
+                cipher = ciphers[kid] = self._cipher(kid, tenant)
+            try:
+                plain = cipher.decrypt(
+                    sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], f"{prefix}{session_id}\0{message_id}".encode()
+                )
+            except Exception as exc:  # cryptography's InvalidTag: wrong key, tampered, or another row's
+                raise KeyUnavailable(
+                    f"message {message_id!r} of session {session_id!r} does not open with key {kid!r}"
+                ) from exc
+            content, tool_calls, raw = _decode(plain.decode())
+            return content, tool_calls, raw
+
+        return open_row
 
     def seal_row(self, tenant: str, session_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A validated message row (``_validate.Row``) with its content sealed."""
         message_id, role, content, tool_calls, tool_call_id, raw, _, _, *counted = row
         sealed = self.seal(tenant, session_id, message_id, content, tool_calls, raw)
         return (message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed, *counted)
+
+
+_decode = json.JSONDecoder().decode
 
 
 def _aad(tenant: str, session_id: str, message_id: str) -> bytes:

@@ -18,7 +18,7 @@ Opener = Callable[[str, str, str, bytes], tuple[str, str | None, str | None]]
 ``(content, tool_calls, raw)`` (see :mod:`convostore._crypto`)."""
 
 
-def _no_key(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
+def no_key(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
     from .errors import KeyUnavailable
 
     raise KeyUnavailable(
@@ -32,7 +32,7 @@ def messages_from_rows(rows: Sequence[Any], sid: str, opener: Opener | None = No
     messages = []
     for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed, branch, first, last in rows:
         if sealed is not None:
-            content, tool_calls, raw = (opener or _no_key)(sid, id_, key_id, sealed)
+            content, tool_calls, raw = (opener or no_key)(sid, id_, key_id, sealed)
         messages.append(
             new_message(
                 id_,

@@ -27,7 +27,7 @@ from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
 from ._codec import load_json
 from ._crypto import Keyring, parse_keys
-from ._rows import Opener, messages_from_rows, session_from_row, sessions_from_joined_rows
+from ._rows import Opener, messages_from_rows, no_key, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
 from ._sql import HAS_CITUS, IS_DISTRIBUTED, MARKER_KIND, Queries, quote_ident, render
 from ._types import Connection
@@ -38,7 +38,6 @@ from .errors import (
     InvalidInput,
     InvalidMessage,
     InvalidMetadata,
-    KeyUnavailable,
     SchemaNotReady,
     SessionExists,
     SessionNotFound,
@@ -191,6 +190,7 @@ class PostgresSessionStore:
         self._count_tokens = token_counter
         self._tenant = check.scope_name(tenant or os.environ.get("CONVOSTORE_TENANT") or "default", "tenant")
         self._user: str | None = None  # the user a scoped view acts for (None: every user)
+        self._opener = self.opener_for(self._tenant)  # opens this tenant's sealed rows
         self._actor = check.optional_identifier(actor or os.environ.get("CONVOSTORE_ACTOR"), "actor")
         self._apply_migrations = apply_migrations
         options = PoolOptions(
@@ -240,6 +240,7 @@ class PostgresSessionStore:
             raise SessionOwnershipError(f"this view acts for user {self._user!r} of tenant {self._tenant!r} only")
         view = copy.copy(self)
         view._tenant, view._user, view._sweeper = new_tenant, new_user, None
+        view._opener = view.opener_for(new_tenant)
         return view
 
     def acting_user(self, user_id: object = None) -> str | None:
@@ -256,22 +257,9 @@ class PostgresSessionStore:
         """Whether this store seals what messages say (it has encryption keys)."""
         return self._keyring is not None
 
-    def _opener(
-        self, session_id: str, message_id: str, key_id: str, sealed: bytes
-    ) -> tuple[str, str | None, str | None]:
-        return self.opener_for(self._tenant)(session_id, message_id, key_id, sealed)
-
     def opener_for(self, tenant: str) -> Opener:
         """What opens the sealed rows of *tenant* (for convostore's own modules: export)."""
-
-        def opener(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
-            if self._keyring is None:
-                raise KeyUnavailable(
-                    f"message {message_id!r} of session {session_id!r} is sealed and this store has no encryption key"
-                )
-            return self._keyring.open(tenant, session_id, message_id, key_id, sealed)
-
-        return opener
+        return no_key if self._keyring is None else self._keyring.opener(tenant)
 
     def seal_row(self, session_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A validated message row (``_validate.Row``) of this tenant, its content sealed when
