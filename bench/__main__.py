@@ -66,6 +66,9 @@ ROWS: list[tuple[str, str, bool, float | None]] = [
 # a throughput ratio >= 0.9, a latency ratio <= 1.1), which applies to COST_ROWS.
 COSTS = {"convostore-rls": 0.10, "convostore-sealed": 0.25}
 COST_ROWS = ("W1 sequential appends", "W3 batch", "W4 last 20 of long session")
+# Where each run keeps the cost rows measured in turns (workloads.paired_costs): the cost
+# table judges those, since figures of systems measured one after another drift apart.
+PAIRED = "cost rows in turns"
 PGBENCH_CLIENTS = (1, 32)
 
 
@@ -101,6 +104,22 @@ async def run_system(name: str, url: str, sizes: w.Sizes, pool: int, extras: boo
     finally:
         await system.stop()
     return out
+
+
+async def run_paired(names: list[str], url: str, sizes: w.Sizes, pool: int) -> dict[str, dict[str, float]]:
+    """The cost rows (W1, W3, W4) of convostore and its variants, measured in turns."""
+    systems: dict[str, System] = {}
+    try:
+        for name in names:
+            systems[name] = SYSTEMS[name](url, f"bench_paired_{name.replace('-', '_')}", pool)
+            await systems[name].start()
+        started = time.perf_counter()
+        figures = await w.paired_costs(systems, sizes)
+        console.print(f"  {', '.join(names)} in turns (cost rows): {time.perf_counter() - started:.1f}s", style="dim")
+        return figures
+    finally:
+        for system in systems.values():
+            await system.stop()
 
 
 def pgbench(url: str, seconds: int, clients: int) -> float | None:
@@ -317,7 +336,10 @@ def cost_table(results: dict[str, list[dict[str, Any]]], several: bool) -> dict[
     variants = [name for name in COSTS if name in results and "convostore" in results]
     if not variants:
         return {}
-    table = Table(title="cost of row-level security and of encryption: variant / convostore, same run")
+    table = Table(
+        title="cost of row-level security and of encryption: variant / convostore, same run",
+        caption="W1, W3 and W4 measured with the systems taking turns (see bench/README.md)",
+    )
     table.add_column("workload")
     table.add_column("unit")
     for name in variants:
@@ -325,6 +347,15 @@ def cost_table(results: dict[str, list[dict[str, Any]]], several: bool) -> dict[
         table.add_column("target", justify="right")
     out: dict[str, Any] = {name: {} for name in variants}
     per_variant = {name: _per_run_ratios(results, name, "convostore") for name in variants}
+    for name in variants:  # the cost rows: as measured in turns, where they were
+        paired = [
+            (mine[PAIRED], theirs[PAIRED])
+            for mine, theirs in zip(results[name], results["convostore"], strict=False)
+            if PAIRED in mine and PAIRED in theirs
+        ]
+        for row in COST_ROWS:
+            if paired:
+                per_variant[name][row] = [m[row] / t[row] for m, t in paired]
     for row, unit, higher, _ in ROWS:
         cells: list[str] = []
         for name in variants:
@@ -404,6 +435,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for name in chosen:
             extras = run == 0 and name in ("floor", "convostore") and not args.no_extras
             results[name].append(await run_system(name, url, sizes, args.pool, extras))
+        paired = [name for name in chosen if name == "convostore" or name in COSTS]
+        if "convostore" in paired and len(paired) > 1:
+            for name, figures in (await run_paired(paired, url, sizes, args.pool)).items():
+                results[name][-1][PAIRED] = figures
         if args.pgbench:  # in every run, beside the systems
             for clients in PGBENCH_CLIENTS:
                 tps = await asyncio.to_thread(pgbench, url, 3 if args.size == "tiny" else 10, clients)

@@ -239,3 +239,54 @@ async def memory_mb(system: System, sizes: Sizes) -> float:
     if len(result) != sizes.memory_session:
         raise AssertionError(f"{system.name} read {len(result)} of {sizes.memory_session} messages")
     return peak / 1e6
+
+
+async def paired_costs(systems: dict[str, System], sizes: Sizes, rounds: int = 10) -> dict[str, dict[str, float]]:
+    """W1, W3 and W4 of several systems measured in turns (each round, every system does a
+    tenth of the work, in a rotating order), so that what the machine does meanwhile weighs
+    on each alike: the cost of a variant is the ratio of these, not of figures taken a
+    minute apart. Returns {system: {workload: value}} in W1's, W3's and W4's units."""
+    names = list(systems)
+    w1_sessions = {n: await s.new_session("cost-w1") for n, s in systems.items()}
+    w3_sessions = {n: await s.new_session("cost-w3") for n, s in systems.items()}
+    w4_sessions = {}
+    for n, s in systems.items():
+        w4_sessions[n] = await s.new_session("cost-w4")
+        await s.fill(w4_sessions[n], sizes.w4_session)
+        await _analyze(s)
+    texts = [f"batched message {i}" for i in range(sizes.w3_batch)]
+    for n, s in systems.items():  # warm every statement
+        await s.append(w1_sessions[n], "warm-up")
+        await s.append_batch(w3_sessions[n], texts)
+        await s.last_n(w4_sessions[n], sizes.w4_last)
+    spent = {n: {"W1": 0.0, "W3": 0.0} for n in names}
+    counts = {n: {"W1": 0, "W3": 0} for n in names}
+    reads: dict[str, list[float]] = {n: [] for n in names}
+    appends = max(sizes.w1_appends // rounds, 1)
+    batches = max(sizes.w3_batches // rounds, 1)
+    per_round_reads = max(sizes.w4_reads // rounds, 1)
+    for r in range(rounds):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            s = systems[n]
+            start = time.perf_counter()
+            for i in range(appends):
+                await s.append(w1_sessions[n], f"message {i}")
+            spent[n]["W1"] += time.perf_counter() - start
+            counts[n]["W1"] += appends
+            start = time.perf_counter()
+            for _ in range(batches):
+                await s.append_batch(w3_sessions[n], texts)
+            spent[n]["W3"] += time.perf_counter() - start
+            counts[n]["W3"] += batches * len(texts)
+            for _ in range(per_round_reads):
+                start = time.perf_counter()
+                await s.last_n(w4_sessions[n], sizes.w4_last)
+                reads[n].append(time.perf_counter() - start)
+    return {
+        n: {
+            "W1 sequential appends": counts[n]["W1"] / spent[n]["W1"],
+            "W3 batch": counts[n]["W3"] / spent[n]["W3"],
+            "W4 last 20 of long session": statistics.median(reads[n]) * 1000,
+        }
+        for n in names
+    }

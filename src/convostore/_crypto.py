@@ -138,16 +138,19 @@ class Keyring:
     def opener(self, tenant: str) -> Callable[[str, str, str, bytes], tuple[str, str | None, str | None]]:
         """:meth:`open` for the rows of *tenant*, with less work per row (reads open many)."""
         ciphers: dict[str, Any] = {}
-        prefix = tenant + "\0"
+        prefixes: dict[str, bytes] = {}  # per session: the start of its rows' associated data
 
         def open_row(session_id: str, message_id: str, kid: str, sealed: bytes) -> tuple[str, str | None, str | None]:
             cipher = ciphers.get(kid)
             if cipher is None:
                 cipher = ciphers[kid] = self._cipher(kid, tenant)
+            prefix = prefixes.get(session_id)
+            if prefix is None:
+                if len(prefixes) > 1000:
+                    prefixes.clear()
+                prefix = prefixes[session_id] = _aad(tenant, session_id, "")
             try:
-                plain = cipher.decrypt(
-                    sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], f"{prefix}{session_id}\0{message_id}".encode()
-                )
+                plain = cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], prefix + message_id.encode())
             except Exception as exc:  # cryptography's InvalidTag: wrong key, tampered, or another row's
                 raise KeyUnavailable(
                     f"message {message_id!r} of session {session_id!r} does not open with key {kid!r}"

@@ -403,7 +403,9 @@ _VISIBLE = f"""m.session_id = p_session AND m.tenant_id = p_tenant AND m.seq > v
            AND (v_from IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(v_from, v_to) AS r(f, t)
                                                 WHERE m.seq BETWEEN r.f AND r.t))"""
 
-_READ_COLUMNS = """m.id::text, m.seq, m.role::text, m.content, m.tool_calls, m.tool_call_id::text, m.raw,
+# (A sealed row's content column holds a digest the reader has no use for: it is not sent.)
+_READ_COLUMNS = """m.id::text, m.seq, m.role::text, CASE WHEN m.sealed IS NULL THEN m.content END, m.tool_calls,
+                   m.tool_call_id::text, m.raw,
                    m.created_at, m.key_id::text, m.sealed, m.branch::text, m.covers_from, m.covers_to"""
 
 # A token count for rows written without one (before counts were kept).
@@ -471,10 +473,37 @@ def _windowed(visible: str) -> str:
                 RETURN;
             END IF;
         END IF;
-        -- The window's start, read newest first just as far as the window reaches: a row is
-        -- kept while the tokens so far (after the pinned messages') fit and fewer than
-        -- p_turns user messages are newer. The window starts at the oldest kept row that does
-        -- not follow a reasoning item (that item and the one after it stay together).
+        -- One statement: the rows read newest first, with the tokens (after the pinned
+        -- messages') and user messages newer than each, up to the first row the window cannot
+        -- take; the window starts right after it, unless that row is a reasoning item (then
+        -- worked out below), or the window is empty.
+        RETURN QUERY
+        WITH pin AS (
+                SELECT coalesce(sum({_TOKENS}), 0) AS tokens FROM {{s}}.conversation_messages m
+                 WHERE p_budget IS NOT NULL AND p_pinned AND {visible} AND m.seq < v_below AND {pinned}
+             ),
+             stop AS (
+                SELECT x.seq, x.kind FROM (
+                    SELECT m.seq, m.kind,
+                           sum(CASE WHEN p_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END) OVER w AS used,
+                           count(*) FILTER (WHERE m.role = 'user') OVER w - (m.role = 'user')::int AS newer_users
+                      FROM {{s}}.conversation_messages m
+                     WHERE {visible} AND m.seq < v_below
+                    WINDOW w AS (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING)
+                     ORDER BY m.seq DESC LIMIT v_below) x
+                 WHERE x.used > p_budget - (SELECT tokens FROM pin) OR x.newer_users >= p_turns
+                 LIMIT 1
+             ),
+             cut AS (SELECT CASE WHEN (SELECT kind FROM stop) = 'reasoning' THEN NULL
+                                 ELSE coalesce((SELECT seq FROM stop) + 1, 0) END AS seq)
+        {rows("(SELECT seq FROM cut)")}
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- Row by row, newest first, just as far as the window reaches: a row is kept while
+        -- the tokens so far (after the pinned messages') fit and fewer than p_turns user
+        -- messages are newer. The window starts at the oldest kept row that does not follow
+        -- a reasoning item (that item and the one after it stay together).
         v_pin := 0;
         IF p_budget IS NOT NULL AND p_pinned THEN
             SELECT coalesce(sum({_TOKENS}), 0) INTO v_pin FROM {{s}}.conversation_messages m
@@ -484,9 +513,6 @@ def _windowed(visible: str) -> str:
         v_users := 0;
         v_fit := coalesce(p_budget - v_pin, 9223372036854775807);
         v_turns := coalesce(p_turns, 9223372036854775807);
-        -- (A loop's query is planned to be read to its end, which a sort of the whole
-        -- session would win; a LIMIT not known when planning, and true since no more rows
-        -- lie below v_below, keeps the key read backwards.)
         FOR v_row IN
             SELECT m.seq, CASE WHEN p_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END AS tokens,
                    (m.role = 'user')::int AS user_message, coalesce(m.kind = 'reasoning', false) AS reasoning
@@ -525,10 +551,14 @@ def _windowed(visible: str) -> str:
 # Its statements are planned once per connection (generic plans): every one of them reads
 # the primary key of one session backwards, whatever the parameters, and planning them on
 # every call (which PostgreSQL may keep doing when a custom plan looks cheaper) cost more
-# than the reads of a last-20 or a window. Bitmap scans are off in it: under row-level
-# security the policy's conditions made a reused plan estimate one row per session and read
-# a whole long session through a bitmap and a sort to return its last 20; the key read
-# backwards is always right here.
+# than the reads of a last-20 or a window. (Not on distributed tables, where Citus plans each
+# statement from its values: distributing resets it, see migrations._fit_to_citus.)
+# Every read in it is the session's key read backwards, newest first, as far as it needs.
+# Bitmap scans are off in it: under row-level security the policy's conditions made a
+# reused plan estimate one row per session and read a whole long session through a bitmap
+# and a sort to return its last 20. The reads of a window's start, which go as far as the
+# window reaches, say LIMIT v_below (true: no more rows lie below it): a query without a
+# LIMIT is planned to be read to its end, which a sort of the whole session can win.
 READ_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {s}.convostore_read(

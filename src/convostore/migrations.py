@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, READ_FUNCTION, quote_ident
+from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, HAS_CITUS, IS_DISTRIBUTED, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -371,8 +371,9 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # signature, same results.
     Migration(8, "lone_append_path", APPEND_FUNCTION),
     # The read function finding a turns window's start by reading back to its user message,
-    # any other window's start by reading newest first just as far as it reaches, with its
-    # statements planned once per connection; same signature, same results.
+    # any other window's start by reading newest first just as far as it reaches (no chunks),
+    # with its statements planned once per connection and no digest sent for a sealed row;
+    # same signature, same results.
     Migration(9, "window_start_reads", READ_FUNCTION),
 )
 
@@ -438,6 +439,8 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
                 )
             logger.info("applied migration %04d_%s to schema %s", migration.version, migration.name, schema)
             done.append(migration)
+        if await conn.fetchval(HAS_CITUS) and await conn.fetchval(IS_DISTRIBUTED, f"{quoted}.agent_sessions"):
+            await _fit_to_citus(conn, quoted)  # a migration may have replaced a function
     except asyncpg.PostgresError as exc:
         raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
     return done
@@ -521,8 +524,22 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
                         "SELECT create_distributed_function($1, $2, colocate_with => $3)", function, argument, sessions
                     )
                     functions.append(name)
+            await _fit_to_citus(conn, quoted)
     except asyncpg.PostgresError as exc:
         raise MigrationError(f"distributing schema {schema!r} failed: {exc}") from exc
     if tables or functions:
         logger.info("distributed schema %s: tables %s, functions %s", schema, tables, functions)
     return Distribution(tuple(tables), tuple(functions))
+
+
+async def _fit_to_citus(conn: Connection, quoted: str) -> None:
+    """What differs in a distributed schema's functions: the read function's statements are
+    planned with each call's values (Citus plans a distributed query from them and cannot
+    run a generic plan of one), not once per connection as on one node. Idempotent."""
+    function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.convostore_read")
+    if await conn.fetchval(
+        "SELECT coalesce('plan_cache_mode=force_generic_plan' = ANY (proconfig), false) FROM pg_proc "
+        "WHERE oid = $1::regprocedure",
+        function,
+    ):
+        await conn.execute(f"ALTER FUNCTION {function} RESET plan_cache_mode")
