@@ -155,7 +155,7 @@ class Keyring:
                 raise KeyUnavailable(
                     f"message {message_id!r} of session {session_id!r} does not open with key {kid!r}"
                 ) from exc
-            content, tool_calls, raw = _decode(plain.decode())
+            content, tool_calls, raw = _decode(plain.decode())[0]
             return content, tool_calls, raw
 
         return open_row
@@ -167,7 +167,9 @@ class Keyring:
         return (message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed, *counted)
 
 
-_decode = json.JSONDecoder().decode
+# What a sealed row opens to is JSON this module wrote (and AES-GCM authenticated): parsed
+# without the checks for what may follow it.
+_decode = json.JSONDecoder().raw_decode
 
 
 def _aad(tenant: str, session_id: str, message_id: str) -> bytes:
