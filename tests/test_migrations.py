@@ -9,7 +9,7 @@ import sys
 import asyncpg
 import pytest
 
-from convostore import MIGRATIONS, MigrationError, PostgresSessionStore
+from convostore import MIGRATIONS, MigrationError, PostgresSessionStore, Window
 
 
 async def test_migrations_are_recorded_and_rerun_is_a_no_op(store: PostgresSessionStore) -> None:
@@ -29,6 +29,30 @@ async def test_migration_sql_itself_can_be_applied_twice(store: PostgresSessionS
         for migration in MIGRATIONS:
             for statement in migration.statements(quoted):
                 await conn.execute(statement)
+
+
+async def test_the_read_function_is_planned_as_its_tables_need(store: PostgresSessionStore) -> None:
+    """On one node the read function's statements are planned once per connection; Citus
+    cannot run a generic plan of a distributed query, so on distributed tables distributing
+    resets that, and so does migrating (a migration may create the function again)."""
+    config = (
+        "SELECT coalesce('plan_cache_mode=force_generic_plan' = ANY (proconfig), false) FROM pg_proc "
+        "WHERE oid = $1::regprocedure"
+    )
+    quoted = f'"{store.schema}"'
+    async with store.pool.acquire() as conn:
+        function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.convostore_read")
+        assert await conn.fetchval(config, function) is not store.runner.distributed
+        if store.runner.distributed:
+            await conn.execute(f"DELETE FROM {quoted}.convostore_migrations WHERE version = $1", MIGRATIONS[-1].version)
+    if store.runner.distributed:
+        assert [m.version for m in await store.migrate()] == [MIGRATIONS[-1].version]
+        async with store.pool.acquire() as conn:
+            assert await conn.fetchval(config, function) is False
+    session = await store.create_session("u", "a")
+    await store.add_messages(session.id, [{"role": "user", "content": f"q{i}"} for i in range(30)])
+    assert [m.content for m in await store.get_messages(session.id, window=Window(turns=2))] == ["q28", "q29"]
+    assert len(await store.get_messages(session.id, window=Window(tokens=2))) == 2  # a token each
 
 
 def test_migrations_split_into_whole_statements() -> None:
