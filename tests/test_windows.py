@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import asyncpg
 import pytest
 from agents.items import TResponseInputItem
 from agents.run_internal.items import drop_orphan_function_calls
@@ -266,10 +267,14 @@ async def test_windows_longer_than_a_chunk_and_below_a_seq(store: PostgresSessio
     assert [m.content for m in await store.get_messages(session.id, window=Window(tokens=0))] == ["rules"]
 
 
-async def test_turn_windows_after_reasoning_in_branches_and_compacted(store: PostgresSessionStore) -> None:
-    """A turns window starts at a user message, unless a reasoning item is right before it
-    (an interrupted run), on a branch's view and on a compacted view alike."""
-    items: list[dict[str, Any]] = [{"role": "system", "content": "rules"}]
+@pytest.mark.parametrize("rules", [True, False], ids=["pinned", "none-pinned"])
+async def test_windows_after_reasoning_in_branches_and_compacted(
+    store: PostgresSessionStore, database_url: str, schema_name: str, rules: bool
+) -> None:
+    """A window starts at a user message, unless a reasoning item is right before it (an
+    interrupted run), on a branch's view and on a compacted view alike, in a session with
+    a pinned message and in one without."""
+    items: list[dict[str, Any]] = [{"role": "system", "content": "rules"}] if rules else []
     for turn in range(6):
         items.append({"role": "user", "content": f"q{turn}"})
         items.append(_reasoning(turn))  # a run cut off after reasoning: the next turn follows it
@@ -277,12 +282,23 @@ async def test_turn_windows_after_reasoning_in_branches_and_compacted(store: Pos
             items.append(_said(turn, f"a{turn}"))
     session = PostgresSession("interrupted", store=store, user_id="u")
     await session.add_items(items)  # type: ignore[arg-type]
-    messages, tokens = as_messages(items)  # (token counts: unused by turns windows)
+    messages, _ = as_messages(items)
 
     async def check_view(view: list[Message], **read: Any) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            stored = await conn.fetch(
+                f'SELECT seq, tokens FROM "{schema_name}".conversation_messages WHERE session_id = $1', "interrupted"
+            )
+        finally:
+            await conn.close()
+        tokens = {r["seq"]: r["tokens"] for r in stored}
+        total = sum(tokens[m.seq] for m in view)
         for pinned in (True, False):
-            for n in range(sum(m.role == "user" for m in view) + 2):
-                window = Window(turns=n, pinned=pinned)
+            shapes = [Window(turns=n, pinned=pinned) for n in range(sum(m.role == "user" for m in view) + 2)]
+            shapes += [Window(tokens=budget, pinned=pinned) for budget in range(0, total + 2, 7)]
+            shapes += [Window(turns=2, tokens=total // 2, pinned=pinned)]
+            for window in shapes:
                 got = await store.get_messages("interrupted", window=window, **read)
                 want = fit(reference(view, tokens, window), pinned=pinned)
                 assert [m.seq for m in got] == [m.seq for m in want], f"{read} {window}"

@@ -419,19 +419,64 @@ def _windowed(visible: str) -> str:
     """The PL/pgSQL that returns the window of the rows matching *visible* (see READ_FUNCTION)."""
     pinned = "m.role IN ('system', 'developer')"
 
-    def rows(first: str) -> str:
+    def rows(first: str, pins: bool) -> str:
+        pinned_rows = f"""
+                UNION ALL
+                (SELECT {_READ_COLUMNS}
+                   FROM {{s}}.conversation_messages m
+                  WHERE v_pinned AND {first} > 0 AND {visible} AND m.seq < least({first}, v_below) AND {pinned})"""
         return f"""
             SELECT v_owner, x.* FROM (
                 (SELECT {_READ_COLUMNS}
                    FROM {{s}}.conversation_messages m
                   WHERE {visible} AND m.seq < v_below AND m.seq >= {first}
                   ORDER BY m.seq DESC
-                  LIMIT p_limit)
-                UNION ALL
-                (SELECT {_READ_COLUMNS}
-                   FROM {{s}}.conversation_messages m
-                  WHERE p_pinned AND {first} > 0 AND {visible} AND m.seq < least({first}, v_below) AND {pinned})
+                  LIMIT p_limit){pinned_rows if pins else ""}
             ) x ORDER BY x.seq;"""
+
+    def turns(pins: bool) -> str:
+        # The window starts at the p_turns-th newest user message (at the oldest row if there
+        # are fewer), found by reading back just that far; if the row before it is a
+        # reasoning item, or the window is empty, the start is worked out below instead.
+        return f"""
+            RETURN QUERY
+            WITH u AS (SELECT m.seq FROM {{s}}.conversation_messages m
+                        WHERE {visible} AND m.seq < v_below AND m.role = 'user'
+                        ORDER BY m.seq DESC OFFSET greatest(p_turns - 1, 0) LIMIT 1),
+                 cut AS (SELECT CASE WHEN p_turns = 0 THEN v_below
+                                     WHEN (SELECT p.kind FROM {{s}}.conversation_messages p
+                                            WHERE {visible.replace("m.", "p.")} AND p.seq < (SELECT seq FROM u)
+                                            ORDER BY p.seq DESC LIMIT 1) = 'reasoning' THEN NULL
+                                     ELSE coalesce((SELECT seq FROM u), 0) END AS seq)
+            {rows("(SELECT seq FROM cut)", pins)}"""
+
+    def budget(pins: bool) -> str:
+        counted = f"CASE WHEN {pinned} THEN 0 ELSE {_TOKENS} END" if pins else _TOKENS
+        pin = f"""pin AS (
+                    SELECT coalesce(sum({_TOKENS}), 0) AS tokens FROM {{s}}.conversation_messages m
+                     WHERE {visible} AND m.seq < v_below AND {pinned}
+                 ),"""
+        # The rows read newest first, with the tokens (after the pinned messages') and user
+        # messages newer than each, up to the first row the window cannot take; the window
+        # starts right after it, unless that row is a reasoning item (then worked out below).
+        return f"""
+            RETURN QUERY
+            WITH {pin if pins else ""}
+                 stop AS (
+                    SELECT x.seq, x.kind FROM (
+                        SELECT m.seq, m.kind,
+                               sum({counted}) OVER w AS used,
+                               count(*) FILTER (WHERE m.role = 'user') OVER w - (m.role = 'user')::int AS newer_users
+                          FROM {{s}}.conversation_messages m
+                         WHERE {visible} AND m.seq < v_below
+                        WINDOW w AS (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING)
+                         ORDER BY m.seq DESC LIMIT v_below) x
+                     WHERE x.used > p_budget{" - (SELECT tokens FROM pin)" if pins else ""} OR x.newer_users >= p_turns
+                     LIMIT 1
+                 ),
+                 cut AS (SELECT CASE WHEN (SELECT kind FROM stop) = 'reasoning' THEN NULL
+                                     ELSE coalesce((SELECT seq FROM stop) + 1, 0) END AS seq)
+            {rows("(SELECT seq FROM cut)", pins)}"""
 
     return f"""
         IF p_above IS NOT NULL THEN  -- paging forwards: the first p_limit after seq p_above
@@ -454,50 +499,22 @@ def _windowed(visible: str) -> str:
             ) x ORDER BY x.seq;
             RETURN;
         END IF;
+        -- One statement for the window, in one of two shapes: with the pinned messages (their
+        -- tokens and those before the window), or, when the session holds none (one probe of
+        -- their index), without, which spares the reads and the plan nodes they cost.
+        v_pinned := p_pinned AND EXISTS (SELECT 1 FROM {{s}}.conversation_messages m WHERE {_WHOLE} AND {pinned});
         IF p_budget IS NULL THEN
-            -- Turns only, one statement: the window starts at the p_turns-th newest user
-            -- message (at the oldest row if there are fewer), found by reading back just that
-            -- far. If the row before it is a reasoning item, or the window is empty, the
-            -- start is worked out below instead.
-            RETURN QUERY
-            WITH u AS (SELECT m.seq FROM {{s}}.conversation_messages m
-                        WHERE {visible} AND m.seq < v_below AND m.role = 'user'
-                        ORDER BY m.seq DESC OFFSET greatest(p_turns - 1, 0) LIMIT 1),
-                 cut AS (SELECT CASE WHEN p_turns = 0 THEN v_below
-                                     WHEN (SELECT p.kind FROM {{s}}.conversation_messages p
-                                            WHERE {visible.replace("m.", "p.")} AND p.seq < (SELECT seq FROM u)
-                                            ORDER BY p.seq DESC LIMIT 1) = 'reasoning' THEN NULL
-                                     ELSE coalesce((SELECT seq FROM u), 0) END AS seq)
-            {rows("(SELECT seq FROM cut)")}
+            IF v_pinned THEN{turns(True)}
+            ELSE{turns(False)}
+            END IF;
             IF FOUND THEN
                 RETURN;
             END IF;
         END IF;
-        -- One statement: the rows read newest first, with the tokens (after the pinned
-        -- messages') and user messages newer than each, up to the first row the window cannot
-        -- take; the window starts right after it, unless that row is a reasoning item (then
-        -- worked out below), or the window is empty.
-        RETURN QUERY
-        WITH pin AS (
-                SELECT coalesce(sum({_TOKENS}), 0) AS tokens FROM {{s}}.conversation_messages m
-                 WHERE p_budget IS NOT NULL AND p_pinned AND {visible} AND m.seq < v_below AND {pinned}
-             ),
-             stop AS (
-                SELECT x.seq, x.kind FROM (
-                    SELECT m.seq, m.kind,
-                           sum(CASE WHEN p_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END) OVER w AS used,
-                           count(*) FILTER (WHERE m.role = 'user') OVER w - (m.role = 'user')::int AS newer_users
-                      FROM {{s}}.conversation_messages m
-                     WHERE {visible} AND m.seq < v_below
-                    WINDOW w AS (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING)
-                     ORDER BY m.seq DESC LIMIT v_below) x
-                 WHERE x.used > p_budget - (SELECT tokens FROM pin) OR x.newer_users >= p_turns
-                 LIMIT 1
-             ),
-             cut AS (SELECT CASE WHEN (SELECT kind FROM stop) = 'reasoning' THEN NULL
-                                 ELSE coalesce((SELECT seq FROM stop) + 1, 0) END AS seq)
-        {rows("(SELECT seq FROM cut)")}
-        IF FOUND THEN
+        IF v_pinned THEN{budget(True)}
+        ELSE{budget(False)}
+        END IF;
+        IF FOUND THEN  -- (none: the window is empty, or starts after a reasoning item)
             RETURN;
         END IF;
         -- Row by row, newest first, just as far as the window reaches: a row is kept while
@@ -505,7 +522,7 @@ def _windowed(visible: str) -> str:
         -- messages are newer. The window starts at the oldest kept row that does not follow
         -- a reasoning item (that item and the one after it stay together).
         v_pin := 0;
-        IF p_budget IS NOT NULL AND p_pinned THEN
+        IF p_budget IS NOT NULL AND v_pinned THEN
             SELECT coalesce(sum({_TOKENS}), 0) INTO v_pin FROM {{s}}.conversation_messages m
              WHERE {visible} AND m.seq < v_below AND {pinned};
         END IF;
@@ -514,7 +531,7 @@ def _windowed(visible: str) -> str:
         v_fit := coalesce(p_budget - v_pin, 9223372036854775807);
         v_turns := coalesce(p_turns, 9223372036854775807);
         FOR v_row IN
-            SELECT m.seq, CASE WHEN p_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END AS tokens,
+            SELECT m.seq, CASE WHEN v_pinned AND {pinned} THEN 0 ELSE {_TOKENS} END AS tokens,
                    (m.role = 'user')::int AS user_message, coalesce(m.kind = 'reasoning', false) AS reasoning
               FROM {{s}}.conversation_messages m
              WHERE {visible} AND m.seq < v_below ORDER BY m.seq DESC LIMIT v_below
@@ -533,7 +550,7 @@ def _windowed(visible: str) -> str:
         v_cut := coalesce(v_start, v_below);
         RETURN QUERY
         WITH cut AS (SELECT v_cut AS seq)
-        {rows("(SELECT seq FROM cut)")}
+        {rows("(SELECT seq FROM cut)", True)}
 """
 
 
@@ -582,6 +599,7 @@ DECLARE
     v_fit bigint;
     v_turns bigint;
     v_kept bigint;
+    v_pinned boolean;
     v_row record;"""
     + _LINEAGE_VARS
     + """BEGIN

@@ -375,6 +375,10 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # with its statements planned once per connection and no digest sent for a sealed row;
     # same signature, same results.
     Migration(9, "window_start_reads", READ_FUNCTION),
+    # The read function's window statements in two shapes, chosen by one probe: with the
+    # pinned messages, or without them for a session that holds none; same signature, same
+    # results.
+    Migration(10, "window_pinned_shapes", READ_FUNCTION),
 )
 
 _LEDGER = """
