@@ -566,11 +566,12 @@ def _windowed(visible: str) -> str:
 # working out a line: its rows are all its view.
 #
 # Its statements are planned once per connection (generic plans): every one of them reads
-# the primary key of one session backwards, whatever the parameters, and planning them on
-# every call (which PostgreSQL may keep doing when a custom plan looks cheaper) cost more
-# than the reads of a last-20 or a window. (Not on distributed tables, where Citus plans each
+# one session's rows through an index, whatever the parameters, and planning them on every
+# call (which PostgreSQL may keep doing when a custom plan looks cheaper) cost more than the
+# reads of a last-20 or a window. (Not on distributed tables, where Citus plans each
 # statement from its values: distributing resets it, see migrations._fit_to_citus.)
-# Every read in it is the session's key read backwards, newest first, as far as it needs.
+# Every read in it is the session's key read backwards, newest first, as far as it needs,
+# but for the pinned messages, read through their own partial index.
 # Bitmap scans are off in it: under row-level security the policy's conditions made a
 # reused plan estimate one row per session and read a whole long session through a bitmap
 # and a sort to return its last 20. The reads of a window's start, which go as far as the
