@@ -31,24 +31,32 @@ async def test_migration_sql_itself_can_be_applied_twice(store: PostgresSessionS
                 await conn.execute(statement)
 
 
-async def test_the_read_function_is_planned_as_its_tables_need(store: PostgresSessionStore) -> None:
-    """On one node the read function's statements are planned once per connection; Citus
-    cannot run a generic plan of a distributed query, so on distributed tables distributing
-    resets that, and so does migrating (a migration may create the function again)."""
-    config = (
-        "SELECT coalesce('plan_cache_mode=force_generic_plan' = ANY (proconfig), false) FROM pg_proc "
-        "WHERE oid = $1::regprocedure"
+async def test_the_functions_are_planned_as_their_tables_need(store: PostgresSessionStore) -> None:
+    """On one node the read function's statements are planned once per connection. On
+    distributed tables the three functions that calls are delegated to plan each statement with
+    the call's values (Citus plans a distributed statement from them, and a reused generic
+    plan grew the node's process on every run): distributing sets that, and so does migrating
+    (a migration may create a function again, with its one-node settings)."""
+    plans = (
+        "SELECT p.proname, s.setting FROM pg_proc p "
+        "LEFT JOIN LATERAL (SELECT c FROM unnest(p.proconfig) c WHERE c LIKE 'plan_cache_mode=%') s(setting) ON true "
+        "WHERE p.pronamespace = $1::regnamespace AND p.proname LIKE 'convostore%' ORDER BY p.proname"
     )
     quoted = f'"{store.schema}"'
+    custom = "plan_cache_mode=force_custom_plan"
+    one_node = [
+        ("convostore_append", None),
+        ("convostore_compact", None),
+        ("convostore_read", "plan_cache_mode=force_generic_plan"),
+    ]
+    expected = [(name, custom) for name, _ in one_node] if store.runner.distributed else one_node
     async with store.pool.acquire() as conn:
-        function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.convostore_read")
-        assert await conn.fetchval(config, function) is not store.runner.distributed
-        if store.runner.distributed:
-            await conn.execute(f"DELETE FROM {quoted}.convostore_migrations WHERE version = $1", MIGRATIONS[-1].version)
-    if store.runner.distributed:
-        assert [m.version for m in await store.migrate()] == [MIGRATIONS[-1].version]
-        async with store.pool.acquire() as conn:
-            assert await conn.fetchval(config, function) is False
+        assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
+        recreating = [m.version for m in MIGRATIONS if m.name in ("window_pinned_shapes", "citus_custom_plans")]
+        await conn.execute(f"DELETE FROM {quoted}.convostore_migrations WHERE version = ANY ($1)", recreating)
+    assert [m.version for m in await store.migrate()] == recreating
+    async with store.pool.acquire() as conn:
+        assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
     session = await store.create_session("u", "a")
     await store.add_messages(session.id, [{"role": "user", "content": f"q{i}"} for i in range(30)])
     assert [m.content for m in await store.get_messages(session.id, window=Window(turns=2))] == ["q28", "q29"]

@@ -569,7 +569,7 @@ def _windowed(visible: str) -> str:
 # one session's rows through an index, whatever the parameters, and planning them on every
 # call (which PostgreSQL may keep doing when a custom plan looks cheaper) cost more than the
 # reads of a last-20 or a window. (Not on distributed tables, where Citus plans each
-# statement from its values: distributing resets it, see migrations._fit_to_citus.)
+# statement from its values: see FIT_TO_CITUS.)
 # Every read in it is the session's key read backwards, newest first, as far as it needs,
 # but for the pinned messages, read through their own partial index.
 # Bitmap scans are off in it: under row-level security the policy's conditions made a
@@ -1411,6 +1411,39 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_dist_partition d ON d.logicalrelid = c.oid
 WHERE n.nspname = $1 AND c.relkind = 'r'
 ORDER BY c.relname
+"""
+
+# On distributed tables, the functions that calls are delegated with (append, read, compact)
+# plan each statement with the call's values (custom plans), as Citus plans a distributed
+# statement from them. Reusing a generic plan would gain nothing there, and on the node
+# holding the shard Citus 12.1.12, 13.2.1, 13.2.2, 14.0.0 and 14.0.1 add a fresh copy of its
+# local plan to it on every run (upstream pull request 8824 fixes that): the backend of a
+# pooled connection grew by about 144 KB per append and 44 KB per read until it closed.
+# Applied by migration 11 (a schema distributed before it) and after distributing or any
+# migration that creates a function again; a schema that is not distributed is left as it is.
+FIT_TO_CITUS = """
+DO $fit$
+DECLARE
+    f regprocedure;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                    WHERE logicalrelid = to_regclass('{s}.agent_sessions')) THEN
+        RETURN;
+    END IF;
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = to_regnamespace('{s}')
+           AND p.proname IN ('convostore_append', 'convostore_read', 'convostore_compact')
+           AND NOT coalesce('plan_cache_mode=force_custom_plan' = ANY (p.proconfig), false)
+         ORDER BY p.proname
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_custom_plan', f);
+    END LOOP;
+END
+$fit$;
 """
 
 # Whether the database runs Citus, and then whether the sessions table ($1, a qualified

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, HAS_CITUS, IS_DISTRIBUTED, READ_FUNCTION, quote_ident
+from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -379,6 +379,10 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # pinned messages, or without them for a session that holds none; same signature, same
     # results.
     Migration(10, "window_pinned_shapes", READ_FUNCTION),
+    # On distributed tables, the delegated functions plan each statement with the call's
+    # values: a schema distributed before this migration gets what distributing now sets
+    # (see _sql.FIT_TO_CITUS); elsewhere nothing changes.
+    Migration(11, "citus_custom_plans", FIT_TO_CITUS),
 )
 
 _LEDGER = """
@@ -443,8 +447,8 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
                 )
             logger.info("applied migration %04d_%s to schema %s", migration.version, migration.name, schema)
             done.append(migration)
-        if await conn.fetchval(HAS_CITUS) and await conn.fetchval(IS_DISTRIBUTED, f"{quoted}.agent_sessions"):
-            await _fit_to_citus(conn, quoted)  # a migration may have replaced a function
+        if done:
+            await _fit_to_citus(conn, quoted)  # a migration may have created a function again
     except asyncpg.PostgresError as exc:
         raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
     return done
@@ -537,13 +541,7 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
 
 
 async def _fit_to_citus(conn: Connection, quoted: str) -> None:
-    """What differs in a distributed schema's functions: the read function's statements are
-    planned with each call's values (Citus plans a distributed query from them and cannot
-    run a generic plan of one), not once per connection as on one node. Idempotent."""
-    function = await conn.fetchval("SELECT $1::regproc::regprocedure::text", f"{quoted}.convostore_read")
-    if await conn.fetchval(
-        "SELECT coalesce('plan_cache_mode=force_generic_plan' = ANY (proconfig), false) FROM pg_proc "
-        "WHERE oid = $1::regprocedure",
-        function,
-    ):
-        await conn.execute(f"ALTER FUNCTION {function} RESET plan_cache_mode")
+    """On distributed tables, the delegated functions plan each statement with the call's
+    values (see ``_sql.FIT_TO_CITUS``); a schema that is not distributed is left as it is.
+    Idempotent."""
+    await conn.execute(FIT_TO_CITUS.replace("{s}", quoted))
