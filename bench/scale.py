@@ -2,7 +2,8 @@
 
 * :func:`citus_mode`: on one Citus cluster, convostore's appends at 32 concurrent tasks (W2's
   shape) on undistributed tables (a schema migrated without distributing) and on distributed
-  ones, their ratio within each run, and the number of tasks EXPLAIN on the coordinator
+  ones (calls through the coordinator, and routed straight to the node holding each
+  session), their ratios within each run, and the number of tasks EXPLAIN on the coordinator
   shows for the hot statements (the last-20 read, the append, the SDK's read and append).
 * :func:`growth_10m`: the last-20 read (W4) on one node as the messages table grows from
   10k to 10M rows (1M sessions of 10 messages, filled with ``INSERT ... SELECT
@@ -39,21 +40,27 @@ WARM_SESSIONS = 16  # each pooled connection appends once to each (sessions spre
 
 
 class CitusConvostore(Convostore):
-    """convostore on a Citus coordinator, its tables distributed or left on the coordinator."""
+    """convostore on a Citus coordinator, its tables distributed or left on the coordinator;
+    distributed, its calls go through the coordinator or, *routed*, straight to the nodes."""
 
-    def __init__(self, url: str, schema: str, pool_size: int, *, distributed: bool) -> None:
+    def __init__(self, url: str, schema: str, pool_size: int, *, distributed: bool, routed: bool = False) -> None:
         super().__init__(url, schema, pool_size)
         self.distributed = distributed
-        self.name = "distributed" if distributed else "undistributed"
+        self.routed = routed
+        self.name = ("routed" if routed else "distributed") if distributed else "undistributed"
 
     def _options(self) -> dict[str, Any]:
-        return {"distribute": self.distributed}
+        return {"distribute": self.distributed, "route_to_nodes": self.routed}
 
     async def open(self) -> None:
         await super().open()
         if self.store.runner.distributed != self.distributed:
             raise AssertionError(f"{self.schema}: expected distributed={self.distributed}")
-        await warm_connections(self.store, [await self.new_session("warm") for _ in range(WARM_SESSIONS)])
+        sessions = [await self.new_session("warm") for _ in range(WARM_SESSIONS)]
+        await warm_connections(self.store, sessions)
+        if self.routed:  # the pools to the nodes open their connections on first use
+            for _ in range(4):
+                await asyncio.gather(*(self.store.add_message(sid, "user", "warm-up") for sid in sessions * 2))
 
 
 async def warm_connections(store: PostgresSessionStore, sessions: list[str]) -> None:
@@ -154,19 +161,20 @@ async def citus_mode(url: str, sizes: w.Sizes, runs: int, pool: int) -> dict[str
         f"Citus {version} (PostgreSQL {server}, {workers} workers); W2 at {CITUS_TASKS} tasks, "
         f"{sized.w2_appends} appends; pool {pool}; runs {runs}"
     )
-    results: dict[str, list[float]] = {"undistributed": [], "distributed": []}
+    results: dict[str, list[float]] = {"undistributed": [], "distributed": [], "routed": []}
     explain: dict[str, Any] = {}
+    shapes = [(False, False), (True, False), (True, True)]  # (distributed, routed)
     for run in range(runs):
-        order = (False, True) if run % 2 == 0 else (True, False)  # alternate who goes first
-        for distributed in order:
+        order = shapes if run % 2 == 0 else shapes[::-1]  # alternate who goes first
+        for distributed, routed in order:
             system = CitusConvostore(url, f"bench_citus_{'dist' if distributed else 'local'}", pool,
-                                     distributed=distributed)  # fmt: skip
+                                     distributed=distributed, routed=routed)  # fmt: skip
             started = time.perf_counter()
             await system.start()
             try:
                 rate = await w.w2_concurrent(system, sized, CITUS_TASKS)
                 results[system.name].append(rate)
-                if distributed and not explain:
+                if distributed and not routed and not explain:
                     sid = await system.new_session("bench-user")
                     for i in range(3):
                         await system.append(sid, f"explained {i}")
@@ -178,6 +186,7 @@ async def citus_mode(url: str, sizes: w.Sizes, runs: int, pool: int) -> dict[str
                 style="dim",
             )
     ratios = [d / u for u, d in zip(results["undistributed"], results["distributed"], strict=True)]
+    routed_ratios = [d / u for u, d in zip(results["undistributed"], results["routed"], strict=True)]
     several = runs > 1
     table = Table(
         title=f"Citus: convostore appends at {CITUS_TASKS} concurrent tasks ({runs} run(s), medians)",
@@ -186,9 +195,14 @@ async def citus_mode(url: str, sizes: w.Sizes, runs: int, pool: int) -> dict[str
     for column in ("workload", "unit", "undistributed", "distributed", "distributed / undistributed", "target"):
         table.add_column(column, justify="left" if column in ("workload", "unit") else "right")
     met, shown = verdict(statistics.median(ratios), CITUS_TARGET, True)
+    routed_met, routed_shown = verdict(statistics.median(routed_ratios), CITUS_TARGET, True)
     table.add_row(
         f"W2 {CITUS_TASKS} tasks", "/s", cell(results["undistributed"], "/s"), cell(results["distributed"], "/s"),
         ratio_cell(ratios), shown,
+    )  # fmt: skip
+    table.add_row(
+        f"W2 {CITUS_TASKS} tasks, routed to the nodes", "/s", "", cell(results["routed"], "/s"),
+        ratio_cell(routed_ratios), routed_shown,
     )  # fmt: skip
     console.print(table)
 
@@ -224,6 +238,7 @@ async def citus_mode(url: str, sizes: w.Sizes, runs: int, pool: int) -> dict[str
         },
         "appends_per_s": {name: spread(values) for name, values in results.items()},
         "distributed_over_undistributed": spread(ratios) | {"target": CITUS_TARGET, "met": met},
+        "routed_over_undistributed": spread(routed_ratios) | {"target": CITUS_TARGET, "met": routed_met},
         "explain": explain,
     }
 

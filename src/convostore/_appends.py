@@ -76,6 +76,11 @@ class Appender:
         delegated whole to the node holding that session)."""
         return self._runner.distributed
 
+    @property
+    def nodes(self) -> int:
+        """How many nodes calls are sent to (more than one when they are routed)."""
+        return self._runner.routed_nodes
+
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
         # Per message: its request, session, owner, agent, branch, then its columns.
         columns: list[list[Any]] = [[] for _ in range(15)]
@@ -102,7 +107,9 @@ class Appender:
                 # it now reads as a replay), or an id is reused (flagged 'c' this time).
                 return await conn.fetch(sql, *self._args(batch, True, wait))
 
-        return await self._runner.run("add_messages", append, session_id=batch[0].session_id, deadline=deadline)
+        return await self._runner.run(
+            "add_messages", append, session_id=batch[0].session_id, deadline=deadline, route=True
+        )
 
     async def one(self, request: AppendRequest, *, deadline: float | None = None) -> Stored:
         """Append one request, waiting for its session's row if another transaction holds it;

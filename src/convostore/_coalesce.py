@@ -146,8 +146,9 @@ class AppendWriter:
         task.add_done_callback(done)
 
     def _dispatch(self) -> None:
-        # Distributed calls each go to one node, in parallel: allow more of them in flight.
-        limit = self._max_in_flight * (4 if self._appender.distributed else 1)
+        # Distributed calls each go to one node, in parallel: allow more of them in flight,
+        # for each node they are sent straight to (routed calls).
+        limit = self._max_in_flight * (4 * self._appender.nodes if self._appender.distributed else 1)
         while self._in_flight < limit:
             batch = self._take()
             if not batch:

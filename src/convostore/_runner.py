@@ -21,6 +21,7 @@ import contextlib
 import enum
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -30,6 +31,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from . import _telemetry as telemetry
+from ._routing import REFRESH, Node, ShardMap
+from ._sql import SHARD_MAP
 from ._types import Connection
 from .errors import (
     AccessDenied,
@@ -256,6 +259,11 @@ class _LoopState:
     opening: asyncio.Future[asyncpg.Pool] | None = None
     pool: asyncpg.Pool | None = None
     locals: dict[str, Any] = field(default_factory=dict)
+    # Pools straight to the nodes holding sessions (``route_to_nodes``), opened on first use,
+    # and the nodes whose calls go through the main pool for now (until a monotonic time).
+    nodes: dict[Node, asyncpg.Pool] = field(default_factory=dict)
+    shunned: dict[Node, float] = field(default_factory=dict)
+    refreshing: asyncio.Task[None] | None = None
     # An async generator the loop closes in shutdown_asyncgens(): our hook to close the pool
     # while the loop still runs (asyncio.run() calls it before closing the loop).
     closer: Any = None
@@ -272,6 +280,7 @@ class PoolOptions:
     connect_timeout: float = 10.0
     max_inactive_connection_lifetime: float = 300.0
     pgbouncer: bool = False
+    route_to_nodes: bool = False
     connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -299,6 +308,12 @@ class Runner:
         self.row_security = False
         # Whether the tables are distributed (Citus): set by the store when a pool opens.
         self.distributed = False
+        # The sessions table whose shards routed calls follow (``route_to_nodes`` on distributed
+        # tables; set by the store when a pool opens), and its map, shared by every loop.
+        self.route_table: str | None = None
+        self._routes: ShardMap | None = None
+        self._routes_read = 0.0
+        self._routes_database: str | None = None
         self.options = options
         self.retry = retry
         self._lock = threading.Lock()
@@ -354,10 +369,11 @@ class Runner:
         """Drop the pools of loops that closed without shutting their async generators down
         (the caller holds ``_lock``). Their connections cannot be closed politely any more."""
         for loop in [loop for loop in self._loops if loop.is_closed()]:
-            pool = self._loops.pop(loop).pool
-            if pool is not None:
-                with contextlib.suppress(Exception):
-                    pool.terminate()
+            state = self._loops.pop(loop)
+            for pool in (state.pool, *state.nodes.values()):
+                if pool is not None:
+                    with contextlib.suppress(Exception):
+                        pool.terminate()
 
     def loop_local(self, key: str, factory: Callable[[], T]) -> T:
         """A per-event-loop object (e.g. the append coalescer), made by *factory* on first use."""
@@ -401,24 +417,15 @@ class Runner:
         try:
             url = await self.resolve_url()
             o = self.options
-            kwargs = dict(o.connect_kwargs)
-            pool = asyncpg.create_pool(
-                url,
-                min_size=o.min_size,
-                max_size=o.max_size,
-                command_timeout=o.command_timeout,
-                statement_cache_size=0 if o.pgbouncer else 1024,
-                max_inactive_connection_lifetime=o.max_inactive_connection_lifetime,
-                reset=_keep_session_state,
-                init=_connection_init(kwargs.pop("init", None), citus=not o.pgbouncer),
-                timeout=o.connect_timeout if budget is None else min(o.connect_timeout, budget),
-                **kwargs,
-            )
+            pool = self._create_pool(url, budget)
             async with asyncio.timeout(o.connect_timeout if budget is None else min(o.connect_timeout, budget)):
                 await pool
             if self._prepare is not None:
                 async with asyncio.timeout(budget), pool.acquire() as conn:
                     await self._prepare(conn)
+            if self.route_table is not None:
+                async with asyncio.timeout(budget), pool.acquire() as conn:
+                    await self._read_routes(conn)
         except BaseException as exc:
             if pool is not None:
                 with contextlib.suppress(Exception):
@@ -435,17 +442,119 @@ class Runner:
         logger.debug("connected to %s", redact(self._url or ""))
         opening.set_result(pool)
 
+    def _create_pool(self, url: str, budget: float | None, **overrides: Any) -> asyncpg.Pool:
+        """An asyncpg pool (not yet initialised) built from the options; *overrides* replace
+        some of its arguments (a node's host and port)."""
+        o = self.options
+        kwargs = dict(o.connect_kwargs)
+        init = _connection_init(kwargs.pop("init", None), citus=not o.pgbouncer)
+        kwargs.update(
+            min_size=o.min_size,
+            max_size=o.max_size,
+            command_timeout=o.command_timeout,
+            statement_cache_size=0 if o.pgbouncer else 1024,
+            max_inactive_connection_lifetime=o.max_inactive_connection_lifetime,
+            reset=_keep_session_state,
+            init=init,
+            timeout=o.connect_timeout if budget is None else min(o.connect_timeout, budget),
+        )
+        kwargs.update(overrides)
+        return asyncpg.create_pool(url, **kwargs)
+
     async def _closer(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
         try:
             yield
         finally:
             # Reached from loop.shutdown_asyncgens(): the end of asyncio.run(), or of each
             # Runner.run_sync() call, which keeps its loop open; the next call there reopens.
+            nodes: list[asyncpg.Pool] = []
             with self._lock:
                 for state in self._loops.values():
                     if state.pool is pool:
                         state.pool, state.opening, state.closer = None, None, None
+                        nodes, state.nodes = list(state.nodes.values()), {}
             await _close_pool(pool)
+            for node in nodes:
+                await _close_pool(node)
+
+    # -- routing (see convostore._routing) -----------------------------------------------------
+
+    @property
+    def routes(self) -> ShardMap | None:
+        """The shard map calls are routed by (``None``: they are not)."""
+        return self._routes
+
+    def node_pools(self) -> dict[Node, asyncpg.Pool]:
+        """This loop's pools to the nodes calls were routed to."""
+        return dict(self._state().nodes)
+
+    def shunned(self, node: Node) -> bool:
+        """Whether *node*'s calls go through the main pool for now (it failed one)."""
+        return self._state().shunned.get(node, 0.0) > time.monotonic()
+
+    @property
+    def routed_nodes(self) -> int:
+        """How many nodes calls go to: the nodes of the shard map when calls are routed, else 1."""
+        routes = self._routes
+        return 1 if routes is None else max(1, len(set(routes.nodes)))
+
+    async def _read_routes(self, conn: Connection) -> None:
+        rows = await conn.fetch(SHARD_MAP, self.route_table)
+        self._routes_database = rows[0]["database"] if rows else None
+        self._routes = ShardMap.from_rows(
+            [(r["low"], r["high"], None if r["here"] else (r["host"], r["port"])) for r in rows]
+        )
+        self._routes_read = time.monotonic()
+
+    async def _refresh_routes(self, pool: asyncpg.Pool) -> None:
+        try:
+            async with pool.acquire() as conn:
+                await self._read_routes(conn)
+        except Exception as exc:  # the map in use stays (a stale map only slows calls down)
+            logger.debug("reading the shard map failed: %s", self.scrub(describe(exc)))
+
+    async def _node_pool(self, session_id: str, budget: float | None) -> tuple[Node | None, asyncpg.Pool | None]:
+        """The node holding *session_id* and this loop's pool to it, if calls are routed and
+        that node is not shunned; else ``(None, None)`` (the main pool serves the call)."""
+        routes = self._routes
+        if routes is None:
+            return None, None
+        state = self._state()
+        if state.pool is None:
+            return None, None  # the main pool opens first (and reads the map)
+        now = time.monotonic()
+        stale = self.route_table is not None and now - self._routes_read > REFRESH
+        if stale and (state.refreshing is None or state.refreshing.done()):
+            self._routes_read = now
+            state.refreshing = asyncio.ensure_future(self._refresh_routes(state.pool))
+        node = routes.node_for(session_id)
+        if node is None or state.shunned.get(node, 0.0) > now:
+            return None, None
+        pool = state.nodes.get(node)
+        if pool is None:
+            try:
+                # No connection is made until a call needs one (min_size 0): opening is immediate.
+                where = {"host": node[0], "port": node[1], "database": self._routes_database}
+                pool = self._create_pool(await self.resolve_url(), budget, min_size=0, **where)
+                await pool
+            except Exception as exc:
+                self._shun(node, exc)
+                return None, None
+            pool = state.nodes.setdefault(node, pool)
+        return node, pool
+
+    def _shun(self, node: Node, exc: BaseException) -> None:
+        """Send *node*'s calls through the main pool for a while: it failed to serve one (could
+        not be reached, lost the connection, or had no free connection in time)."""
+        state = self._state()
+        state.shunned[node] = time.monotonic() + _SHUN
+        logger.info(
+            "%s:%s: %s; its sessions' calls go through %s for %.0fs",
+            *node,
+            self.scrub(describe(exc)),
+            redact(self._url or ""),
+            _SHUN,
+        )
 
     async def close(self) -> None:
         """Close every pool: this loop's politely, other live loops' from their own thread,
@@ -460,18 +569,18 @@ class Runner:
         except RuntimeError:
             current = None
         for loop, state in states:
-            pool, state.pool = state.pool, None
-            if pool is None:
-                continue
-            if loop is current:
-                await _close_pool(pool)
-            elif not loop.is_closed() and loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(_close_pool(pool), loop)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.wrap_future(future), 10)
-            else:
-                with contextlib.suppress(Exception):
-                    pool.terminate()
+            pools = [p for p in (state.pool, *state.nodes.values()) if p is not None]
+            state.pool, state.nodes = None, {}
+            for pool in pools:
+                if loop is current:
+                    await _close_pool(pool)
+                elif not loop.is_closed() and loop.is_running():
+                    future = asyncio.run_coroutine_threadsafe(_close_pool(pool), loop)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.wrap_future(future), 10)
+                else:
+                    with contextlib.suppress(Exception):
+                        pool.terminate()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -490,6 +599,7 @@ class Runner:
         idempotent: bool = True,
         deadline: float | None = None,
         scope: tuple[str, str] | None = None,
+        route: bool = False,
     ) -> T:
         """Run *fn* on a pooled connection, retrying failures of the connection or server.
 
@@ -497,15 +607,19 @@ class Runner:
         now plus the policy's). A non-idempotent *fn* (``pop_message``) is retried only when
         the failure proves it had no effect. *scope* is ``(tenant, user or "*")`` for
         row-level security: when the role is subject to it, *fn* runs in a transaction that
-        sets it first. Raises only :class:`ConvostoreError`. Measured with OpenTelemetry when
-        it is installed (see :mod:`convostore._telemetry`).
+        sets it first. With *route* (a call of one of the functions Citus delegates, for
+        *session_id*), the call may go straight to the node holding the session (see
+        :mod:`convostore._routing`); a node that fails an attempt is left out for a while and
+        the retry goes through the main pool. Raises only :class:`ConvostoreError`. Measured
+        with OpenTelemetry when it is installed (see :mod:`convostore._telemetry`).
         """
         attempts = _Attempts(self, what, session_id, deadline)
+        routed = session_id if route else None
         measured = telemetry.start(what, session_id)
         if measured is None:
-            return await self._attempts(attempts, fn, idempotent, scope)
+            return await self._attempts(attempts, fn, idempotent, scope, routed)
         try:
-            result = await self._attempts(attempts, fn, idempotent, scope)
+            result = await self._attempts(attempts, fn, idempotent, scope, routed)
         except BaseException as exc:
             measured.end(attempts=attempts.count, error=exc)
             raise
@@ -518,12 +632,19 @@ class Runner:
         fn: Callable[[Connection], Awaitable[T]],
         idempotent: bool,
         scope: tuple[str, str] | None,
+        routed: str | None = None,
     ) -> T:
         while True:
             budget = attempts.budget()
+            node: Node | None = None
+            node_pool: asyncpg.Pool | None = None
+            if routed is not None and self._routes is not None:
+                node, node_pool = await self._node_pool(routed, budget)
             try:
-                conn, pool = await self._acquire(budget)
+                conn, pool = await self._acquire(budget, node_pool)
             except _Attempt as failed:
+                if node is not None:
+                    self._shun(node, failed.__cause__ or failed)
                 await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
                 continue
             # Known once a pool has opened (the store finds it out then).
@@ -539,13 +660,18 @@ class Runner:
             finally:
                 await _release(pool, conn, lost)
             assert lost is not None
+            if node is not None and lost.failure is Failure.CONNECTION_LOST:
+                self._shun(node, lost.__cause__ or lost)
             retry = lost.failure is Failure.ROLLED_BACK or (lost.failure is Failure.CONNECTION_LOST and idempotent)
             await attempts.failed(lost, retry=retry)
 
-    async def _acquire(self, budget: float | None) -> tuple[PoolConnectionProxy[Any], asyncpg.Pool]:
-        """One try at a connection within *budget*; raises :class:`_Attempt` (NOT_SENT)."""
+    async def _acquire(
+        self, budget: float | None, node_pool: asyncpg.Pool | None = None
+    ) -> tuple[PoolConnectionProxy[Any], asyncpg.Pool]:
+        """One try at a connection (from *node_pool* if given, else the main pool) within
+        *budget*; raises :class:`_Attempt` (NOT_SENT)."""
         try:
-            pool = await self.pool(budget)
+            pool = node_pool if node_pool is not None else await self.pool(budget)
             async with asyncio.timeout(_within(self.options.acquire_timeout, budget)):
                 conn = await pool.acquire()
         except ConvostoreError:
@@ -679,6 +805,7 @@ def _in_scope(
 # How long releasing a connection waits for the server to confirm a cancelled statement
 # before the connection is terminated instead.
 _CANCEL_WAIT = 2.0
+_SHUN = 30.0  # seconds a node that failed a routed call is left out
 
 
 async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any], failed: _Attempt | None) -> None:

@@ -1446,6 +1446,18 @@ END
 $fit$;
 """
 
+# The hash range of each shard of the sessions table ($1, a qualified name) and the node
+# holding it, for routing calls straight there (convostore._routing); "here" when it is the
+# node this runs on; the database by its own name (a pooler in front may call it otherwise).
+SHARD_MAP = """
+SELECT s.shardminvalue::int AS low, s.shardmaxvalue::int AS high, n.nodename AS host, n.nodeport AS port,
+       p.groupid = (SELECT groupid FROM pg_dist_local_group) AS here, current_database() AS database
+FROM pg_dist_shard s
+JOIN pg_dist_placement p ON p.shardid = s.shardid
+JOIN pg_dist_node n ON n.groupid = p.groupid
+WHERE s.logicalrelid = to_regclass($1) AND n.isactive AND n.noderole = 'primary'
+"""
+
 # Whether the database runs Citus, and then whether the sessions table ($1, a qualified
 # name) is distributed (its catalog exists only with the extension).
 HAS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"

@@ -135,6 +135,10 @@ class PostgresSessionStore:
       connection; ``connect_timeout``: opening a connection. Each is further bounded by what
       is left of the call's deadline.
     * ``pgbouncer=True``: no server-side prepared statement cache (transaction pooling).
+    * ``route_to_nodes``: on distributed tables, send appends and history reads straight to
+      the Citus node holding the session, through a pool per node (same credentials, the host
+      and port the cluster's metadata names), instead of through the coordinator (default
+      ``$CONVOSTORE_ROUTE_TO_NODES``); see :mod:`convostore._routing`.
     * ``apply_migrations``: migrate on first use (default); ``False`` instead checks that the
       schema exists and is up to date, raising :class:`~convostore.errors.SchemaNotReady`;
       ``None`` does neither (for tools that manage the schema, like ``convostore migrate``).
@@ -171,6 +175,7 @@ class PostgresSessionStore:
         connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         pgbouncer: bool = False,
+        route_to_nodes: bool | None = None,
         coalesce_appends: bool = True,
         max_inactive_connection_lifetime: float = 300.0,
         connect_kwargs: Mapping[str, Any] | None = None,
@@ -201,6 +206,11 @@ class PostgresSessionStore:
             connect_timeout=connect_timeout,
             max_inactive_connection_lifetime=max_inactive_connection_lifetime,
             pgbouncer=pgbouncer,
+            route_to_nodes=(
+                os.environ.get("CONVOSTORE_ROUTE_TO_NODES", "").lower() in ("1", "true", "yes")
+                if route_to_nodes is None
+                else route_to_nodes
+            ),
             connect_kwargs=dict(connect_kwargs or {}),
         )
         self._runner = Runner(database_url, options, retry or RetryPolicy.from_env(), prepare=self._prepare)
@@ -320,6 +330,8 @@ class PostgresSessionStore:
             await distribute(conn, self._schema)
         citus = await conn.fetchval(HAS_CITUS)
         self._runner.distributed = bool(citus and await conn.fetchval(IS_DISTRIBUTED, sessions))
+        routed = self._runner.distributed and self._runner.options.route_to_nodes
+        self._runner.route_table = sessions if routed else None
         self._runner.row_security = bool(await conn.fetchval(_ROW_SECURITY, sessions))
 
     async def _check_schema(self, conn: Connection) -> None:
@@ -719,7 +731,9 @@ class PostgresSessionStore:
         args = (self._tenant, sid, uid, below, n, line, raw, turns, budget, pinned, above)
         # No scope transaction around it: the read function sets its scope itself (as the
         # append function does), which saves the round trips of one under row-level security.
-        rows = await self._runner.run("get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid)
+        rows = await self._runner.run(
+            "get_messages", lambda c: c.fetch(self._q.read, *args), session_id=sid, route=True
+        )
         if uid is not None and rows and rows[0]["owner"] != uid:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
         messages = messages_from_rows([r[1:] for r in rows if r["id"] is not None], sid, self._opener)

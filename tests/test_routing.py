@@ -1,0 +1,111 @@
+"""Routing a session's appends and reads straight to the Citus node holding it
+(``route_to_nodes``): the hash is PostgreSQL's, the map is the cluster's, and a stale map or
+an unreachable node still serves every call, through the coordinator."""
+
+from __future__ import annotations
+
+import random
+import string
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from convostore import PostgresSessionStore
+from convostore._routing import ShardMap, hashtext
+
+
+async def test_the_hash_is_postgresqls_hashtext(store: PostgresSessionStore) -> None:
+    values = ["", "a", "ab", "abc", "abcd", "héllo wörld", "日本語のセッション"]
+    rng = random.Random(7)
+    for n in range(40):
+        values.append("".join(rng.choice(string.printable) for _ in range(n)))
+        values.append("".join(chr(rng.randint(32, 0x2FFF)) for _ in range(n)))
+    values += [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(200)]
+    rows = await store.pool.fetch("SELECT v, hashtext(v) AS h FROM unnest($1::text[]) AS v", values)
+    assert [hashtext(r["v"]) for r in rows] == [r["h"] for r in rows]
+
+
+def test_a_map_finds_the_range_holding_a_hash() -> None:
+    a, b = ("10.0.0.1", 5432), ("10.0.0.2", 5432)
+    routes = ShardMap.from_rows([(0, 2**31 - 1, b), (-(2**31), -1, a)])
+    for sid in (str(uuid.uuid4()) for _ in range(100)):
+        assert routes.node_for(sid) == (a if hashtext(sid) < 0 else b)
+    assert hashtext("x") not in range(0, 11)
+    assert ShardMap.from_rows([(0, 10, a)]).node_for("x") is None  # no range holds it: the main pool
+
+
+@pytest.fixture
+async def routed(store: PostgresSessionStore, database_url: str) -> AsyncIterator[PostgresSessionStore]:
+    """A second store on the same schema, routing its calls (on distributed tables)."""
+    async with PostgresSessionStore(database_url, schema=store.schema, route_to_nodes=True) as s:
+        yield s
+
+
+async def test_routed_calls_reach_the_node_holding_the_session(
+    store: PostgresSessionStore, routed: PostgresSessionStore
+) -> None:
+    sessions = [(await routed.create_session(f"u{i % 3}", "a")).id for i in range(24)]
+    for round_ in range(3):
+        for sid in sessions:
+            await routed.add_messages(sid, [{"role": "user", "content": f"{sid}-{round_}-{k}"} for k in range(2)])
+    for sid in sessions:
+        got = [m.content for m in await routed.get_messages(sid)]
+        assert got == [f"{sid}-{r}-{k}" for r in range(3) for k in range(2)]
+        assert [m.content for m in await store.get_messages(sid)] == got
+    runner = routed.runner
+    if not store.runner.distributed:
+        assert runner.route_table is None  # nothing to route on one node
+        assert runner.routed_nodes == 1
+        return
+    # Every session's node per the map is the node holding its shard per Citus.
+    nodes = {
+        r["sid"]: (r["nodename"], r["nodeport"])
+        for r in await store.pool.fetch(
+            "SELECT sid, nodename, nodeport FROM unnest($2::text[]) AS sid "
+            "JOIN pg_dist_shard_placement p ON p.shardid = get_shard_id_for_distribution_column($1::regclass, sid)",
+            f'"{store.schema}".agent_sessions',
+            sessions,
+        )
+    }
+    routes = runner.routes
+    assert routes is not None
+    assert {sid: routes.node_for(sid) for sid in sessions} == nodes
+    # The calls went there: each node holding one of the sessions has a pool with connections.
+    pools = runner.node_pools()
+    assert set(pools) == set(nodes.values())
+    assert all(pool.get_size() > 0 for pool in pools.values())
+
+
+async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
+    store: PostgresSessionStore, routed: PostgresSessionStore, database_url: str
+) -> None:
+    sid = (await routed.create_session("u", "a")).id
+    await routed.add_message(sid, "user", "first")
+    runner = routed.runner
+    routes = runner.routes
+    if routes is None:
+        # One node: a map sending every session to that same server as if it were a node
+        # (the pools to nodes, their connections and the fallback are the same code).
+        parts = urlsplit(database_url)
+        host = parts.hostname or dict(parse_qsl(parts.query))["host"]  # or the embedded server's socket directory
+        port = int(await store.pool.fetchval("SHOW port"))
+        routes = ShardMap.from_rows([(-(2**31), 2**31 - 1, (host, port))])
+    else:
+        # Stale: every shard moved to the other node (as after a rebalance). The node reached
+        # runs the function's statements where the shard is.
+        nodes = sorted({n for n in routes.nodes if n is not None})
+        swapped = {n: nodes[(i + 1) % len(nodes)] for i, n in enumerate(nodes)}
+        routes = ShardMap(routes.lows, routes.highs, tuple(None if n is None else swapped[n] for n in routes.nodes))
+    runner._routes = routes
+    await routed.add_message(sid, "assistant", "second")
+    assert routes.node_for(sid) in runner.node_pools()
+    assert [m.content for m in await routed.get_messages(sid)] == ["first", "second"]
+    # Unreachable: nothing listens there. The attempt fails before sending, the node is left
+    # out for a while and the call is retried through the main pool (the coordinator), once.
+    runner._routes = ShardMap(routes.lows, routes.highs, tuple(("127.0.0.1", 1) for _ in routes.nodes))
+    await routed.add_message(sid, "user", "third")
+    assert [m.content for m in await routed.get_messages(sid)] == ["first", "second", "third"]
+    assert runner.shunned(("127.0.0.1", 1))
+    assert [m.seq for m in await store.get_messages(sid)] == [1, 2, 3]
