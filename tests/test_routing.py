@@ -4,6 +4,7 @@ an unreachable node still serves every call, through the coordinator."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 import uuid
@@ -109,3 +110,72 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
     assert [m.content for m in await routed.get_messages(sid)] == ["first", "second", "third"]
     assert runner.shunned(("127.0.0.1", 1))
     assert [m.seq for m in await store.get_messages(sid)] == [1, 2, 3]
+
+
+async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
+    store: PostgresSessionStore, routed: PostgresSessionStore
+) -> None:
+    """A shard moves to another node (a rebalance) and back while appends to its sessions
+    go on, through the coordinator and routed by a map that the move makes stale: every
+    acknowledged message is stored once, in the order it was acknowledged, and no call fails."""
+    if not store.runner.distributed:
+        pytest.skip("moving a shard needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
+    table = f'"{store.schema}".agent_sessions'
+    first = str(uuid.uuid4())
+    placement = await store.pool.fetchrow(
+        "SELECT shardid, nodename || ':' || nodeport AS node FROM pg_dist_shard_placement "
+        "WHERE shardid = get_shard_id_for_distribution_column($1::regclass, $2::text)",
+        table,
+        first,
+    )
+    assert placement is not None
+    shard, home = placement["shardid"], placement["node"]
+    others = await store.pool.fetch(
+        "SELECT nodename || ':' || nodeport AS node FROM pg_dist_node "
+        "WHERE isactive AND noderole = 'primary' AND shouldhaveshards AND nodename || ':' || nodeport <> $1",
+        home,
+    )
+    if not others:
+        pytest.skip("moving a shard needs a second worker")
+    candidates = [str(uuid.uuid4()) for _ in range(2000)]
+    same_shard = await store.pool.fetch(
+        "SELECT sid FROM unnest($2::text[]) AS sid WHERE get_shard_id_for_distribution_column($1::regclass, sid) = $3",
+        table,
+        candidates,
+        shard,
+    )
+    sessions = [first, *[r["sid"] for r in same_shard[:5]]]
+    for sid in sessions:
+        await store.create_session("u", "a", session_id=sid)
+    acknowledged: dict[str, list[str]] = {sid: [] for sid in sessions}
+    moving = True
+
+    async def writer(on: PostgresSessionStore, sid: str) -> None:
+        i = 0
+        while moving or i < 5:
+            text = f"{sid[:8]}-{i}"
+            await on.add_message(sid, "user", text)
+            acknowledged[sid].append(text)
+            i += 1
+
+    writers = [asyncio.ensure_future(writer(store if k % 2 else routed, sid)) for k, sid in enumerate(sessions)]
+    try:
+        await asyncio.sleep(0.3)
+        for source, target in ((home, others[0]["node"]), (others[0]["node"], home)):
+            (src_host, src_port), (dst_host, dst_port) = (n.rsplit(":", 1) for n in (source, target))
+            await store.pool.execute(
+                "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, shard_transfer_mode => 'block_writes')",
+                shard,
+                src_host,
+                int(src_port),
+                dst_host,
+                int(dst_port),
+            )
+            await asyncio.sleep(0.3)
+    finally:
+        moving = False
+        await asyncio.gather(*writers)
+    for sid in sessions:
+        stored = [m.content for m in await store.get_messages(sid)]
+        assert stored == acknowledged[sid]
+        assert len(stored) >= 5
