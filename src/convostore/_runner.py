@@ -220,7 +220,7 @@ $citus$
 
 
 def _connection_init(user_init: Any, *, citus: bool) -> Any:
-    """The pool's ``init`` hook, run once on each new connection: the Citus setting (not
+    """The pool's ``init`` hook, run once on each new connection: the Citus settings (not
     through pgbouncer, whose server connections are shared: there it would not stay with the
     session), then the caller's own ``init`` from ``connect_kwargs``, if any."""
     if not citus:
