@@ -154,7 +154,8 @@ async def test_a_pooled_connection_keeps_its_memory_over_many_calls(
             )
         assert node is not None
         parts = urlsplit(database_url)
-        url = urlunsplit(parts._replace(netloc=f"{parts.username}@{node['nodename']}:{node['nodeport']}"))
+        user = parts.netloc.rpartition("@")[0]  # with its password, if any
+        url = urlunsplit(parts._replace(netloc=f"{user + '@' if user else ''}{node['nodename']}:{node['nodeport']}"))
     memory = "SELECT sum(total_bytes) FROM pg_backend_memory_contexts"
     async with PostgresSessionStore(
         url, schema=store.schema, min_size=1, max_size=1, apply_migrations=None, coalesce_appends=False
