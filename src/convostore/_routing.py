@@ -4,8 +4,8 @@ Citus places a session by the hash of its id (PostgreSQL's ``hashtext``, 32 bits
 of ``agent_sessions`` whose hash range holds it, with the session's messages, branches and
 usage co-located on the same node. The append and read functions are distributed by their
 session argument, so a call that reaches that node runs there whole; through the coordinator
-it costs a second hop and the coordinator's own work (1.4x the appends per second straight to
-the nodes, measured on a 3-node cluster on loopback).
+it costs a second hop and the coordinator's own work (1.2-1.4x the appends per second straight
+to the nodes, measured on a 3-node cluster on loopback).
 
 The map of hash ranges to nodes is read from the coordinator's metadata when a pool opens and
 again every :data:`REFRESH` seconds. A call sent by a stale map (a shard moved meanwhile) is
