@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
@@ -179,3 +180,49 @@ async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
         stored = [m.content for m in await store.get_messages(sid)]
         assert stored == acknowledged[sid]
         assert len(stored) >= 5
+
+
+def test_routed_pools_close_with_their_event_loops(database_url: str, schema_name: str) -> None:
+    """The pools to the nodes belong to an event loop as the main pool does: when that loop
+    ends (asyncio.run, or another thread's), they close with it, leaving no connection."""
+    name = f"routing-{uuid.uuid4().hex[:8]}"
+    store = PostgresSessionStore(
+        database_url,
+        schema=schema_name,
+        route_to_nodes=True,
+        connect_kwargs={"server_settings": {"application_name": name}},
+    )
+
+    async def use(text: str) -> int:
+        sid = "lifecycle"
+        await store.connect()
+        if text == "first":
+            await store.create_session("u", "a", session_id=sid)
+        if store.runner.routes is None or not store.runner.distributed:
+            # One node: a map sending every session to that same server as if it were a node.
+            parts = urlsplit(database_url)
+            host = parts.hostname or dict(parse_qsl(parts.query))["host"]
+            port = int(await store.pool.fetchval("SHOW port"))
+            store.runner._routes = ShardMap.from_rows([(-(2**31), 2**31 - 1, (host, port))])
+        await store.add_message(sid, "user", text)
+        assert [m.content for m in await store.get_messages(sid)][-1] == text
+        return len(store.runner.node_pools())
+
+    async def connections() -> int:
+        async with PostgresSessionStore(database_url, schema=schema_name) as other:
+            count = await other.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+            return int(count)
+
+    assert asyncio.run(use("first")) >= 1
+    assert asyncio.run(connections()) == 0
+    assert asyncio.run(use("second")) >= 1
+    assert asyncio.run(connections()) == 0
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(use("third"))))
+    thread.start()
+    thread.join()
+    assert result == [result[0]]
+    assert result[0] >= 1
+    assert asyncio.run(connections()) == 0
+    assert [m.content for m in asyncio.run(store.get_messages("lifecycle"))] == ["first", "second", "third"]
+    asyncio.run(store.close())
