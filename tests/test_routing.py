@@ -38,6 +38,15 @@ def test_a_map_finds_the_range_holding_a_hash() -> None:
     assert ShardMap.from_rows([(0, 10, a)]).node_for("x") is None  # no range holds it: the main pool
 
 
+async def _the_server_as_the_only_node(store: PostgresSessionStore, database_url: str) -> ShardMap:
+    """On one node: a map sending every session to that same server as if it were a node (the
+    pools to nodes, their connections and the fallback are the same code as on a cluster)."""
+    parts = urlsplit(database_url)
+    host = parts.hostname or dict(parse_qsl(parts.query))["host"]  # or the embedded server's socket directory
+    port = int(await store.pool.fetchval("SHOW port"))
+    return ShardMap.from_rows([(-(2**31), 2**31 - 1, (host, port))])
+
+
 @pytest.fixture
 async def routed(store: PostgresSessionStore, database_url: str) -> AsyncIterator[PostgresSessionStore]:
     """A second store on the same schema, routing its calls (on distributed tables)."""
@@ -88,12 +97,7 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
     runner = routed.runner
     routes = runner.routes
     if routes is None:
-        # One node: a map sending every session to that same server as if it were a node
-        # (the pools to nodes, their connections and the fallback are the same code).
-        parts = urlsplit(database_url)
-        host = parts.hostname or dict(parse_qsl(parts.query))["host"]  # or the embedded server's socket directory
-        port = int(await store.pool.fetchval("SHOW port"))
-        routes = ShardMap.from_rows([(-(2**31), 2**31 - 1, (host, port))])
+        routes = await _the_server_as_the_only_node(store, database_url)
     else:
         # Stale: every shard moved to the other node (as after a rebalance). The node reached
         # runs the function's statements where the shard is.
@@ -198,12 +202,8 @@ def test_routed_pools_close_with_their_event_loops(database_url: str, schema_nam
         await store.connect()
         if text == "first":
             await store.create_session("u", "a", session_id=sid)
-        if store.runner.routes is None or not store.runner.distributed:
-            # One node: a map sending every session to that same server as if it were a node.
-            parts = urlsplit(database_url)
-            host = parts.hostname or dict(parse_qsl(parts.query))["host"]
-            port = int(await store.pool.fetchval("SHOW port"))
-            store.runner._routes = ShardMap.from_rows([(-(2**31), 2**31 - 1, (host, port))])
+        if store.runner.routes is None:
+            store.runner._routes = await _the_server_as_the_only_node(store, database_url)
         await store.add_message(sid, "user", text)
         assert [m.content for m in await store.get_messages(sid)][-1] == text
         return len(store.runner.node_pools())

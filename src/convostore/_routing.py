@@ -33,55 +33,36 @@ def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & _MASK
 
 
+# lookup3's two mixing steps as (target, source, rotation) triples over v = [a, b, c]: each
+# step of mix() is  v[x] -= v[y]; v[x] ^= rot(v[y], k); v[y] += v[(x + 1) % 3], with x going
+# a, b, c, a, b, c and y the one before x; each step of final() is  v[x] ^= v[y];
+# v[x] -= rot(v[y], k), with x going c, a, b, c, a, b, c.
+_MIX = tuple((i % 3, (i + 2) % 3, k) for i, k in enumerate((4, 6, 8, 16, 19, 4)))
+_FINAL = tuple(((i + 2) % 3, (i + 1) % 3, k) for i, k in enumerate((14, 11, 25, 16, 4, 14, 24)))
+
+
 def hashtext(value: str) -> int:
     """PostgreSQL's ``hashtext(value)`` for a deterministic collation (Bob Jenkins' lookup3
     ``hash_bytes`` over the UTF-8 bytes), as the signed 32-bit integer Citus places rows by."""
     k = value.encode()
     length = len(k)
-    a = b = c = (0x9E3779B9 + length + 3923095) & _MASK
+    v = [(0x9E3779B9 + length + 3923095) & _MASK] * 3
     i = 0
     while length - i >= 12:
-        a = (a + int.from_bytes(k[i : i + 4], "little")) & _MASK
-        b = (b + int.from_bytes(k[i + 4 : i + 8], "little")) & _MASK
-        c = (c + int.from_bytes(k[i + 8 : i + 12], "little")) & _MASK
-        a = (a - c) & _MASK
-        a ^= _rot(c, 4)
-        c = (c + b) & _MASK
-        b = (b - a) & _MASK
-        b ^= _rot(a, 6)
-        a = (a + c) & _MASK
-        c = (c - b) & _MASK
-        c ^= _rot(b, 8)
-        b = (b + a) & _MASK
-        a = (a - c) & _MASK
-        a ^= _rot(c, 16)
-        c = (c + b) & _MASK
-        b = (b - a) & _MASK
-        b ^= _rot(a, 19)
-        a = (a + c) & _MASK
-        c = (c - b) & _MASK
-        c ^= _rot(b, 4)
-        b = (b + a) & _MASK
+        for j in range(3):
+            v[j] = (v[j] + int.from_bytes(k[i + 4 * j : i + 4 * j + 4], "little")) & _MASK
+        for x, y, r in _MIX:
+            v[x] = ((v[x] - v[y]) & _MASK) ^ _rot(v[y], r)
+            v[y] = (v[y] + v[(x + 1) % 3]) & _MASK
         i += 12
     tail = k[i:]
     # The last 0-11 bytes, little-endian; the lowest byte of c is left for the length.
-    a = (a + int.from_bytes(tail[0:4], "little")) & _MASK
-    b = (b + int.from_bytes(tail[4:8], "little")) & _MASK
-    c = (c + (int.from_bytes(tail[8:11], "little") << 8)) & _MASK
-    c ^= b
-    c = (c - _rot(b, 14)) & _MASK
-    a ^= c
-    a = (a - _rot(c, 11)) & _MASK
-    b ^= a
-    b = (b - _rot(a, 25)) & _MASK
-    c ^= b
-    c = (c - _rot(b, 16)) & _MASK
-    a ^= c
-    a = (a - _rot(c, 4)) & _MASK
-    b ^= a
-    b = (b - _rot(a, 14)) & _MASK
-    c ^= b
-    c = (c - _rot(b, 24)) & _MASK
+    v[0] = (v[0] + int.from_bytes(tail[0:4], "little")) & _MASK
+    v[1] = (v[1] + int.from_bytes(tail[4:8], "little")) & _MASK
+    v[2] = (v[2] + (int.from_bytes(tail[8:11], "little") << 8)) & _MASK
+    for x, y, r in _FINAL:
+        v[x] = ((v[x] ^ v[y]) - _rot(v[y], r)) & _MASK
+    c = v[2]
     return c - (1 << 32) if c & 0x80000000 else c
 
 
