@@ -331,6 +331,419 @@ END
 $fn$;
 """
 
+# On distributed tables (Citus), appends call this function instead of convostore_append,
+# with the same arguments and results. Where the node it runs on holds the shards of every
+# session of the call (checked after taking the lock Citus's executor takes before writing
+# a shard, which keeps writes out while the shard moves or splits), it writes the shards'
+# own tables: the same steps as convostore_append's batch path, one shard at a time:
+# allocate each session's seq range (waiting for its row, or skipping rows other
+# transactions hold when p_wait is false), create on first write, check 'main' in a session
+# that was forked, insert the messages, and report the sessions not written ('n', 'o' or
+# 'b'). Otherwise (a shard elsewhere, ids to probe, a branch other than 'main') it calls
+# convostore_append, whose statements Citus routes to the shards; for a call of several
+# sessions, which that cannot run on distributed tables, it reports every request busy
+# instead, and the caller sends them again session by session.
+#
+# The statements name the shard's tables ({sessions}, {messages}), so they cannot be written
+# in the function itself: each is prepared once per connection and shard (PREPARE, named
+# after the shard and this version of the statements, kept by the connection) and run with
+# the call's values (EXECUTE), on one plan kept per statement. None goes through Citus's
+# planner.
+_WRITE1 = """WITH b AS (
+    UPDATE {sessions} s SET last_seq = s.last_seq + 1, updated_at = $4
+     WHERE s.tenant_id = $1 AND s.id = $2 AND ($3 IS NULL OR s.user_id = $3){skip}
+    RETURNING s.last_seq, s.user_id, s.forked)
+INSERT INTO {messages} AS m
+    (tenant_id, session_id, seq, user_id, created_at, id, role, content, tool_calls, tool_call_id, raw,
+     key_id, sealed, tokens, kind, branch)
+SELECT $1, $2, b.last_seq, b.user_id, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13, $14, 'main' FROM b
+RETURNING m.seq, m.created_at, (SELECT b.forked FROM b)"""
+_SKIP1 = """
+       AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = $2 FOR UPDATE SKIP LOCKED)"""
+_HERE_STATEMENTS = {
+    # One message for one session ($2, owned by $3 if not null): allocate its seq and insert
+    # it, waiting for the session's row, or skipping it if another transaction holds it
+    # (then nothing is returned); $1 tenant, $4 now, $5-$14 its columns.
+    "write1_w": (
+        "text, text, text, timestamptz, text, text, text, text, text, text, text, bytea, int, text",
+        _WRITE1.replace("{skip}", ""),
+    ),
+    "write1_s": (
+        "text, text, text, timestamptz, text, text, text, text, text, text, text, bytea, int, text",
+        _WRITE1.replace("{skip}", _SKIP1),
+    ),
+    # One session ($2) with its row count ($3) and owner ($4); $1 tenant, $5 now. Waiting for
+    # its row, or skipping it if another transaction holds it.
+    "bump1_w": (
+        "text, text, bigint, text, timestamptz",
+        """UPDATE {sessions} s SET last_seq = s.last_seq + $3, updated_at = $5
+ WHERE s.tenant_id = $1 AND s.id = $2 AND ($4 IS NULL OR s.user_id = $4)
+RETURNING s.last_seq - $3, s.user_id, s.forked""",
+    ),
+    "bump1_s": (
+        "text, text, bigint, text, timestamptz",
+        """UPDATE {sessions} s SET last_seq = s.last_seq + $3, updated_at = $5
+ WHERE s.tenant_id = $1 AND s.id = $2 AND ($4 IS NULL OR s.user_id = $4)
+   AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = $2 FOR UPDATE SKIP LOCKED)
+RETURNING s.last_seq - $3, s.user_id, s.forked""",
+    ),
+    # Sessions ($2) with their row counts ($3) and owners ($4); $1 tenant, $5 now.
+    "bump_w": (
+        "text, text[], bigint[], text[], timestamptz",
+        """WITH b AS (
+    UPDATE {sessions} s SET last_seq = s.last_seq + c.n, updated_at = $5
+      FROM unnest($2, $3, $4) AS c(sid, n, owner)
+     WHERE s.tenant_id = $1 AND s.id = ANY ($2) AND s.id = c.sid AND (c.owner IS NULL OR s.user_id = c.owner)
+    RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked)
+SELECT coalesce(array_agg(b.id), '{}'), coalesce(array_agg(b.base), '{}'), coalesce(array_agg(b.user_id), '{}'),
+       coalesce(array_agg(b.id) FILTER (WHERE b.forked), '{}')
+  FROM b""",
+    ),
+    "bump_s": (
+        "text, text[], bigint[], text[], timestamptz",
+        """WITH b AS (
+    UPDATE {sessions} s SET last_seq = s.last_seq + c.n, updated_at = $5
+      FROM unnest($2, $3, $4) AS c(sid, n, owner)
+     WHERE s.tenant_id = $1 AND s.id = ANY ($2) AND s.id = c.sid AND (c.owner IS NULL OR s.user_id = c.owner)
+       AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = ANY ($2)
+                     ORDER BY l.id FOR UPDATE SKIP LOCKED)
+    RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked)
+SELECT coalesce(array_agg(b.id), '{}'), coalesce(array_agg(b.base), '{}'), coalesce(array_agg(b.user_id), '{}'),
+       coalesce(array_agg(b.id) FILTER (WHERE b.forked), '{}')
+  FROM b""",
+    ),
+    # Create on first write: sessions ($2) with their row counts ($3), owners ($4) and agents
+    # ($5); $1 tenant, $6 now.
+    "create": (
+        "text, text[], bigint[], text[], text[], timestamptz",
+        """WITH c AS (
+    INSERT INTO {sessions} AS s (tenant_id, id, user_id, agent_name, last_seq, created_at, updated_at)
+    SELECT $1, c.sid, c.owner, c.agent, c.n, $6, $6 FROM unnest($2, $3, $4, $5) AS c(sid, n, owner, agent)
+     WHERE c.agent IS NOT NULL AND c.owner IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM {sessions} x WHERE x.tenant_id = $1 AND x.id = c.sid)
+     ORDER BY c.sid
+    ON CONFLICT DO NOTHING
+    RETURNING s.id, s.user_id)
+SELECT coalesce(array_agg(c.id), '{}'), coalesce(array_agg(c.user_id), '{}') FROM c""",
+    ),
+    # Why sessions ($6) were not written; $1 tenant, $2-$5 each message's request, session,
+    # owner and agent.
+    "refuse": (
+        "text, int[], text[], text[], text[], text[]",
+        """SELECT r.req, r.sid, NULL::text, NULL::bigint, NULL::timestamptz,
+       CASE WHEN s.id IS NULL AND r.agent IS NULL THEN 'n'
+            WHEN s.id IS NULL OR (r.owner IS NOT NULL AND s.user_id <> r.owner) THEN 'o'
+            ELSE 'b' END
+  FROM (SELECT DISTINCT n.req, n.sid, n.owner, n.agent
+          FROM unnest($2, $3, $4, $5) AS n(req, sid, owner, agent) WHERE n.sid = ANY ($6)) r
+  LEFT JOIN {sessions} s ON s.tenant_id = $1 AND s.id = ANY ($6) AND s.id = r.sid""",
+    ),
+    # One message: $1 tenant, $2 session, $3 its seq, $4 owner, $5 now, $6-$15 its columns.
+    "insert1": (
+        "text, text, bigint, text, timestamptz, text, text, text, text, text, text, text, bytea, int, text",
+        """INSERT INTO {messages} AS m
+    (tenant_id, session_id, seq, user_id, created_at, id, role, content, tool_calls, tool_call_id, raw,
+     key_id, sealed, tokens, kind, branch)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15, 'main')
+RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text""",
+    ),
+    # Messages: $1 tenant, $2 now, $3-$13 their columns; $14-$16 the sessions written, each
+    # with its first seq less one and its owner.
+    "insert": (
+        "text, timestamptz, text[], text[], text[], text[], text[], text[], text[], text[], bytea[], int[], text[], "
+        "text[], bigint[], text[]",
+        """INSERT INTO {messages} AS m
+    (tenant_id, session_id, seq, id, user_id, role, content, tool_calls, tool_call_id, raw, created_at,
+     key_id, sealed, branch, tokens, kind)
+SELECT $1, b.sid, b.base + row_number() OVER (PARTITION BY b.sid ORDER BY n.ord), n.id, b.holder,
+       n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb, $2, n.key_id, n.sealed,
+       'main', n.tokens, n.kind
+  FROM unnest($3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) WITH ORDINALITY
+       AS n(sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
+  JOIN unnest($14, $15, $16) AS b(sid, base, holder) ON b.sid = n.sid
+RETURNING NULL::int, m.session_id::text, m.id::text, m.seq, m.created_at, 'i'::text""",
+    ),
+}
+_HERE_VERSION = "cs12"  # names the statements: a connection may outlive a version of them
+
+
+def _prepared(name: str) -> str:
+    """PL/pgSQL that prepares statement *name* of those above for shard ``v_shard`` on this
+    connection, unless it is (marked by a setting of the connection; a rolled-back call leaves
+    the statement prepared but not the mark, so it is looked up before it is prepared again)."""
+    types, body = _HERE_STATEMENTS[name]
+    text = body.replace("{sessions}", "%2$s").replace("{messages}", "%3$s").replace("'", "''")
+    return f"""IF current_setting('convostore.{{v}}_{name}_' || v_shard, true) IS DISTINCT FROM 'y' THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements p WHERE p.name = '{{v}}_{name}_' || v_shard) THEN
+        EXECUTE format('PREPARE %1$I ({types}) AS
+{text}', '{{v}}_{name}_' || v_shard, pg_catalog.shard_name('{{s}}.agent_sessions', v_shard),
+            pg_catalog.shard_name('{{s}}.conversation_messages',
+                pg_catalog.get_shard_id_for_distribution_column('{{s}}.conversation_messages', v_sids[1])));
+    END IF;
+    PERFORM set_config('convostore.{{v}}_{name}_' || v_shard, 'y', false);
+END IF;"""
+
+
+def _with_statements(function: str) -> str:
+    """*function* with each ``{prepare:name}`` line replaced by the PL/pgSQL preparing that
+    statement (``name_w`` or ``name_s`` by ``p_wait`` for a name without an entry of its own)."""
+
+    def block(match: re.Match[str]) -> str:
+        indent, name = match.group(1), match.group(2)
+        if name in _HERE_STATEMENTS:
+            lines = _prepared(name).split("\n")
+        else:
+            wait, skip = (_prepared(f"{name}_{k}").split("\n") for k in "ws")
+            lines = ["IF p_wait THEN", *("    " + x for x in wait), "ELSE", *("    " + x for x in skip), "END IF;"]
+        return "\n".join(indent + line for line in lines)
+
+    return re.sub(r"^( *)\{prepare:(\w+)\}$", block, function, flags=re.MULTILINE)
+
+
+APPEND_SHARDED_FUNCTION = """
+CREATE OR REPLACE FUNCTION {s}.convostore_append_sharded(
+    p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
+    p_reqs int[], p_sessions text[], p_owners text[], p_agents text[], p_branches text[],
+    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
+    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[]
+) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    v_now timestamptz := now();
+    v_many boolean := EXISTS (SELECT 1 FROM unnest(p_sessions) AS x WHERE x <> p_sessions[1]);
+    -- the call's sessions ordered by shard, with their row counts, owners and agents
+    a_shards bigint[];
+    a_sids text[];
+    a_counts bigint[];
+    a_owners text[];
+    a_agents text[];
+    v_first int := 1;
+    v_last int;
+    v_shard bigint;
+    v_sids text[];  -- the shard's sessions, with their row counts, owners and agents
+    v_counts bigint[];
+    v_owners text[];
+    v_agents text[];
+    v_bumped text[];  -- the sessions allocated, with their first seq less one, owners, and forked
+    v_bases bigint[];
+    v_holders text[];
+    v_forked text[];
+    v_left text[];  -- the sessions not allocated yet
+    v_lcounts bigint[];
+    v_lowners text[];
+    v_lagents text[];
+    r_ids text[];
+    r_bases bigint[];
+    r_holders text[];
+    r_forked text[];
+    v_base bigint;
+    v_holder text;
+    v_isforked boolean;
+    v_created timestamptz;
+    v_at int;
+    v_written boolean;
+    v_round int;
+    v_sid text;
+    -- the shard's messages (all of the call's when it has one shard)
+    m_sessions text[] := p_sessions;
+    m_ids text[] := p_ids;
+    m_roles text[] := p_roles;
+    m_contents text[] := p_contents;
+    m_tool_calls text[] := p_tool_calls;
+    m_tool_call_ids text[] := p_tool_call_ids;
+    m_raws text[] := p_raws;
+    m_key_ids text[] := p_key_ids;
+    m_sealed bytea[] := p_sealed;
+    m_tokens int[] := p_tokens;
+    m_kinds text[] := p_kinds;
+BEGIN
+    IF v_many THEN
+        SELECT array_agg(c.shard ORDER BY c.shard, c.sid), array_agg(c.sid ORDER BY c.shard, c.sid),
+               array_agg(c.n ORDER BY c.shard, c.sid), array_agg(c.owner ORDER BY c.shard, c.sid),
+               array_agg(c.agent ORDER BY c.shard, c.sid)
+          INTO a_shards, a_sids, a_counts, a_owners, a_agents
+          FROM (SELECT pg_catalog.get_shard_id_for_distribution_column('{s}.agent_sessions', n.sid) AS shard,
+                       n.sid, count(*) AS n, min(n.owner) AS owner, min(n.agent) AS agent
+                  FROM unnest(p_sessions, p_owners, p_agents) AS n(sid, owner, agent) GROUP BY n.sid) c;
+    ELSE
+        a_shards := ARRAY[pg_catalog.get_shard_id_for_distribution_column('{s}.agent_sessions', p_sessions[1])];
+        a_sids := ARRAY[p_sessions[1]];
+        a_counts := ARRAY[cardinality(p_ids)::bigint];
+        a_owners := ARRAY[p_owners[1]];
+        a_agents := ARRAY[p_agents[1]];
+    END IF;
+    IF p_probe OR NOT ('main' = ALL (p_branches)) OR NOT {s}.convostore_hold_shards(a_shards) THEN
+        IF v_many THEN
+            RETURN QUERY SELECT DISTINCT n.req, n.sid, NULL::text, NULL::bigint, NULL::timestamptz, 'b'::text
+                           FROM unnest(p_reqs, p_sessions) AS n(req, sid);
+        ELSE
+            RETURN QUERY SELECT * FROM {s}.convostore_append(
+                p_tenant, p_route, p_scope_user, p_probe, p_wait, p_reqs, p_sessions, p_owners, p_agents, p_branches,
+                p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids, p_sealed, p_tokens,
+                p_kinds);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM set_config('convostore.tenant_id', p_tenant, true),
+            set_config('convostore.user_id', coalesce(p_scope_user, '*'), true);
+    WHILE v_first <= cardinality(a_shards) LOOP
+        v_shard := a_shards[v_first];
+        v_last := v_first;
+        WHILE v_last < cardinality(a_shards) AND a_shards[v_last + 1] = v_shard LOOP
+            v_last := v_last + 1;
+        END LOOP;
+        v_sids := a_sids[v_first:v_last];
+        v_counts := a_counts[v_first:v_last];
+        v_owners := a_owners[v_first:v_last];
+        v_agents := a_agents[v_first:v_last];
+        v_first := v_last + 1;
+        -- Allocate (waiting, or skipping a row another transaction holds); then create on
+        -- first write what does not exist; then, waiting, allocate what a concurrent creator
+        -- won the race for (its row is committed by now).
+        v_written := false;
+        IF cardinality(v_sids) = 1 AND v_counts[1] = 1 THEN
+            -- One message of one session (a lone append, and most of a batch's shards):
+            -- allocated and inserted by one statement.
+            v_at := array_position(p_sessions, v_sids[1]);
+            {prepare:write1}
+            EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L)',
+                           '{v}_write1_' || CASE WHEN p_wait THEN 'w_' ELSE 's_' END || v_shard,
+                           p_tenant, v_sids[1], v_owners[1], v_now, p_ids[v_at], p_roles[v_at], p_contents[v_at],
+                           p_tool_calls[v_at], p_tool_call_ids[v_at], p_raws[v_at], p_key_ids[v_at], p_sealed[v_at],
+                           p_tokens[v_at], p_kinds[v_at])
+               INTO v_base, v_created, v_isforked;
+            v_written := v_base IS NOT NULL;
+            IF v_written THEN
+                req := NULL;
+                session_id := v_sids[1];
+                id := p_ids[v_at];
+                seq := v_base;
+                created_at := v_created;
+                outcome := 'i';
+                RETURN NEXT;
+            END IF;
+            v_bumped := CASE WHEN v_written THEN v_sids ELSE '{}' END;
+            v_bases := '{}';
+            v_holders := '{}';
+        ELSIF cardinality(v_sids) = 1 THEN
+            {prepare:bump1}
+            EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L)',
+                           '{v}_bump1_' || CASE WHEN p_wait THEN 'w_' ELSE 's_' END || v_shard,
+                           p_tenant, v_sids[1], v_counts[1], v_owners[1], v_now)
+               INTO v_base, v_holder, v_isforked;
+            v_bumped := CASE WHEN v_base IS NULL THEN '{}' ELSE v_sids END;
+            v_bases := CASE WHEN v_base IS NULL THEN '{}' ELSE ARRAY[v_base] END;
+            v_holders := CASE WHEN v_base IS NULL THEN '{}' ELSE ARRAY[v_holder] END;
+        ELSE
+            {prepare:bump}
+            EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L)',
+                           '{v}_bump_' || CASE WHEN p_wait THEN 'w_' ELSE 's_' END || v_shard,
+                           p_tenant, v_sids, v_counts, v_owners, v_now)
+               INTO v_bumped, v_bases, v_holders, v_forked;
+        END IF;
+        IF cardinality(v_sids) = 1 THEN
+            v_forked := CASE WHEN v_isforked THEN v_sids ELSE '{}' END;
+        END IF;
+        FOR v_round IN 1..2 LOOP
+            EXIT WHEN cardinality(v_bumped) = cardinality(v_sids) OR (v_round = 2 AND NOT p_wait);
+            SELECT array_agg(c.sid), array_agg(c.n), array_agg(c.owner), array_agg(c.agent)
+              INTO v_left, v_lcounts, v_lowners, v_lagents
+              FROM unnest(v_sids, v_counts, v_owners, v_agents) AS c(sid, n, owner, agent)
+             WHERE c.sid <> ALL (v_bumped);
+            IF v_round = 1 THEN
+                {prepare:create}
+                EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L)', '{v}_create_' || v_shard,
+                               p_tenant, v_left, v_lcounts, v_lowners, v_lagents, v_now)
+                   INTO r_ids, r_holders;
+                r_bases := array_fill(0::bigint, ARRAY[cardinality(r_ids)]);
+                r_forked := '{}';
+            ELSE
+                {prepare:bump_w}
+                EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L)', '{v}_bump_w_' || v_shard,
+                               p_tenant, v_left, v_lcounts, v_lowners, v_now)
+                   INTO r_ids, r_bases, r_holders, r_forked;
+            END IF;
+            v_bumped := v_bumped || r_ids;
+            v_bases := v_bases || r_bases;
+            v_holders := v_holders || r_holders;
+            v_forked := v_forked || r_forked;
+        END LOOP;
+        IF cardinality(v_forked) > 0 THEN
+            -- Forked sessions: 'main' must not be deleted (their rows are locked: no fork or
+            -- deletion can interleave). Refused: the whole call rolls back.
+            EXECUTE format('SELECT b.session_id FROM %s b WHERE b.tenant_id = $1 AND b.session_id = ANY ($2)'
+                           ' AND b.name = ''main'' AND b.deleted_at IS NOT NULL LIMIT 1',
+                           pg_catalog.shard_name('{s}.conversation_branches',
+                               pg_catalog.get_shard_id_for_distribution_column('{s}.conversation_branches', v_sids[1])))
+               INTO v_sid USING p_tenant, v_forked;
+            IF v_sid IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+                    MESSAGE = format('session %s has no branch main', v_sid);
+            END IF;
+        END IF;
+        IF cardinality(v_bumped) < cardinality(v_sids) THEN
+            {prepare:refuse}
+            RETURN QUERY EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L)', '{v}_refuse_' || v_shard,
+                                        p_tenant, p_reqs, p_sessions, p_owners, p_agents,
+                                        ARRAY(SELECT x FROM unnest(v_sids) AS x WHERE x <> ALL (v_bumped)));
+        END IF;
+        IF v_written OR cardinality(v_bumped) = 0 THEN
+            CONTINUE;
+        END IF;
+        IF a_shards[1] <> a_shards[cardinality(a_shards)] THEN  -- the shard's messages
+            SELECT array_agg(n.sid ORDER BY n.ord), array_agg(n.id ORDER BY n.ord), array_agg(n.role ORDER BY n.ord),
+                   array_agg(n.content ORDER BY n.ord), array_agg(n.tool_calls ORDER BY n.ord),
+                   array_agg(n.tool_call_id ORDER BY n.ord), array_agg(n.raw ORDER BY n.ord),
+                   array_agg(n.key_id ORDER BY n.ord), array_agg(n.sealed ORDER BY n.ord),
+                   array_agg(n.tokens ORDER BY n.ord), array_agg(n.kind ORDER BY n.ord)
+              INTO m_sessions, m_ids, m_roles, m_contents, m_tool_calls, m_tool_call_ids, m_raws, m_key_ids,
+                   m_sealed, m_tokens, m_kinds
+              FROM unnest(p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids,
+                          p_sealed, p_tokens, p_kinds) WITH ORDINALITY
+                   AS n(sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
+             WHERE n.sid = ANY (v_sids);
+        END IF;
+        IF cardinality(m_ids) = 1 THEN
+            {prepare:insert1}
+            RETURN QUERY EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L)',
+                                        '{v}_insert1_' || v_shard, p_tenant, v_bumped[1], v_bases[1] + 1,
+                                        v_holders[1], v_now, m_ids[1], m_roles[1], m_contents[1], m_tool_calls[1],
+                                        m_tool_call_ids[1], m_raws[1], m_key_ids[1], m_sealed[1], m_tokens[1],
+                                        m_kinds[1]);
+        ELSE
+            {prepare:insert}
+            RETURN QUERY EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L)',
+                                        '{v}_insert_' || v_shard, p_tenant, v_now, m_sessions, m_ids, m_roles,
+                                        m_contents, m_tool_calls, m_tool_call_ids, m_raws, m_key_ids, m_sealed,
+                                        m_tokens, m_kinds, v_bumped, v_bases, v_holders);
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+-- Takes the lock Citus's executor takes on a shard's metadata before writing the shard
+-- (share: writers do not block each other; a shard move or split takes it exclusively) on
+-- each of the shards, and tells whether this node holds them all, for
+-- convostore_append_sharded's writes to the shards' own tables. Citus lets only the
+-- tables' owner take that lock, so the function runs as its owner; the ids are sorted, as
+-- Citus requires.
+CREATE OR REPLACE FUNCTION {s}.convostore_hold_shards(p_shards bigint[]) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v_shards bigint[] := ARRAY(SELECT DISTINCT x FROM unnest(p_shards) AS x WHERE x IS NOT NULL ORDER BY 1);
+BEGIN
+    IF cardinality(v_shards) = 0 THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_catalog.lock_shard_metadata(5, v_shards);
+    RETURN (SELECT count(*) FROM pg_catalog.pg_dist_placement p
+             WHERE p.shardid = ANY (v_shards)
+               AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)) = cardinality(v_shards);
+END
+$fn$;
+"""
+APPEND_SHARDED_FUNCTION = _with_statements(APPEND_SHARDED_FUNCTION).replace("{v}", _HERE_VERSION)
+
 # A branch's line of rows (PL/pgSQL, shared by the functions below): its own rows, then its
 # parent's up to the fork, and so on to 'main'. Sets v_names (the branches) and v_limits (the
 # last seq each contributes) and v_floor (rows at or below it were cleared from the branch's
@@ -745,6 +1158,7 @@ $fn$;
 )
 
 APPEND = "SELECT * FROM {s}.convostore_append(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
+APPEND_SHARDED = "SELECT * FROM {s}.convostore_append_sharded(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
 COMPACT = "SELECT * FROM {s}.convostore_compact(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
 READ = "SELECT * FROM {s}.convostore_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
@@ -1421,8 +1835,10 @@ ORDER BY c.relname
 # 144 KB per append and 44 KB per read until it closed, and the statements were planned
 # again all the same. (Where Citus is fixed, reused plans would make a lone append on the
 # worker about 1.45x faster: measured with the fix applied to 13.2.2; see the README.)
-# Applied by migration 11 (a schema distributed before it) and after distributing or any
-# migration that creates a function again; a schema that is not distributed is left as it is.
+# And convostore_append_sharded (distributed by its session argument too) is delegated to
+# the node holding that session. Applied by migration 11 (a schema distributed before it) and
+# after distributing or any migration that creates a function again; a schema that is not
+# distributed is left as it is.
 FIT_TO_CITUS = """
 DO $fit$
 DECLARE
@@ -1443,6 +1859,15 @@ BEGIN
          ORDER BY p.proname
     LOOP
         EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_custom_plan', f);
+    END LOOP;
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = to_regnamespace('{s}') AND p.proname = 'convostore_append_sharded'
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
+                            WHERE o.classid = 'pg_catalog.pg_proc'::regclass AND o.objid = p.oid
+                              AND o.distribution_argument_index IS NOT NULL)
+    LOOP
+        PERFORM create_distributed_function(f::text, 'p_route', colocate_with => '{s}.agent_sessions');
     END LOOP;
 END
 $fit$;
@@ -1471,6 +1896,7 @@ class Queries:
     """The statements above with the schema substituted; built once per store."""
 
     append: str
+    append_sharded: str
     read: str
     compact: str
     session_owner: str

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._sql import APPEND_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
+from ._sql import APPEND_FUNCTION, APPEND_SHARDED_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -383,6 +383,10 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # values: a schema distributed before this migration gets what distributing now sets
     # (see _sql.FIT_TO_CITUS); elsewhere nothing changes.
     Migration(11, "citus_custom_plans", FIT_TO_CITUS),
+    # On distributed tables, appends call a function that writes the shards' own tables
+    # where the node it runs on holds them (see _sql.APPEND_SHARDED_FUNCTION); elsewhere it
+    # is never called.
+    Migration(12, "shard_appends", APPEND_SHARDED_FUNCTION),
 )
 
 _LEDGER = """
@@ -468,6 +472,7 @@ async def migration_status(conn: Connection, schema: str) -> list[MigrationStatu
 
 _DISTRIBUTED_FUNCTIONS = {
     "convostore_append": "p_route",
+    "convostore_append_sharded": "p_route",
     "convostore_read": "p_session",
     "convostore_compact": "p_session",
 }
@@ -488,9 +493,10 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
 
     ``agent_sessions`` is distributed by ``id`` and the tables of messages, branches and usage
     by ``session_id``, co-located, so that a session and its messages live on one node (Citus
-    moves the rows already there); ``convostore_append``, ``convostore_read`` and
-    ``convostore_compact`` are distributed by their session argument, so that an append, a
-    history read or a compaction is delegated whole to that node. The migration ledger, the
+    moves the rows already there); ``convostore_append`` (and ``convostore_append_sharded``,
+    which appends call on distributed tables), ``convostore_read`` and ``convostore_compact``
+    are distributed by their session argument, so that an append, a history read or a
+    compaction is delegated whole to that node. The migration ledger, the
     audit trail and the API keys stay on the coordinator. Idempotent, and safe from several
     processes at once (they queue on the migrations' lock): what is already distributed is
     left as it is.

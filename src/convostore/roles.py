@@ -36,7 +36,13 @@ _TABLES = (
     "convostore_api_keys",
     "convostore_state",
 )
-_FUNCTIONS = ("convostore_append", "convostore_read", "convostore_compact")
+_FUNCTIONS = (
+    "convostore_append",
+    "convostore_append_sharded",
+    "convostore_hold_shards",
+    "convostore_read",
+    "convostore_compact",
+)
 
 
 @dataclass(frozen=True, slots=True)
