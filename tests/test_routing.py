@@ -10,8 +10,10 @@ import string
 import threading
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import pytest
 
 from convostore import PostgresSessionStore
@@ -68,7 +70,7 @@ async def test_routed_calls_reach_the_node_holding_the_session(
     runner = routed.runner
     if not store.runner.distributed:
         assert runner.route_table is None  # nothing to route on one node
-        assert runner.routed_nodes == 1
+        assert runner.routes is None
         return
     # Every session's node per the map is the node holding its shard per Citus.
     nodes = {
@@ -184,6 +186,59 @@ async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
         stored = [m.content for m in await store.get_messages(sid)]
         assert stored == acknowledged[sid]
         assert len(stored) >= 5
+
+
+@pytest.mark.parametrize("route", [False, True], ids=["through the coordinator", "routed"])
+async def test_appends_of_one_nodes_sessions_share_a_call_that_writes_the_shards(
+    store: PostgresSessionStore, database_url: str, route: bool
+) -> None:
+    """On distributed tables, concurrent appends to sessions held by one node leave in one
+    call (delegated to that node, or sent straight there), which writes the shards' own
+    tables there; each session keeps its order and every message is stored once."""
+    if not store.runner.distributed:
+        pytest.skip("needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
+    calls: list[list[str]] = []
+
+    def log(record: Any) -> None:
+        if "convostore_append" in record.query:
+            calls.append(list(record.args[6]))  # p_sessions
+
+    async def attach(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(log)
+
+    async with PostgresSessionStore(
+        database_url, schema=store.schema, route_to_nodes=route, connect_kwargs={"init": attach}
+    ) as writer:
+        sessions = [(await writer.create_session(f"u{i}", "a")).id for i in range(32)]
+
+        async def append(sid: str) -> None:
+            for i in range(10):
+                await writer.add_message(sid, "user", f"{sid}:{i}")
+
+        await asyncio.gather(*(append(sid) for sid in sessions))
+        node = {
+            r["sid"]: r["node"]
+            for r in await store.pool.fetch(
+                "SELECT sid, nodeport AS node FROM unnest($2::text[]) AS sid "
+                "JOIN pg_dist_shard_placement p ON p.shardid = get_shard_id_for_distribution_column($1::regclass, sid)",
+                f'"{store.schema}".agent_sessions',
+                sessions,
+            )
+        }
+        shared = [c for c in calls if len(set(c)) > 1]
+        assert shared, "no call carried more than one session"
+        assert all(len({node[sid] for sid in c}) == 1 for c in shared), "a call mixed sessions of two nodes"
+        for sid in sessions:
+            assert [m.content for m in await writer.get_messages(sid)] == [f"{sid}:{i}" for i in range(10)]
+        # The writes went to the shards' tables: their statements are prepared on the node.
+        if route:
+            prepared: list[str] = []
+            for pool in writer.runner.node_pools().values():
+                held = [await pool.acquire() for _ in range(pool.get_size())]  # every connection it has
+                for conn in held:
+                    prepared += await conn.fetchval("SELECT array_agg(name) FROM pg_prepared_statements") or []
+                    await pool.release(conn)
+            assert any(name.startswith("cs12_write1_") for name in prepared), prepared
 
 
 def test_routed_pools_close_with_their_event_loops(database_url: str, schema_name: str) -> None:

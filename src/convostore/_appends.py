@@ -1,4 +1,5 @@
-"""Running appends (``convostore_append``) and reading its answers.
+"""Running appends (``convostore_append``, or ``convostore_append_sharded`` on distributed
+tables) and reading their answers.
 
 Shared by the store (a lone append) and the coalescer (many callers' appends in one call);
 the function itself is in :mod:`convostore._sql`.
@@ -72,14 +73,24 @@ class Appender:
 
     @property
     def distributed(self) -> bool:
-        """Whether the tables are distributed: then a call may only carry one session (it is
-        delegated whole to the node holding that session)."""
+        """Whether the tables are distributed: then a call may only carry sessions of one node
+        (it is delegated whole to the node holding its first session)."""
         return self._runner.distributed
 
+    def group_of(self, session_id: str) -> object:
+        """Which appends may share a call with *session_id*'s: any (undistributed tables), those
+        of sessions on the same node (distributed tables, by the shard map), or only the
+        session's own (distributed tables whose map could not be read)."""
+        if not self._runner.distributed:
+            return None
+        if self._runner.routes is None:
+            return ("session", session_id)
+        return ("node", self._runner.node_of(session_id))
+
     @property
-    def nodes(self) -> int:
-        """How many nodes calls are sent to (more than one when they are routed)."""
-        return self._runner.routed_nodes
+    def by_node(self) -> bool:
+        """Whether appends of one node's sessions share a call (see :meth:`group_of`)."""
+        return self._runner.distributed and self._runner.routes is not None
 
     def _args(self, batch: Sequence[AppendRequest], probe: bool, wait: bool) -> tuple[Any, ...]:
         # Per message: its request, session, owner, agent, branch, then its columns.
@@ -94,7 +105,8 @@ class Appender:
         return (first.tenant, first.session_id, scope_user, probe, wait, *columns)
 
     async def _call(self, batch: Sequence[AppendRequest], wait: bool, deadline: float | None) -> list[Any]:
-        sql = self._q.append
+        # On distributed tables, the function that writes the shards' own tables where it can.
+        sql = self._q.append_sharded if self._runner.distributed else self._q.append
         first_attempt = [any(r.probe for r in batch)]
 
         async def append(conn: Connection) -> list[Any]:

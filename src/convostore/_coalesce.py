@@ -18,6 +18,9 @@ queue and leave together, for any mix of sessions, in one statement.
   lost acknowledgement returns the stored rows). A caller cancelled while its request is
   queued removes it (nothing is written); once sent, the caller does not return before
   the statement's outcome is known, so its next append can never overtake it.
+* On distributed tables (Citus), a statement carries only sessions that one node holds (by
+  the shard map; one session while the map is not known): it runs whole on that node, which
+  writes its shards' own tables (``_sql.APPEND_SHARDED_FUNCTION``).
 * Bounded: at most ``max_batch_rows`` rows per statement and ``max_pending`` requests queued
   or in flight; a caller that finds no room waits at most until its deadline.
 """
@@ -146,9 +149,10 @@ class AppendWriter:
         task.add_done_callback(done)
 
     def _dispatch(self) -> None:
-        # Distributed calls each go to one node, in parallel: allow more of them in flight,
-        # for each node they are sent straight to (routed calls).
-        limit = self._max_in_flight * (4 * self._appender.nodes if self._appender.distributed else 1)
+        # On distributed tables without a shard map, each call carries one session: allow
+        # more of them in flight (calls by node measured best with as many as one database).
+        appender = self._appender
+        limit = self._max_in_flight * (4 if appender.distributed and not appender.by_node else 1)
         while self._in_flight < limit:
             batch = self._take()
             if not batch:
@@ -159,9 +163,11 @@ class AppendWriter:
 
     def _take(self) -> list[_Item]:
         """The oldest requests that fit one call: one tenant, at most max_batch_rows rows, and
-        one owner per session. On distributed tables, one session per call: the head's
-        requests, taken from anywhere in the queue (each session's order is kept)."""
-        one_session = self._appender.distributed
+        one owner per session. On distributed tables, only requests of the head's node (or of
+        its session, when the shard map is not known), taken from anywhere in the queue (each
+        session's order is kept)."""
+        group_of = self._appender.group_of
+        group: object = None
         batch: list[_Item] = []
         rows = 0
         owners: dict[str, str | None] = {}
@@ -178,8 +184,8 @@ class AppendWriter:
                 self._settle(item, exc=StoreTimeout("add_messages: not sent within the deadline (the queue was busy)"))
                 continue
             request = item.request
-            if one_session and batch and request.session_id != batch[0].request.session_id:
-                skipped.append(self._pending.popleft())  # another session's: stays queued
+            if batch and group_of(request.session_id) != group:
+                skipped.append(self._pending.popleft())  # another node's or session's: stays queued
                 continue
             if batch and (
                 request.tenant != batch[0].request.tenant
@@ -189,6 +195,8 @@ class AppendWriter:
                 break
             self._pending.popleft()
             item.state = _State.SENT
+            if not batch:
+                group = group_of(request.session_id)
             batch.append(item)
             rows += len(request.rows)
             owners[request.session_id] = request.owner

@@ -8,10 +8,13 @@ it costs a second hop and the coordinator's own work (1.2-1.4x the appends per s
 to the nodes, measured on a 3-node cluster on loopback).
 
 The map of hash ranges to nodes is read from the coordinator's metadata when a pool opens and
-again every :data:`REFRESH` seconds. A call sent by a stale map (a shard moved meanwhile) is
-still right: the node it reaches runs the function's statements where the shard now is, only
-slower. Only the append and read functions are routed: every other statement may touch
-tables that stay on the coordinator (the audit trail, the migration ledger).
+again every :data:`REFRESH` seconds, on any distributed tables: appends to sessions on one
+node share a call (:mod:`convostore._coalesce`), routed or not. A call sent by a stale map (a
+shard moved meanwhile) is still right: the node it reaches finds the shard is not there and
+runs the function's statements through the distributed tables, or, for appends of several
+sessions, reports them busy and they are sent again one session at a time. Only the append
+and read functions are routed: every other statement may touch tables that stay on the
+coordinator (the audit trail, the migration ledger).
 """
 
 from __future__ import annotations

@@ -308,8 +308,9 @@ class Runner:
         self.row_security = False
         # Whether the tables are distributed (Citus): set by the store when a pool opens.
         self.distributed = False
-        # The sessions table whose shards routed calls follow (``route_to_nodes`` on distributed
-        # tables; set by the store when a pool opens), and its map, shared by every loop.
+        # The sessions table whose shards' map is read (on distributed tables; set by the store
+        # when a pool opens), and its map, shared by every loop: appends of one node's sessions
+        # share a call, and with ``route_to_nodes`` calls go straight to that node.
         self.route_table: str | None = None
         self._routes: ShardMap | None = None
         self._routes_read = 0.0
@@ -481,8 +482,26 @@ class Runner:
 
     @property
     def routes(self) -> ShardMap | None:
-        """The shard map calls are routed by (``None``: they are not)."""
+        """The shard map of the distributed tables (``None``: not distributed, or not read)."""
         return self._routes
+
+    def node_of(self, session_id: str) -> Node | None:
+        """The node holding *session_id* by the shard map (read again when it is older than
+        :data:`REFRESH` seconds); ``None`` for the main pool's node, or without a map."""
+        routes = self._routes
+        if routes is None:
+            return None
+        self._refresh_if_stale()
+        return routes.node_for(session_id)
+
+    def _refresh_if_stale(self) -> None:
+        now = time.monotonic()
+        if self.route_table is None or now - self._routes_read <= REFRESH:
+            return
+        state = self._state()
+        if state.pool is not None and (state.refreshing is None or state.refreshing.done()):
+            self._routes_read = now
+            state.refreshing = asyncio.ensure_future(self._refresh_routes(state.pool))
 
     def node_pools(self) -> dict[Node, asyncpg.Pool]:
         """This loop's pools to the nodes calls were routed to."""
@@ -491,12 +510,6 @@ class Runner:
     def shunned(self, node: Node) -> bool:
         """Whether *node*'s calls go through the main pool for now (it failed one)."""
         return self._state().shunned.get(node, 0.0) > time.monotonic()
-
-    @property
-    def routed_nodes(self) -> int:
-        """How many nodes calls go to: the nodes of the shard map when calls are routed, else 1."""
-        routes = self._routes
-        return 1 if routes is None else max(1, len(set(routes.nodes)))
 
     async def _read_routes(self, conn: Connection) -> None:
         rows = await conn.fetch(SHARD_MAP, self.route_table)
@@ -516,19 +529,11 @@ class Runner:
     async def _node_pool(self, session_id: str, budget: float | None) -> tuple[Node | None, asyncpg.Pool | None]:
         """The node holding *session_id* and this loop's pool to it, if calls are routed and
         that node is not shunned; else ``(None, None)`` (the main pool serves the call)."""
-        routes = self._routes
-        if routes is None:
-            return None, None
         state = self._state()
-        if state.pool is None:
+        if self._routes is None or state.pool is None or not self.options.route_to_nodes:
             return None, None  # the main pool opens first (and reads the map)
-        now = time.monotonic()
-        stale = self.route_table is not None and now - self._routes_read > REFRESH
-        if stale and (state.refreshing is None or state.refreshing.done()):
-            self._routes_read = now
-            state.refreshing = asyncio.ensure_future(self._refresh_routes(state.pool))
-        node = routes.node_for(session_id)
-        if node is None or state.shunned.get(node, 0.0) > now:
+        node = self.node_of(session_id)
+        if node is None or state.shunned.get(node, 0.0) > time.monotonic():
             return None, None
         pool = state.nodes.get(node)
         if pool is None:
@@ -638,7 +643,7 @@ class Runner:
             budget = attempts.budget()
             node: Node | None = None
             node_pool: asyncpg.Pool | None = None
-            if routed is not None and self._routes is not None:
+            if routed is not None and self._routes is not None and self.options.route_to_nodes:
                 node, node_pool = await self._node_pool(routed, budget)
             try:
                 conn, pool = await self._acquire(budget, node_pool)

@@ -330,8 +330,7 @@ class PostgresSessionStore:
             await distribute(conn, self._schema)
         citus = await conn.fetchval(HAS_CITUS)
         self._runner.distributed = bool(citus and await conn.fetchval(IS_DISTRIBUTED, sessions))
-        routed = self._runner.distributed and self._runner.options.route_to_nodes
-        self._runner.route_table = sessions if routed else None
+        self._runner.route_table = sessions if self._runner.distributed else None
         self._runner.row_security = bool(await conn.fetchval(_ROW_SECURITY, sessions))
 
     async def _check_schema(self, conn: Connection) -> None:
