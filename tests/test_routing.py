@@ -122,9 +122,10 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
 async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
     store: PostgresSessionStore, routed: PostgresSessionStore
 ) -> None:
-    """A shard moves to another node (a rebalance) and back while appends to its sessions
-    go on, through the coordinator and routed by a map that the move makes stale: every
-    acknowledged message is stored once, in the order it was acknowledged, and no call fails."""
+    """A shard moves to another node (a rebalance) and back, then splits in two, one half
+    going to the other node, while appends to its sessions go on, through the coordinator and
+    routed by a map that the moves make stale: every acknowledged message is stored once, in
+    the order it was acknowledged, and no call fails."""
     if not store.runner.distributed:
         pytest.skip("moving a shard needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
     table = f'"{store.schema}".agent_sessions'
@@ -179,6 +180,25 @@ async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
                 int(dst_port),
             )
             await asyncio.sleep(0.3)
+        hashes = await store.pool.fetchrow(
+            "SELECT shardminvalue::bigint AS low, shardmaxvalue::bigint AS high FROM pg_dist_shard WHERE shardid = $1",
+            shard,
+        )
+        assert hashes is not None
+        nodes = {
+            r["node"]: r["nodeid"]
+            for r in await store.pool.fetch("SELECT nodename || ':' || nodeport AS node, nodeid FROM pg_dist_node")
+        }
+        await store.pool.execute(
+            "SELECT citus_split_shard_by_split_points($1, ARRAY[$2], ARRAY[$3, $4]::int[], "
+            "shard_transfer_mode => 'block_writes')",
+            shard,
+            str((hashes["low"] + hashes["high"]) // 2),
+            nodes[home],
+            nodes[others[0]["node"]],
+        )
+        await asyncio.sleep(0.3)
+        assert not await store.pool.fetchval("SELECT EXISTS (SELECT 1 FROM pg_dist_shard WHERE shardid = $1)", shard)
     finally:
         moving = False
         await asyncio.gather(*writers)

@@ -53,6 +53,7 @@ class _Item:
     request: AppendRequest
     future: asyncio.Future[Stored] = field(repr=False)
     deadline: float | None
+    group: object = None  # which requests may share its call (Appender.group_of)
     state: _State = _State.QUEUED
     handed_off: bool = False  # settled by another task (a lone send), not by its batch's flush
 
@@ -94,7 +95,9 @@ class AppendWriter:
                 ) from None
         else:
             await self._room.acquire()  # free: no wait, no timer on the hot path
-        item = _Item(request, asyncio.get_running_loop().create_future(), deadline)
+        item = _Item(
+            request, asyncio.get_running_loop().create_future(), deadline, self._appender.group_of(request.session_id)
+        )
         self._pending.append(item)
         self._idle.clear()
         if not self._holding:
@@ -166,8 +169,6 @@ class AppendWriter:
         one owner per session. On distributed tables, only requests of the head's node (or of
         its session, when the shard map is not known), taken from anywhere in the queue (each
         session's order is kept)."""
-        group_of = self._appender.group_of
-        group: object = None
         batch: list[_Item] = []
         rows = 0
         owners: dict[str, str | None] = {}
@@ -184,7 +185,7 @@ class AppendWriter:
                 self._settle(item, exc=StoreTimeout("add_messages: not sent within the deadline (the queue was busy)"))
                 continue
             request = item.request
-            if batch and group_of(request.session_id) != group:
+            if batch and item.group != batch[0].group:
                 skipped.append(self._pending.popleft())  # another node's or session's: stays queued
                 continue
             if batch and (
@@ -195,8 +196,6 @@ class AppendWriter:
                 break
             self._pending.popleft()
             item.state = _State.SENT
-            if not batch:
-                group = group_of(request.session_id)
             batch.append(item)
             rows += len(request.rows)
             owners[request.session_id] = request.owner
