@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import re
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
@@ -28,6 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from convostore import PostgresSessionStore
+from convostore._routing import ShardMap, hashtext
 from convostore.openai_agents import PostgresSession
 
 from . import workloads as w
@@ -36,7 +39,7 @@ from .systems import Convostore
 
 CITUS_TASKS = 32
 CITUS_TARGET = 0.4  # distributed / undistributed appends/s
-WARM_SESSIONS = 16  # each pooled connection appends once to each (sessions spread over the nodes)
+WARM_SESSIONS = 16  # each pooled connection appends once to each (on distributed tables, one per shard)
 
 
 class CitusConvostore(Convostore):
@@ -56,11 +59,26 @@ class CitusConvostore(Convostore):
         await super().open()
         if self.store.runner.distributed != self.distributed:
             raise AssertionError(f"{self.schema}: expected distributed={self.distributed}")
-        sessions = [await self.new_session("warm") for _ in range(WARM_SESSIONS)]
+        routes = self.store.runner.routes
+        if routes is None:
+            sessions = [await self.new_session("warm") for _ in range(WARM_SESSIONS)]
+        else:  # a session on every shard: a connection prepares its statements per shard
+            sessions = [
+                (await self.store.create_session("warm", "bench", session_id=sid)).id for sid in on_every_shard(routes)
+            ]
         await warm_connections(self.store, sessions)
         if self.routed:  # the pools to the nodes open their connections on first use
             for _ in range(4):
                 await asyncio.gather(*(self.store.add_message(sid, "user", "warm-up") for sid in sessions * 2))
+
+
+def on_every_shard(routes: ShardMap) -> list[str]:
+    """Session ids, one in each shard's hash range of *routes*."""
+    found: dict[int, str] = {}
+    while len(found) < len(routes.lows):
+        sid = str(uuid.uuid4())
+        found.setdefault(bisect.bisect_right(routes.lows, hashtext(sid)) - 1, sid)
+    return list(found.values())
 
 
 async def warm_connections(store: PostgresSessionStore, sessions: list[str]) -> None:
@@ -127,7 +145,7 @@ async def explain_tasks(url: str, schema: str, sid: str) -> dict[str, Any]:
     sdk = PostgresSession(sid, store=store, user_id="bench-user", agent_name="bench")
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "(a) last-20 read: store.get_messages(sid, limit=20)": lambda: store.get_messages(sid, limit=20),
-        "(b) append: store.add_message(sid, ...) (store.queries.append)": lambda: store.add_message(sid, "user", "hi"),
+        "(b) append: store.add_message(sid, ...)": lambda: store.add_message(sid, "user", "hi"),
         "(c) SDK read: PostgresSession.get_items(limit=20)": lambda: sdk.get_items(limit=20),
         "(d) SDK append: PostgresSession.add_items([item])": lambda: sdk.add_items([{"role": "user", "content": "hi"}]),
     }

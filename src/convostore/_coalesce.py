@@ -76,6 +76,7 @@ class AppendWriter:
         self._room = asyncio.Semaphore(max_pending)
         self._pending: deque[_Item] = deque()
         self._in_flight = 0
+        self._flying: dict[object, int] = {}  # calls in flight per group (Appender.group_of)
         self._tasks: set[asyncio.Task[None]] = set()
         self._holding = 0
         self._idle = asyncio.Event()
@@ -152,23 +153,27 @@ class AppendWriter:
         task.add_done_callback(done)
 
     def _dispatch(self) -> None:
-        # On distributed tables without a shard map, each call carries one session: allow
-        # more of them in flight (calls by node measured best with as many as one database).
+        # On distributed tables each call runs whole on one node: as many calls in flight per
+        # node as one database gets; one session per call (no shard map), four times that in all.
         appender = self._appender
-        limit = self._max_in_flight * (4 if appender.distributed and not appender.by_node else 1)
-        while self._in_flight < limit:
-            batch = self._take()
+        per_node = self._max_in_flight if appender.by_node else None
+        limit = self._max_in_flight * (4 if appender.distributed and per_node is None else 1)
+        while per_node is not None or self._in_flight < limit:
+            batch = self._take(per_node)
             if not batch:
                 break
             self._in_flight += 1
+            group = batch[0].group
+            self._flying[group] = self._flying.get(group, 0) + 1
             self._spawn(self._flush(batch))
         self._check_idle()
 
-    def _take(self) -> list[_Item]:
+    def _take(self, per_group: int | None = None) -> list[_Item]:
         """The oldest requests that fit one call: one tenant, at most max_batch_rows rows, and
         one owner per session. On distributed tables, only requests of the head's node (or of
         its session, when the shard map is not known), taken from anywhere in the queue (each
-        session's order is kept)."""
+        session's order is kept), the head's node having fewer than *per_group* calls in
+        flight."""
         batch: list[_Item] = []
         rows = 0
         owners: dict[str, str | None] = {}
@@ -185,6 +190,9 @@ class AppendWriter:
                 self._settle(item, exc=StoreTimeout("add_messages: not sent within the deadline (the queue was busy)"))
                 continue
             request = item.request
+            if not batch and per_group is not None and self._flying.get(item.group, 0) >= per_group:
+                skipped.append(self._pending.popleft())  # its node has enough calls in flight: stays queued
+                continue
             if batch and item.group != batch[0].group:
                 skipped.append(self._pending.popleft())  # another node's or session's: stays queued
                 continue
@@ -222,10 +230,18 @@ class AppendWriter:
                 if not item.handed_off:
                     self._settle(item, exc=DatabaseError("add_messages: the append was not completed"))
             self._in_flight -= 1
-            # Refill the freed slot one loop turn later: the callers just acknowledged run
-            # first, and their next appends leave together instead of one by one.
+            group = batch[0].group
+            if self._flying[group] > 1:
+                self._flying[group] -= 1
+            else:
+                del self._flying[group]
+            # Refill the freed slot three loop turns later: the callers just acknowledged
+            # resume two turns after their results are set (the futures' callbacks, then the
+            # wake-up of their shielded waits), queue their next appends, and these leave
+            # together instead of the first one alone.
             self._holding += 1
-            asyncio.get_running_loop().call_soon(self._release_hold)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, loop.call_soon, self._release_hold)
 
     def _release_hold(self) -> None:
         self._holding -= 1

@@ -486,16 +486,13 @@ END IF;"""
 
 def _with_statements(function: str) -> str:
     """*function* with each ``{prepare:name}`` line replaced by the PL/pgSQL preparing that
-    statement (``name_w`` or ``name_s`` by ``p_wait`` for a name without an entry of its own)."""
+    statement (both ``name_w`` and ``name_s`` for a name without an entry of its own: a lone
+    append then readies a connection for batches too)."""
 
     def block(match: re.Match[str]) -> str:
         indent, name = match.group(1), match.group(2)
-        if name in _HERE_STATEMENTS:
-            lines = _prepared(name).split("\n")
-        else:
-            wait, skip = (_prepared(f"{name}_{k}").split("\n") for k in "ws")
-            lines = ["IF p_wait THEN", *("    " + x for x in wait), "ELSE", *("    " + x for x in skip), "END IF;"]
-        return "\n".join(indent + line for line in lines)
+        names = [name] if name in _HERE_STATEMENTS else [f"{name}_w", f"{name}_s"]
+        return "\n".join(indent + line for n in names for line in _prepared(n).split("\n"))
 
     return re.sub(r"^( *)\{prepare:(\w+)\}$", block, function, flags=re.MULTILINE)
 
