@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import pytest
 
-from convostore import PostgresSessionStore
+from convostore import DuplicateMessageId, NewMessage, PostgresSessionStore
 from convostore._routing import ShardMap, hashtext
 
 
@@ -259,6 +259,34 @@ async def test_appends_of_one_nodes_sessions_share_a_call_that_writes_the_shards
                     prepared += await conn.fetchval("SELECT array_agg(name) FROM pg_prepared_statements") or []
                     await pool.release(conn)
             assert any(name.startswith("cs12_write1_") for name in prepared), prepared
+
+
+async def test_caller_chosen_ids_are_stored_once_in_calls_by_node(store: PostgresSessionStore) -> None:
+    """On distributed tables, appends with ids the caller chose (as the Agents SDK session
+    sends) share calls by node too: sent again, concurrently, they return the rows stored the
+    first time and store nothing; an id sent again with another message is refused."""
+    if not store.runner.distributed:
+        pytest.skip("needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
+    sessions = [str(uuid.uuid4()) for _ in range(24)]
+
+    def batch(sid: str, i: int) -> list[NewMessage]:
+        return [NewMessage(role="user", content=f"{sid}:{i}:{k}", id=f"m{i}-{k}") for k in range(2)]
+
+    async def write(sid: str) -> None:
+        for i in range(4):
+            await store.add_messages(sid, batch(sid, i), user_id="u", agent_name="a")  # created on first write
+
+    await asyncio.gather(*(write(sid) for sid in sessions))
+    again = await asyncio.gather(
+        *(store.add_messages(sid, batch(sid, 2), user_id="u", agent_name="a") for sid in sessions)
+    )
+    assert all([m.seq for m in stored] == [5, 6] for stored in again)
+    with pytest.raises(DuplicateMessageId):
+        await store.add_messages(sessions[0], [NewMessage(role="user", content="other", id="m2-0")])
+    for sid in sessions:
+        assert [m.content for m in await store.get_messages(sid)] == [
+            f"{sid}:{i}:{k}" for i in range(4) for k in range(2)
+        ]
 
 
 def test_routed_pools_close_with_their_event_loops(database_url: str, schema_name: str) -> None:

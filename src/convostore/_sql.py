@@ -339,10 +339,11 @@ $fn$;
 # allocate each session's seq range (waiting for its row, or skipping rows other
 # transactions hold when p_wait is false), create on first write, check 'main' in a session
 # that was forked, insert the messages, and report the sessions not written ('n', 'o' or
-# 'b'). Otherwise (a shard elsewhere, ids to probe, a branch other than 'main') it calls
-# convostore_append, whose statements Citus routes to the shards; for a call of several
-# sessions, which that cannot run on distributed tables, it reports every request busy
-# instead, and the caller sends them again session by session.
+# 'b'), after returning the stored rows of requests already stored (p_probe). Otherwise (a
+# shard elsewhere, a branch other than 'main') it calls convostore_append, whose statements
+# Citus routes to the shards; for a call of several sessions, which that cannot run on
+# distributed tables, it reports every request busy instead, and the caller sends them
+# again session by session.
 #
 # The statements name the shard's tables ({sessions}, {messages}), so they cannot be written
 # in the function itself: each is prepared once per connection and shard (PREPARE, named
@@ -429,14 +430,33 @@ SELECT coalesce(array_agg(c.id), '{}'), coalesce(array_agg(c.user_id), '{}') FRO
     # Why sessions ($6) were not written; $1 tenant, $2-$5 each message's request, session,
     # owner and agent.
     "refuse": (
-        "text, int[], text[], text[], text[], text[]",
+        "text, int[], text[], text[], text[], text[], int[]",
         """SELECT r.req, r.sid, NULL::text, NULL::bigint, NULL::timestamptz,
        CASE WHEN s.id IS NULL AND r.agent IS NULL THEN 'n'
             WHEN s.id IS NULL OR (r.owner IS NOT NULL AND s.user_id <> r.owner) THEN 'o'
             ELSE 'b' END
   FROM (SELECT DISTINCT n.req, n.sid, n.owner, n.agent
-          FROM unnest($2, $3, $4, $5) AS n(req, sid, owner, agent) WHERE n.sid = ANY ($6)) r
+          FROM unnest($2, $3, $4, $5) AS n(req, sid, owner, agent) WHERE n.sid = ANY ($6) AND n.req <> ALL ($7)) r
   LEFT JOIN {sessions} s ON s.tenant_id = $1 AND s.id = ANY ($6) AND s.id = r.sid""",
+    ),
+    # Requests already stored (a retry, or ids the caller chose): those whose first id is
+    # stored (a request is stored whole or not at all), with their stored rows, 'r' where
+    # identical, 'c' where the id holds another message. $1 tenant; $2-$9 the messages'
+    # requests, sessions, ids and columns.
+    "probe": (
+        "text, int[], text[], text[], text[], text[], text[], text[], text[]",
+        """WITH n AS (
+    SELECT * FROM unnest($2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY
+                  AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)),
+done AS (
+    SELECT f.req FROM (SELECT DISTINCT ON (n.req) n.req, n.sid, n.id FROM n ORDER BY n.req, n.ord) f
+     WHERE EXISTS (SELECT 1 FROM {messages} x WHERE x.session_id = f.sid AND x.tenant_id = $1 AND x.id = f.id))
+SELECT n.req, m.session_id::text, m.id::text, m.seq, m.created_at,
+       CASE WHEN (m.role, m.content, m.tool_calls, m.tool_call_id, m.raw)
+                 IS NOT DISTINCT FROM (n.role, n.content, n.tool_calls::jsonb, n.tool_call_id, n.raw::jsonb)
+            THEN 'r' ELSE 'c' END AS outcome
+  FROM n JOIN done d ON d.req = n.req
+  JOIN {messages} m ON m.session_id = n.sid AND m.tenant_id = $1 AND m.id = n.id""",
     ),
     # One message: $1 tenant, $2 session, $3 its seq, $4 owner, $5 now, $6-$15 its columns.
     "insert1": (
@@ -540,6 +560,16 @@ DECLARE
     v_at int;
     v_written boolean;
     v_round int;
+    v_done int[] := '{}';  -- requests found stored (probed)
+    v_row record;
+    q_reqs int[];  -- the shard's messages, probed
+    q_sids text[];
+    q_ids text[];
+    q_roles text[];
+    q_contents text[];
+    q_tool_calls text[];
+    q_tool_call_ids text[];
+    q_raws text[];
     v_sid text;
     -- the shard's messages (all of the call's when it has one shard)
     m_sessions text[] := p_sessions;
@@ -569,7 +599,7 @@ BEGIN
         a_owners := ARRAY[p_owners[1]];
         a_agents := ARRAY[p_agents[1]];
     END IF;
-    IF p_probe OR NOT ('main' = ALL (p_branches)) OR NOT {s}.convostore_hold_shards(a_shards) THEN
+    IF NOT ('main' = ALL (p_branches)) OR NOT {s}.convostore_hold_shards(a_shards) THEN
         IF v_many THEN
             RETURN QUERY SELECT DISTINCT n.req, n.sid, NULL::text, NULL::bigint, NULL::timestamptz, 'b'::text
                            FROM unnest(p_reqs, p_sessions) AS n(req, sid);
@@ -598,10 +628,46 @@ BEGIN
         -- first write what does not exist; then, waiting, allocate what a concurrent creator
         -- won the race for (its row is committed by now).
         v_written := false;
+        IF p_probe THEN
+            -- Requests already stored: their rows are returned and nothing is written for them.
+            SELECT array_agg(n.req ORDER BY n.ord), array_agg(n.sid ORDER BY n.ord), array_agg(n.id ORDER BY n.ord),
+                   array_agg(n.role ORDER BY n.ord), array_agg(n.content ORDER BY n.ord),
+                   array_agg(n.tool_calls ORDER BY n.ord), array_agg(n.tool_call_id ORDER BY n.ord),
+                   array_agg(n.raw ORDER BY n.ord)
+              INTO q_reqs, q_sids, q_ids, q_roles, q_contents, q_tool_calls, q_tool_call_ids, q_raws
+              FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws)
+                   WITH ORDINALITY AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, ord)
+             WHERE n.sid = ANY (v_sids);
+            {prepare:probe}
+            FOR v_row IN EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L, %L, %L)', '{v}_probe_' || v_shard,
+                                        p_tenant, q_reqs, q_sids, q_ids, q_roles, q_contents, q_tool_calls,
+                                        q_tool_call_ids, q_raws)
+            LOOP
+                req := v_row.req;
+                session_id := v_row.session_id;
+                id := v_row.id;
+                seq := v_row.seq;
+                created_at := v_row.created_at;
+                outcome := v_row.outcome;
+                RETURN NEXT;
+                v_done := v_done || v_row.req;
+            END LOOP;
+            IF cardinality(v_done) > 0 THEN  -- the shard's sessions, without the requests stored
+                SELECT array_agg(c.sid ORDER BY c.sid), array_agg(c.n ORDER BY c.sid),
+                       array_agg(c.owner ORDER BY c.sid), array_agg(c.agent ORDER BY c.sid)
+                  INTO v_sids, v_counts, v_owners, v_agents
+                  FROM (SELECT n.sid, count(*) AS n, min(n.owner) AS owner, min(n.agent) AS agent
+                          FROM unnest(p_reqs, p_sessions, p_owners, p_agents) AS n(req, sid, owner, agent)
+                         WHERE n.sid = ANY (v_sids) AND n.req <> ALL (v_done) GROUP BY n.sid) c;
+                CONTINUE WHEN v_sids IS NULL;
+            END IF;
+        END IF;
         IF cardinality(v_sids) = 1 AND v_counts[1] = 1 THEN
             -- One message of one session (a lone append, and most of a batch's shards):
             -- allocated and inserted by one statement.
-            v_at := array_position(p_sessions, v_sids[1]);
+            v_at := CASE WHEN cardinality(v_done) = 0 THEN array_position(p_sessions, v_sids[1])
+                         ELSE (SELECT n.ord FROM unnest(p_sessions, p_reqs) WITH ORDINALITY AS n(sid, req, ord)
+                                WHERE n.sid = v_sids[1] AND n.req <> ALL (v_done) ORDER BY n.ord LIMIT 1) END;
             {prepare:write1}
             EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L)',
                            '{v}_write1_' || CASE WHEN p_wait THEN 'w_' ELSE 's_' END || v_shard,
@@ -680,14 +746,14 @@ BEGIN
         END IF;
         IF cardinality(v_bumped) < cardinality(v_sids) THEN
             {prepare:refuse}
-            RETURN QUERY EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L)', '{v}_refuse_' || v_shard,
+            RETURN QUERY EXECUTE format('EXECUTE %I(%L, %L, %L, %L, %L, %L, %L)', '{v}_refuse_' || v_shard,
                                         p_tenant, p_reqs, p_sessions, p_owners, p_agents,
-                                        ARRAY(SELECT x FROM unnest(v_sids) AS x WHERE x <> ALL (v_bumped)));
+                                        ARRAY(SELECT x FROM unnest(v_sids) AS x WHERE x <> ALL (v_bumped)), v_done);
         END IF;
         IF v_written OR cardinality(v_bumped) = 0 THEN
             CONTINUE;
         END IF;
-        IF a_shards[1] <> a_shards[cardinality(a_shards)] THEN  -- the shard's messages
+        IF a_shards[1] <> a_shards[cardinality(a_shards)] OR cardinality(v_done) > 0 THEN  -- the shard's messages
             SELECT array_agg(n.sid ORDER BY n.ord), array_agg(n.id ORDER BY n.ord), array_agg(n.role ORDER BY n.ord),
                    array_agg(n.content ORDER BY n.ord), array_agg(n.tool_calls ORDER BY n.ord),
                    array_agg(n.tool_call_id ORDER BY n.ord), array_agg(n.raw ORDER BY n.ord),
@@ -695,10 +761,10 @@ BEGIN
                    array_agg(n.tokens ORDER BY n.ord), array_agg(n.kind ORDER BY n.ord)
               INTO m_sessions, m_ids, m_roles, m_contents, m_tool_calls, m_tool_call_ids, m_raws, m_key_ids,
                    m_sealed, m_tokens, m_kinds
-              FROM unnest(p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws, p_key_ids,
-                          p_sealed, p_tokens, p_kinds) WITH ORDINALITY
-                   AS n(sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
-             WHERE n.sid = ANY (v_sids);
+              FROM unnest(p_reqs, p_sessions, p_ids, p_roles, p_contents, p_tool_calls, p_tool_call_ids, p_raws,
+                          p_key_ids, p_sealed, p_tokens, p_kinds) WITH ORDINALITY
+                   AS n(req, sid, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
+             WHERE n.sid = ANY (v_sids) AND n.req <> ALL (v_done);
         END IF;
         IF cardinality(m_ids) = 1 THEN
             {prepare:insert1}
