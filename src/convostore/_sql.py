@@ -62,14 +62,19 @@ _SESSION_COLUMNS = "id, user_id, agent_name, metadata, created_at, updated_at, e
 #   session that was ever forked, or for a branch other than 'main', the branch must exist
 #   and not be deleted, checked under the session rows' locks; otherwise the whole call
 #   fails (no_data_found), and a coalesced batch is sent again request by request.
-APPEND_FUNCTION = """
-CREATE OR REPLACE FUNCTION {s}.convostore_append(
+# The append functions' arguments and results (convostore_append_sharded's are the same).
+_APPEND_SIGNATURE = """
     p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
     p_reqs int[], p_sessions text[], p_owners text[], p_agents text[], p_branches text[],
     p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
     p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[]
 ) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
-LANGUAGE plpgsql AS $fn$
+"""
+APPEND_FUNCTION = (
+    """
+CREATE OR REPLACE FUNCTION {s}.convostore_append("""
+    + _APPEND_SIGNATURE
+    + """LANGUAGE plpgsql AS $fn$
 DECLARE
     v_now timestamptz := now();
     v_all text[];  -- every session of the call (filters on it let a sharded table prune to one shard)
@@ -330,6 +335,7 @@ BEGIN
 END
 $fn$;
 """
+)
 
 # On distributed tables (Citus), appends call this function instead of convostore_append,
 # with the same arguments and results. Where the node it runs on holds the shards of every
@@ -359,8 +365,23 @@ INSERT INTO {messages} AS m
      key_id, sealed, tokens, kind, branch)
 SELECT $1, $2, b.last_seq, b.user_id, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13, $14, 'main' FROM b
 RETURNING m.seq, m.created_at, (SELECT b.forked FROM b)"""
+_BUMP1 = """UPDATE {sessions} s SET last_seq = s.last_seq + $3, updated_at = $5
+ WHERE s.tenant_id = $1 AND s.id = $2 AND ($4 IS NULL OR s.user_id = $4){skip}
+RETURNING s.last_seq - $3, s.user_id, s.forked"""
+_BUMP = """WITH b AS (
+    UPDATE {sessions} s SET last_seq = s.last_seq + c.n, updated_at = $5
+      FROM unnest($2, $3, $4) AS c(sid, n, owner)
+     WHERE s.tenant_id = $1 AND s.id = ANY ($2) AND s.id = c.sid AND (c.owner IS NULL OR s.user_id = c.owner){skip}
+    RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked)
+SELECT coalesce(array_agg(b.id), '{}'), coalesce(array_agg(b.base), '{}'), coalesce(array_agg(b.user_id), '{}'),
+       coalesce(array_agg(b.id) FILTER (WHERE b.forked), '{}')
+  FROM b"""
+# Skipping the session rows another transaction holds (a coalesced batch), for the shapes above.
 _SKIP1 = """
-       AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = $2 FOR UPDATE SKIP LOCKED)"""
+   AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = $2 FOR UPDATE SKIP LOCKED)"""
+_SKIP = """
+       AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = ANY ($2)
+                     ORDER BY l.id FOR UPDATE SKIP LOCKED)"""
 _HERE_STATEMENTS = {
     # One message for one session ($2, owned by $3 if not null): allocate its seq and insert
     # it, waiting for the session's row, or skipping it if another transaction holds it
@@ -375,44 +396,11 @@ _HERE_STATEMENTS = {
     ),
     # One session ($2) with its row count ($3) and owner ($4); $1 tenant, $5 now. Waiting for
     # its row, or skipping it if another transaction holds it.
-    "bump1_w": (
-        "text, text, bigint, text, timestamptz",
-        """UPDATE {sessions} s SET last_seq = s.last_seq + $3, updated_at = $5
- WHERE s.tenant_id = $1 AND s.id = $2 AND ($4 IS NULL OR s.user_id = $4)
-RETURNING s.last_seq - $3, s.user_id, s.forked""",
-    ),
-    "bump1_s": (
-        "text, text, bigint, text, timestamptz",
-        """UPDATE {sessions} s SET last_seq = s.last_seq + $3, updated_at = $5
- WHERE s.tenant_id = $1 AND s.id = $2 AND ($4 IS NULL OR s.user_id = $4)
-   AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = $2 FOR UPDATE SKIP LOCKED)
-RETURNING s.last_seq - $3, s.user_id, s.forked""",
-    ),
+    "bump1_w": ("text, text, bigint, text, timestamptz", _BUMP1.replace("{skip}", "")),
+    "bump1_s": ("text, text, bigint, text, timestamptz", _BUMP1.replace("{skip}", _SKIP1)),
     # Sessions ($2) with their row counts ($3) and owners ($4); $1 tenant, $5 now.
-    "bump_w": (
-        "text, text[], bigint[], text[], timestamptz",
-        """WITH b AS (
-    UPDATE {sessions} s SET last_seq = s.last_seq + c.n, updated_at = $5
-      FROM unnest($2, $3, $4) AS c(sid, n, owner)
-     WHERE s.tenant_id = $1 AND s.id = ANY ($2) AND s.id = c.sid AND (c.owner IS NULL OR s.user_id = c.owner)
-    RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked)
-SELECT coalesce(array_agg(b.id), '{}'), coalesce(array_agg(b.base), '{}'), coalesce(array_agg(b.user_id), '{}'),
-       coalesce(array_agg(b.id) FILTER (WHERE b.forked), '{}')
-  FROM b""",
-    ),
-    "bump_s": (
-        "text, text[], bigint[], text[], timestamptz",
-        """WITH b AS (
-    UPDATE {sessions} s SET last_seq = s.last_seq + c.n, updated_at = $5
-      FROM unnest($2, $3, $4) AS c(sid, n, owner)
-     WHERE s.tenant_id = $1 AND s.id = ANY ($2) AND s.id = c.sid AND (c.owner IS NULL OR s.user_id = c.owner)
-       AND s.id IN (SELECT l.id FROM {sessions} l WHERE l.tenant_id = $1 AND l.id = ANY ($2)
-                     ORDER BY l.id FOR UPDATE SKIP LOCKED)
-    RETURNING s.id, s.last_seq - c.n AS base, s.user_id, s.forked)
-SELECT coalesce(array_agg(b.id), '{}'), coalesce(array_agg(b.base), '{}'), coalesce(array_agg(b.user_id), '{}'),
-       coalesce(array_agg(b.id) FILTER (WHERE b.forked), '{}')
-  FROM b""",
-    ),
+    "bump_w": ("text, text[], bigint[], text[], timestamptz", _BUMP.replace("{skip}", "")),
+    "bump_s": ("text, text[], bigint[], text[], timestamptz", _BUMP.replace("{skip}", _SKIP)),
     # Create on first write: sessions ($2) with their row counts ($3), owners ($4) and agents
     # ($5); $1 tenant, $6 now.
     "create": (
@@ -517,14 +505,11 @@ def _with_statements(function: str) -> str:
     return re.sub(r"^( *)\{prepare:(\w+)\}$", block, function, flags=re.MULTILINE)
 
 
-APPEND_SHARDED_FUNCTION = """
-CREATE OR REPLACE FUNCTION {s}.convostore_append_sharded(
-    p_tenant text, p_route text, p_scope_user text, p_probe boolean, p_wait boolean,
-    p_reqs int[], p_sessions text[], p_owners text[], p_agents text[], p_branches text[],
-    p_ids text[], p_roles text[], p_contents text[], p_tool_calls text[], p_tool_call_ids text[], p_raws text[],
-    p_key_ids text[], p_sealed bytea[], p_tokens int[], p_kinds text[]
-) RETURNS TABLE (req int, session_id text, id text, seq bigint, created_at timestamptz, outcome text)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+APPEND_SHARDED_FUNCTION = (
+    """
+CREATE OR REPLACE FUNCTION {s}.convostore_append_sharded("""
+    + _APPEND_SIGNATURE
+    + """LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     v_now timestamptz := now();
     v_many boolean := EXISTS (SELECT 1 FROM unnest(p_sessions) AS x WHERE x <> p_sessions[1]);
@@ -805,6 +790,7 @@ BEGIN
 END
 $fn$;
 """
+)
 APPEND_SHARDED_FUNCTION = _with_statements(APPEND_SHARDED_FUNCTION).replace("{v}", _HERE_VERSION)
 
 # A branch's line of rows (PL/pgSQL, shared by the functions below): its own rows, then its
