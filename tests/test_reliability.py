@@ -55,9 +55,18 @@ async def test_cancellation_at_random_points_of_1000_appends(
     await assert_no_idle_in_transaction(database_url, schema_name)
 
 
+async def _migrated(database_url: str, schema_name: str) -> None:
+    """Migrate (and, on a Citus coordinator, distribute) the schema with the default timeouts:
+    the tests below bound the calls, not the schema's creation, which on a Citus cluster
+    takes statements of more than half a second (functions created on every node)."""
+    async with PostgresSessionStore(database_url, schema=schema_name):
+        pass
+
+
 async def test_statement_deadline_raises_store_timeout_and_leaves_nothing_open(
     database_url: str, schema_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    await _migrated(database_url, schema_name)
     async with PostgresSessionStore(database_url, schema=schema_name, command_timeout=0.5) as store:
         session = await store.create_session("u", "a")
         blocker = await asyncpg.connect(database_url)
@@ -81,6 +90,7 @@ async def test_pool_exhaustion_within_the_deadline_is_retried_then_store_unavail
     database_url: str, schema_name: str
 ) -> None:
     policy = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=2.0)
+    await _migrated(database_url, schema_name)
     async with PostgresSessionStore(
         database_url, schema=schema_name, min_size=1, max_size=1, acquire_timeout=0.1, retry=policy
     ) as store:
