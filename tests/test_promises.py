@@ -206,15 +206,15 @@ async def test_a_locked_session_does_not_stall_its_neighbours(database_url: str,
         try:
             stuck = asyncio.create_task(store.add_message(held.id, "user", "waits for the lock"))
             await asyncio.sleep(0.05)
-            start = time.monotonic()
+            # The lock is held until the blocker rolls back: the others are stored while it is.
             await asyncio.gather(*(store.add_message(sid, "user", "free") for sid in others))
-            unrelated = time.monotonic() - start
             assert not stuck.done()
+            for sid in others:
+                assert [m.content for m in await store.get_messages(sid)] == ["warm", "free"]
         finally:
             await blocker.execute("ROLLBACK")
             await blocker.close()
         await stuck
-        assert unrelated < 1.0, f"16 unrelated appends took {unrelated:.2f}s behind one locked session"
 
 
 @pytest.mark.single_node
@@ -244,13 +244,10 @@ async def test_a_timed_out_batch_is_not_run_again_alone(database_url: str, schem
         # one of them slow, so that their shared statement times out.
         lone = [asyncio.create_task(store.add_message(sessions[i], "user", "slow")) for i in range(2)]
         await asyncio.sleep(0.05)
-        start = time.monotonic()
         queued = [store.add_message(sessions[i], "user", "slow" if i == 2 else "quick") for i in range(2, 8)]
         results = await asyncio.gather(*lone, *queued, return_exceptions=True)
-        took = time.monotonic() - start
         assert all(isinstance(r, StoreTimeout) for r in results), results
         assert len(appends) == 3, "requests of a timed-out batch were sent again alone"
-        assert took < 1.5, f"two rounds of 0.5 s timeouts took {took:.2f}s"
         assert [m.content for m in await store.get_messages(sessions[3])] == ["warm"]
 
 
@@ -269,10 +266,10 @@ async def test_waiting_for_room_in_the_queue_is_bounded(database_url: str, schem
             loop = asyncio.get_running_loop()
             occupying = asyncio.create_task(writer.submit(request("a"), loop.time() + 5))
             await asyncio.sleep(0.05)
-            start = time.monotonic()
+            # Refused by its own deadline, while the request it waits behind holds on (5 s).
             with pytest.raises(StoreTimeout):
                 await writer.submit(request("b"), loop.time() + 0.3)
-            assert time.monotonic() - start < 1.0
+            assert not occupying.done()
         finally:
             await blocker.execute("ROLLBACK")
             await blocker.close()
@@ -305,7 +302,9 @@ async def test_a_silent_server_fails_the_call_within_its_deadline(silent_server:
     start = time.monotonic()
     with pytest.raises(StoreUnavailable) as raised:
         await store.get_session("x")
-    assert time.monotonic() - start < 3.0
+    # Bounded by the call's deadline, not by the connect and statement timeouts (60 s and more);
+    # the margin is for a busy machine.
+    assert time.monotonic() - start < 20
     assert str(raised.value).strip()
     await store.close()
 
@@ -318,7 +317,7 @@ def test_the_cli_against_a_silent_server_exits_within_the_deadline(silent_server
          "stats"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 40  # the deadline is 2 s; the margin is for a busy machine
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: cannot connect to postgresql://u@127.0.0.1:")
@@ -706,5 +705,5 @@ async def test_a_statement_error_while_opening_fails_at_once(
     start = time.monotonic()
     with pytest.raises(SchemaNotReady):
         await store.get_session("x")
-    assert time.monotonic() - start < 2, "a refused statement was retried until the deadline"
+    assert time.monotonic() - start < 20, "a refused statement was retried until the deadline (30 s)"
     await store.close()
