@@ -148,6 +148,24 @@ async def test_concurrent_pops_take_each_message_once(store: PostgresSessionStor
     assert popped.count(None) == 10
 
 
+async def test_pops_racing_appends_return_a_message_or_none(store: PostgresSessionStore) -> None:
+    session = await store.create_session("u", "a")
+    await store.add_messages(session.id, [{"role": "user", "content": f"seed-{i}"} for i in range(20)])
+
+    async def append(i: int) -> None:
+        await store.add_message(session.id, "user", f"new-{i}")
+
+    results = await asyncio.gather(
+        *(store.pop_message(session.id) for _ in range(240)), *(append(i) for i in range(240)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    popped = [r.content for r in results[:240] if r is not None]
+    left = [m.content for m in await store.get_messages(session.id)]
+    assert len(popped) == len(set(popped))
+    assert sorted(popped + left) == sorted([f"seed-{i}" for i in range(20)] + [f"new-{i}" for i in range(240)])
+
+
 async def test_update_metadata_merges(store: PostgresSessionStore) -> None:
     session = await store.create_session("u", "a", {"a": 1, "nested": {"x": 1}})
     updated = await store.update_metadata(session.id, {"b": 2, "nested": {"y": 2}})

@@ -212,14 +212,18 @@ async def pop(
         return None
     lines = await _lines(conn, q, tenant, sid) if session["forked"] else Lines(())
     lines.require(name, sid)
-    # The newest message of the view (what compaction hides is not in it).
-    last = await conn.fetchrow(q.read, tenant, sid, None, None, 1, name, False, None, None, False, None)
-    if last is None or last["seq"] is None:
-        return None
-    if last["branch"] != name or last["seq"] <= lines.shared(name):
-        raise BranchConflict(
-            f"the newest message of branch {name!r} (seq {last['seq']}) is shared with another branch; "
-            "delete that branch first"
-        )
-    row = await conn.fetchrow(q.pop_seq, tenant, sid, last["seq"])
-    return messages_from_rows([row], sid, opener)[0]
+    while True:
+        # The newest message of the view (what compaction hides is not in it).
+        last = await conn.fetchrow(q.read, tenant, sid, None, None, 1, name, False, None, None, False, None)
+        if last is None or last["seq"] is None:
+            return None
+        if last["branch"] != name or last["seq"] <= lines.shared(name):
+            raise BranchConflict(
+                f"the newest message of branch {name!r} (seq {last['seq']}) is shared with another branch; "
+                "delete that branch first"
+            )
+        row = await conn.fetchrow(q.pop_seq, tenant, sid, last["seq"])
+        if row is not None:
+            return messages_from_rows([row], sid, opener)[0]
+        # Deleted since it was read, by a statement that does not take the session's lock
+        # (a retention job's): read the view again.

@@ -1238,13 +1238,18 @@ ORDER BY m.seq
 # $3, only a message of that owner (messages carry their session's owner). A forked or
 # compacted session pops nothing here: its branches share rows, and its newest row may be
 # hidden by a summary (see convostore._branches).
+# The session row is locked first, as appends and the forked path (_branches.pop) lock it, so
+# that no other pop deletes the message between its choice and its deletion.
 POP_MESSAGE = """
-WITH victim AS (
-    SELECT seq FROM {s}.conversation_messages
-    WHERE tenant_id = $1 AND session_id = $2 AND ($3::text IS NULL OR user_id = $3)
-      AND NOT EXISTS (SELECT 1 FROM {s}.agent_sessions s
-                      WHERE s.tenant_id = $1 AND s.id = $2 AND (s.forked OR s.compacted))
-    ORDER BY seq DESC LIMIT 1 FOR UPDATE
+WITH held AS (
+    SELECT s.id FROM {s}.agent_sessions s
+     WHERE s.tenant_id = $1 AND s.id = $2 AND NOT (s.forked OR s.compacted)
+       FOR UPDATE
+), victim AS (
+    SELECT m.seq FROM {s}.conversation_messages m
+    WHERE m.tenant_id = $1 AND m.session_id = $2 AND ($3::text IS NULL OR m.user_id = $3)
+      AND EXISTS (SELECT 1 FROM held)
+    ORDER BY m.seq DESC LIMIT 1 FOR UPDATE
 )
 DELETE FROM {s}.conversation_messages m USING victim
 WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.seq = victim.seq
