@@ -160,7 +160,7 @@ async def test_pops_racing_appends_return_a_message_or_none(store: PostgresSessi
     )
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
-    popped = [r.content for r in results[:240] if r is not None]
+    popped = [r.content for r in results[:240] if r is not None and not isinstance(r, BaseException)]
     left = [m.content for m in await store.get_messages(session.id)]
     assert len(popped) == len(set(popped))
     assert sorted(popped + left) == sorted([f"seed-{i}" for i in range(20)] + [f"new-{i}" for i in range(240)])
@@ -235,6 +235,7 @@ async def test_round_trips_per_call(store: PostgresSessionStore, query_counter: 
         await store.add_message(s.id, "user", str(i))
     # Warm the prepared-statement cache, then count one call of each.
     await store.add_message(session.id, "user", "warm")
+    await store.add_messages(session.id, [{"role": "user", "content": "warm"}, {"role": "user", "content": "up"}])
     await store.get_messages(session.id, limit=20)
     await store.get_messages(session.id, window=Window(turns=2))
     await store.get_user_sessions("rt")

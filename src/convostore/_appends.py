@@ -104,14 +104,38 @@ class Appender:
         scope_user = first.owner if all(r.owner == first.owner for r in batch) else None
         return (first.tenant, first.session_id, scope_user, probe, wait, *columns)
 
-    async def _call(self, batch: Sequence[AppendRequest], wait: bool, deadline: float | None) -> list[Any]:
+    def _lean(self, batch: Sequence[AppendRequest]) -> tuple[str, tuple[Any, ...]] | None:
+        """The one-statement append (``_sql.APPEND_ONE``/``APPEND_ROWS``) and its arguments,
+        where it applies: one request to 'main', on tables that are not distributed, by a role
+        not under row-level security (whose scope the function sets)."""
+        if len(batch) != 1 or batch[0].branch != "main" or self._runner.distributed or self._runner.row_security:
+            return None
+        request = batch[0]
+        head = (request.tenant, request.session_id, request.owner)
+        if len(request.rows) == 1:
+            return self._q.append_one, (*head, *request.rows[0])
+        return self._q.append_rows, (*head, *(list(column) for column in zip(*request.rows, strict=True)))
+
+    async def _call(
+        self, batch: Sequence[AppendRequest], wait: bool, deadline: float | None, *, alone: bool = False
+    ) -> list[Any]:
         # On distributed tables, the function that writes the shards' own tables where it can.
         sql = self._q.append_sharded if self._runner.distributed else self._q.append
         first_attempt = [any(r.probe for r in batch)]
+        lean = self._lean(batch) if alone else None
 
         async def append(conn: Connection) -> list[Any]:
             # Only a retry (or caller-chosen ids) can find its batch already stored.
             probe = first_attempt.pop() if first_attempt else True
+            if lean is not None:
+                try:
+                    records = await conn.fetch(lean[0], *lean[1])
+                except asyncpg.UniqueViolationError:
+                    probe = True  # nothing written: stored before (a replay), or an id reused
+                else:
+                    if records:
+                        return records
+                    # Nothing written: the function creates, checks branches, or says why.
             try:
                 return await conn.fetch(sql, *self._args(batch, probe, wait))
             except asyncpg.UniqueViolationError:
@@ -126,7 +150,7 @@ class Appender:
     async def one(self, request: AppendRequest, *, deadline: float | None = None) -> Stored:
         """Append one request, waiting for its session's row if another transaction holds it;
         raises :class:`SessionNotFound` or :class:`SessionOwnershipError`."""
-        records = await self._call([request], True, deadline)
+        records = await self._call([request], True, deadline, alone=True)
         for r in records:
             if r["id"] is None:
                 raise _refusal(r["outcome"], request.session_id)

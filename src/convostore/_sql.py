@@ -337,6 +337,44 @@ $fn$;
 """
 )
 
+# A lone append to 'main' of a session that exists, was never forked and is owned as asked
+# ($3; NULL: by any user of the tenant), on tables that are not distributed and by a role not
+# under row-level security: one statement in the integrity floor's shape (bump the session's
+# counter under its row lock, insert with the seq it returns). No row returned: the session is
+# absent, another user's or forked, and nothing was written; the caller then calls
+# convostore_append, which creates on first write, checks branches and says why. A stored id
+# fails the unique index (nothing written) and the caller probes with convostore_append too.
+APPEND_ONE = """
+WITH b AS (
+    UPDATE {s}.agent_sessions s SET last_seq = s.last_seq + 1, updated_at = now()
+     WHERE s.tenant_id = $1 AND s.id = $2 AND ($3::text IS NULL OR s.user_id = $3) AND NOT s.forked
+    RETURNING s.last_seq, s.user_id
+)
+INSERT INTO {s}.conversation_messages AS m
+    (tenant_id, session_id, seq, user_id, created_at, id, role, content, tool_calls, tool_call_id, raw,
+     key_id, sealed, tokens, kind, branch)
+SELECT $1, $2, b.last_seq, b.user_id, now(), $4, $5, $6, $7::jsonb, $8, $9::jsonb, $10, $11, $12, $13, 'main'
+  FROM b
+RETURNING m.id::text, m.seq, m.created_at, 'i'::text AS outcome
+"""
+# The same for a batch of one session: its rows as arrays, numbered from the bumped counter.
+APPEND_ROWS = """
+WITH b AS (
+    UPDATE {s}.agent_sessions s SET last_seq = s.last_seq + cardinality($4::text[]), updated_at = now()
+     WHERE s.tenant_id = $1 AND s.id = $2 AND ($3::text IS NULL OR s.user_id = $3) AND NOT s.forked
+    RETURNING s.last_seq - cardinality($4::text[]) AS base, s.user_id
+)
+INSERT INTO {s}.conversation_messages AS m
+    (tenant_id, session_id, seq, user_id, created_at, id, role, content, tool_calls, tool_call_id, raw,
+     key_id, sealed, tokens, kind, branch)
+SELECT $1, $2, b.base + n.ord, b.user_id, now(), n.id, n.role, n.content, n.tool_calls::jsonb, n.tool_call_id,
+       n.raw::jsonb, n.key_id, n.sealed, n.tokens, n.kind, 'main'
+  FROM b, unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+                 $12::int[], $13::text[]) WITH ORDINALITY
+          AS n(id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, tokens, kind, ord)
+RETURNING m.id::text, m.seq, m.created_at, 'i'::text AS outcome
+"""
+
 # On distributed tables (Citus), appends call this function instead of convostore_append,
 # with the same arguments and results. Where the node it runs on holds the shards of every
 # session of the call (checked after taking the lock Citus's executor takes before writing
@@ -1784,13 +1822,19 @@ UPDATE {s}.conversation_messages m
 # with a snippet whose hits are wrapped in $9 and $10. $1 tenant (NULL: every tenant), $2 user,
 # $3 session, $4 agent, $6 and $7 limit and offset, $8 the snippet's length in words. The
 # agent is the session's: the matching messages are found first, then their sessions.
+# Search reads what messages say through the expression that SEARCH_INDEX_CREATE indexes (the
+# first 100,000 characters: a tsvector has a size limit; never a sealed message, whose content
+# is a digest). Without that index (`convostore search-index create`), a search reads every
+# message of its scope: correct, but slow on a large store; with it, every append pays for
+# indexing what it writes (see the README's figures). The planner uses the index only for
+# this exact expression and predicate.
 SEARCH = """
 WITH q AS (SELECT websearch_to_tsquery('english', $5) AS query),
 hits AS (
     SELECT m.tenant_id, m.session_id, m.seq, m.id, m.role, m.branch, m.created_at, m.user_id, m.content,
-           ts_rank_cd(m.search, q.query) AS rank
+           ts_rank_cd(to_tsvector('english', left(m.content, 100000)), q.query) AS rank
     FROM {s}.conversation_messages m, q
-    WHERE m.search @@ q.query
+    WHERE to_tsvector('english', left(m.content, 100000)) @@ q.query AND m.sealed IS NULL
       AND ($1::text IS NULL OR m.tenant_id = $1) AND ($2::text IS NULL OR m.user_id = $2)
       AND ($3::text IS NULL OR m.session_id = $3)
       AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM {s}.agent_sessions s
@@ -1808,6 +1852,17 @@ ORDER BY h.rank DESC, h.created_at DESC, h.session_id, h.seq
 """
 
 # -- state beside conversations (app and user state) ---------------------------------------
+
+SEARCH_INDEX_CREATE = """
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_messages_search ON {s}.conversation_messages
+    USING gin (to_tsvector('english', left(content, 100000))) WHERE sealed IS NULL
+"""
+SEARCH_INDEX_DROP = "DROP INDEX CONCURRENTLY IF EXISTS {s}.idx_messages_search"
+# A valid index: CREATE INDEX CONCURRENTLY leaves an invalid one behind when it fails.
+SEARCH_INDEX_STATE = """
+SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE c.relname = 'idx_messages_search' AND c.relnamespace = $1::regnamespace
+"""
 
 GET_STATE = "SELECT state FROM {s}.convostore_state WHERE tenant_id = $1 AND agent_name = $2 AND user_id = $3"
 
@@ -1951,6 +2006,8 @@ class Queries:
 
     append: str
     append_sharded: str
+    append_one: str
+    append_rows: str
     read: str
     compact: str
     session_owner: str
@@ -1998,6 +2055,9 @@ class Queries:
     drop_branches: str
     record_usage: str
     search: str
+    search_index_create: str
+    search_index_drop: str
+    search_index_state: str
     get_state: str
     update_state: str
     insert_key: str

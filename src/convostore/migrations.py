@@ -387,6 +387,17 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
     # where the node it runs on holds them (see _sql.APPEND_SHARDED_FUNCTION); elsewhere it
     # is never called.
     Migration(12, "shard_appends", APPEND_SHARDED_FUNCTION),
+    Migration(
+        13,
+        "search_index_opt_in",
+        """
+-- Full-text search is opt-in: the generated column and its GIN index made every append pay
+-- for indexing what it wrote, whether or not the store ever searched. Search now reads an
+-- expression that `convostore search-index create` indexes (_sql.SEARCH_INDEX_CREATE).
+DROP INDEX IF EXISTS {s}.idx_messages_search;
+ALTER TABLE {s}.conversation_messages DROP COLUMN IF EXISTS search;
+""",
+    ),
 )
 
 _LEDGER = """
