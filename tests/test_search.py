@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner
 
@@ -104,3 +105,70 @@ def test_the_cli_searches(database_url: str, schema_name: str) -> None:
     assert "twice" in shown.output
     none = runner.invoke(app, ["search", "zebra"], env=env)
     assert none.exit_code == 1
+
+
+async def _plan(store: PostgresSessionStore, database_url: str) -> str:
+    """The plan of the search statement for one word, sequential scans discouraged (a tiny
+    table would be scanned anyway), so that the index shows whenever it can serve."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        args = (store.tenant, None, None, None, "refund", 20, 0, 30, HIT_START, HIT_END)
+        rows = await conn.fetch("EXPLAIN " + store.queries.search, *args)
+    finally:
+        await conn.close()
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_the_search_index_is_opt_in_and_used_once_built(store: PostgresSessionStore, database_url: str) -> None:
+    ids = await _seed(store)
+    filler = await store.create_session("carol", "support")
+    await store.add_messages(filler.id, [NewMessage("user", f"filler message {i}") for i in range(500)])
+    await store.pool.execute(f'ANALYZE "{store.schema}".conversation_messages')
+    without = await store.search("refund")
+    assert not await store.search_index()
+    assert "idx_messages_search" not in await _plan(store, database_url)
+    assert await store.create_search_index() is True
+    assert await store.create_search_index() is False
+    assert await store.search_index()
+    assert "idx_messages_search" in await _plan(store, database_url)
+    assert await store.search("refund") == without  # the same hits, read through the index
+    await store.add_message(ids[("bob", "support")], "user", "a zebra wants a refund")
+    assert [h.seq for h in await store.search("zebra")] == [2]
+    assert await store.drop_search_index() is True
+    assert await store.drop_search_index() is False
+    assert not await store.search_index()
+    assert [h.seq for h in await store.search("zebra")] == [2]
+
+
+async def test_an_interrupted_build_is_replaced(store: PostgresSessionStore) -> None:
+    await _seed(store)
+    # What a failed CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+    await store.pool.execute(store.queries.search_index_create)
+    await store.pool.execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass",
+        f'"{store.schema}".idx_messages_search',
+    )
+    assert not await store.search_index()
+    assert await store.create_search_index() is True
+    assert await store.search_index()
+
+
+def test_the_cli_builds_and_drops_the_index(database_url: str, schema_name: str) -> None:
+    import asyncio
+
+    async def seed() -> None:
+        async with PostgresSessionStore(database_url, schema=schema_name) as store:
+            await _seed(store)
+
+    asyncio.run(seed())
+    runner, env = CliRunner(), {"DATABASE_URL": database_url, "CONVOSTORE_SCHEMA": schema_name}
+    assert runner.invoke(app, ["search-index", "status"], env=env).exit_code == 3
+    built = runner.invoke(app, ["search-index", "create"], env=env)
+    assert built.exit_code == 0, built.output
+    assert "built the search index" in built.output
+    assert runner.invoke(app, ["search-index", "status"], env=env).exit_code == 0
+    assert "already there" in runner.invoke(app, ["search-index", "create"], env=env).output
+    assert runner.invoke(app, ["search", "refund policy"], env=env).exit_code == 0
+    assert "dropped" in runner.invoke(app, ["search-index", "drop"], env=env).output
+    assert runner.invoke(app, ["search-index", "status"], env=env).exit_code == 3

@@ -54,6 +54,10 @@ roles_app = typer.Typer(help="Database roles for production.", no_args_is_help=T
 app.add_typer(roles_app, name="roles")
 keys_app = typer.Typer(help="API keys of convostore serve.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
+search_index_app = typer.Typer(
+    help="The opt-in full-text index that makes `convostore search` fast.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(search_index_app, name="search-index")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -702,6 +706,35 @@ def search(
             f"[dim]{safe(h.session_id, oneline=True)} #{h.seq} {safe(h.role, oneline=True)} "
             f"{safe(h.user_id, oneline=True)} {_when(h.created_at)}[/]\n  {snippet}"
         )
+
+
+@search_index_app.command("create")
+@common
+def search_index_create(ctx: typer.Context) -> None:
+    """Build the full-text index (CREATE INDEX CONCURRENTLY: appends go on meanwhile). Every
+    append then pays for indexing what it writes."""
+    with _progress(None, "building the search index"):
+        built = _run(ctx, lambda s: s.create_search_index())
+    out.print("built the search index" if built else "the search index is already there")
+
+
+@search_index_app.command("drop")
+@common
+def search_index_drop(ctx: typer.Context) -> None:
+    """Drop the full-text index: appends stop paying for it; searches read every message."""
+    dropped = _run(ctx, lambda s: s.drop_search_index())
+    out.print("dropped the search index" if dropped else "there was no search index")
+
+
+@search_index_app.command("status")
+@common
+def search_index_status(ctx: typer.Context) -> None:
+    """Say whether the full-text index is built (exit code 0) or not (3)."""
+    if _run(ctx, lambda s: s.search_index()):
+        out.print("the search index is built")
+        return
+    out.print("no search index: searches read every message of their scope (`convostore search-index create`)")
+    raise typer.Exit(3)
 
 
 @sessions_app.command("branches")

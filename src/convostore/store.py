@@ -8,6 +8,7 @@ loop's pool (and, the first time, migrates or checks the schema).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -968,6 +969,58 @@ class PostgresSessionStore:
             "search", lambda c: c.fetch(self._q.search, *args), session_id=sid, all_tenants=all_tenants
         )
         return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[6], float(r[8]), r[9]) for r in rows]
+
+    async def search_index(self) -> bool:
+        """Whether the full-text index :meth:`search` reads is built (and valid) in this schema."""
+        valid = await self._runner.run(
+            "search_index", lambda c: c.fetchval(self._q.search_index_state, quote_ident(self._schema))
+        )
+        return bool(valid)
+
+    async def create_search_index(self, *, build_timeout: float | None = 3600.0) -> bool:
+        """Build the full-text index that makes :meth:`search` fast (``CREATE INDEX
+        CONCURRENTLY``: appends go on meanwhile); ``False`` if it was already there.
+
+        Search is opt-in: without the index a search reads every message of its scope, and
+        with it every append pays for indexing what it writes (the README gives the cost).
+        Needs the tables' owner. *build_timeout* bounds the build (seconds; ``None``: unbounded);
+        an interrupted build leaves an invalid index, which the next call replaces."""
+        if build_timeout is not None and not (isinstance(build_timeout, (int, float)) and 0 < build_timeout < 10**7):
+            raise InvalidInput("build_timeout must be positive seconds or None")
+        state = await self._runner.run(
+            "create_search_index", lambda c: c.fetchval(self._q.search_index_state, quote_ident(self._schema))
+        )
+        if state:
+            return False
+
+        async def build(conn: Connection) -> None:
+            # No statement deadline of the session's may cut the build short.
+            await conn.execute("SET statement_timeout = 0")
+            try:
+                if state is False:  # left invalid by an interrupted build
+                    await conn.execute(self._q.search_index_drop, timeout=build_timeout)
+                await conn.execute(self._q.search_index_create, timeout=build_timeout)
+            finally:
+                await conn.execute("RESET statement_timeout")
+
+        loop = asyncio.get_running_loop()
+        await self._runner.run(
+            "create_search_index", build, deadline=loop.time() + (10**9 if build_timeout is None else build_timeout)
+        )
+        logger.info("built the full-text search index of schema %s", self._schema)
+        return True
+
+    async def drop_search_index(self) -> bool:
+        """Drop the full-text index (``DROP INDEX CONCURRENTLY``): appends stop paying for it,
+        and :meth:`search` reads every message of its scope. ``False`` if there was none."""
+        state = await self._runner.run(
+            "drop_search_index", lambda c: c.fetchval(self._q.search_index_state, quote_ident(self._schema))
+        )
+        if state is None:
+            return False
+        await self._runner.run("drop_search_index", lambda c: c.execute(self._q.search_index_drop))
+        logger.info("dropped the full-text search index of schema %s", self._schema)
+        return True
 
     # -- state beside conversations -----------------------------------------------------------
 
