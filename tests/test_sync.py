@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from convostore import (
     NewMessage,
+    PostgresSessionStore,
     SessionNotFound,
     SessionOwnershipError,
     StoreClosed,
@@ -80,3 +83,39 @@ def test_a_closed_store_says_so(database_url: str, schema_name: str) -> None:
     store.close()
     with pytest.raises(StoreClosed):
         store.get_messages("s")
+
+
+def _public(cls: type, *, coroutines: bool) -> dict[str, Callable[..., Any]]:
+    return {
+        name: member
+        for name, member in inspect.getmembers(cls, callable)
+        if not name.startswith("_") and inspect.iscoroutinefunction(member) == coroutines
+    }
+
+
+def test_every_async_method_of_the_store_has_a_blocking_twin_with_its_signature() -> None:
+    store_methods = _public(PostgresSessionStore, coroutines=True)
+    sync_methods = _public(SyncSessionStore, coroutines=False)
+    assert set(store_methods) - set(sync_methods) == set()
+    for name, method in store_methods.items():
+        twin = getattr(SyncSessionStore, name)
+        assert not inspect.iscoroutinefunction(twin), name
+        if name in ("connect", "close"):  # the facade's own lifecycle
+            continue
+        assert inspect.signature(twin).parameters.keys() == inspect.signature(method).parameters.keys(), name
+        assert twin.__doc__ == method.__doc__, name
+
+
+def test_agent_state_from_plain_code(sync_store: SyncSessionStore) -> None:
+    assert sync_store.get_state("helper") == {}
+    assert sync_store.update_state("helper", {"mood": "calm"}) == {"mood": "calm"}
+    assert sync_store.update_state("helper", {"lang": "fr"}, user_id="alice") == {"lang": "fr"}
+    assert sync_store.get_state("helper") == {"mood": "calm"}
+    assert sync_store.get_state("helper", user_id="alice") == {"lang": "fr"}
+
+
+def test_the_sweeper_runs_in_the_facades_loop(sync_store: SyncSessionStore) -> None:
+    sweeper = sync_store.start_sweeper(3600)
+    assert sweeper.running
+    sync_store.stop_sweeper()
+    assert not sweeper.running

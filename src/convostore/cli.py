@@ -2,8 +2,10 @@
 
 Thin by design: it parses, calls the library, and renders. Exit codes: 0 success, 1 failure
 (a convostore error, shown as one line on stderr; ``--debug`` shows the traceback), 2 usage.
-Only ``migrate`` creates or changes a schema: every other command refuses a schema that is
-missing or not migrated. Text read from the store is printed with control characters made
+The database is ``--database-url``, else ``$DATABASE_URL``, else the embedded PostgreSQL:
+the library's rule. Commands that write what a new database needs (``migrate``, ``import``,
+``keys create``, ``serve``) apply pending migrations; read and delete commands refuse a schema
+that is missing or not migrated. Text read from the store is printed with control characters made
 visible, so stored content can never drive the operator's terminal.
 """
 
@@ -37,6 +39,7 @@ from .models import HIT_END, HIT_START, Message, Session, SessionCursor
 from .store import PostgresSessionStore
 
 T = TypeVar("T")
+logger = logging.getLogger("convostore.cli")
 
 app = typer.Typer(
     name="convostore",
@@ -98,6 +101,7 @@ class _Options:
     schema: str | None = None
     tenant: str | None = None
     debug: bool = False
+    announced: bool = False
 
 
 DatabaseUrl = Annotated[
@@ -234,6 +238,26 @@ def parse_duration(text: str, param: str = "--older-than") -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _database(opts: _Options, *, always: bool = False) -> str:
+    """The URL to use (the library's rule: given, else ``$DATABASE_URL``, else the embedded
+    server, started now), said once on stderr: on a terminal (or *always*), else at INFO so
+    that scripts' stderr keeps to errors."""
+    from .embedded import describe_database, embedded_url
+
+    url = opts.database_url or os.environ.get("DATABASE_URL") or None
+    if not opts.announced:
+        opts.announced = True
+        line = describe_database(url)
+        if always or err.is_terminal:
+            err.print(f"[dim]{escape(line)}[/]")
+        else:
+            logger.info("%s", line)
+    if url is None:
+        url = embedded_url()
+    opts.database_url = url
+    return url
+
+
 def _run(
     ctx: typer.Context, work: Callable[[PostgresSessionStore], Awaitable[T]], *, migrations: bool | None = False
 ) -> T:
@@ -241,9 +265,9 @@ def _run(
     checks the schema (``migrations=False``): read and delete commands never create one."""
     opts: _Options = ctx.obj
 
-    async def main() -> T:
+    async def main(url: str) -> T:
         store = PostgresSessionStore(
-            opts.database_url,
+            url,
             schema=opts.schema,
             tenant=opts.tenant,
             actor=os.environ.get("CONVOSTORE_ACTOR") or f"cli:{getpass.getuser()}",
@@ -253,7 +277,7 @@ def _run(
             return await work(store)
 
     try:
-        return asyncio.run(main())
+        return asyncio.run(main(_database(opts)))
     except ConvostoreError as exc:
         if opts.debug:
             raise
@@ -282,6 +306,18 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _keep_whole(table: Table, *headers: str) -> Table:
+    """*table* with the columns named *headers* (timestamps, ids) never cut or folded: on a
+    narrow terminal the other columns fold instead, losing nothing."""
+    for column in table.columns:
+        if column.header in headers:
+            column.no_wrap = True
+            column.min_width = max(column.min_width or 0, len(str(column.header)))
+        else:
+            column.overflow = "fold"
+    return table
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -302,7 +338,7 @@ def migrate(
     """Create the tables or apply pending schema migrations (safe from several processes at once)."""
     if status:
         rows = _run(ctx, lambda s: s.migration_status(), migrations=None)
-        table = Table("version", "name", "applied at")
+        table = _keep_whole(Table("version", "name", "applied at"), "version", "applied at")
         for r in rows:
             table.add_row(f"{r.version:04d}", r.name, _when(r.applied_at) if r.applied_at else "[yellow]pending[/]")
         out.print(table)
@@ -389,10 +425,11 @@ def keys_create(
     operator: Annotated[bool, typer.Option("--operator", help="Act across every tenant (an operator's key).")] = False,
 ) -> None:
     """Create an API key for the tenant (--tenant), one of its users, or an operator. The key is
-    printed once, on standard output; only its hash is stored."""
+    printed once, on standard output; only its hash is stored. Applies pending migrations first."""
     from .keys import create_key
 
-    token, key = _run(ctx, lambda s: create_key(s, name=name, user=user, operator=operator))
+    # migrations=True: the first key is often the first thing made in a new database.
+    token, key = _run(ctx, lambda s: create_key(s, name=name, user=user, operator=operator), migrations=True)
     scope = "every tenant" if key.operator else f"tenant {key.tenant}" + (f", user {key.user}" if key.user else "")
     err.print(f"created key {key.id} for {safe(scope, oneline=True)}; it is shown once:")
     out.print(token, markup=False)
@@ -412,7 +449,7 @@ def keys_list(
     if as_json:
         _print_json([asdict(k) for k in keys])
         return
-    table = Table("id", "name", "tenant", "user", "created", "revoked")
+    table = _keep_whole(Table("id", "name", "tenant", "user", "created", "revoked"), "id", "created", "revoked")
     for k in keys:
         table.add_row(
             k.id,
@@ -552,29 +589,41 @@ def _title(session: Session) -> str:
 @common
 def sessions_list(
     ctx: typer.Context,
-    user: Annotated[str, typer.Option("--user", help="Whose sessions.")],
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's sessions.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="Sessions per page.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=10000, help="Sessions per page (at most 1000 without --user).")
+    ] = 20,
     before: Annotated[str | None, typer.Option("--before", help="Cursor printed by the previous page.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """A user's sessions, most recently updated first (keyset-paginated)."""
+    """The tenant's sessions, or with --user one user's, most recently updated first
+    (keyset-paginated)."""
     cursor = _parse_cursor(before)
-    found = _run(
-        ctx,
-        lambda s: s.get_user_sessions(user, limit, before=cursor, with_messages=False, agent_name=agent),
-    )
+
+    async def work(store: PostgresSessionStore) -> tuple[str, list[Session]]:
+        if user is None:
+            return store.tenant, await store.list_sessions(agent_name=agent, limit=limit, before=cursor)
+        return store.tenant, await store.get_user_sessions(
+            user, limit, before=cursor, with_messages=False, agent_name=agent
+        )
+
+    tenant, found = _run(ctx, work)
     if as_json:
         rows = [{k: v for k, v in asdict(s).items() if k != "messages"} for s in found]
         _print_json(rows)
         return
-    table = Table(title=f"sessions of {safe(user, oneline=True)}")
-    table.add_column("id", no_wrap=True, min_width=min(36, max((len(s.id) for s in found), default=2)))
-    for column in ("agent", "messages", "updated", "title / metadata"):
-        table.add_column(column)
+    if user is None:
+        table = Table("id", "user", "agent", "messages", "updated", "title / metadata")
+        table.title = f"sessions of tenant {safe(tenant, oneline=True)}"
+    else:
+        table = Table("id", "agent", "messages", "updated", "title / metadata")
+        table.title = f"sessions of {safe(user, oneline=True)}"
+    _keep_whole(table, "id", "updated")
     for s in found:
         table.add_row(
             safe(s.id, oneline=True),
+            *([safe(s.user_id, oneline=True)] if user is None else []),
             safe(s.agent_name, oneline=True),
             str(s.message_count),
             _when(s.updated_at),
@@ -749,7 +798,7 @@ def sessions_branches(
     if as_json:
         _print_json([asdict(b) for b in branches])
         return
-    table = Table("branch", "parent", "forked at", "own messages", "created")
+    table = _keep_whole(Table("branch", "parent", "forked at", "own messages", "created"), "created")
     for b in branches:
         table.add_row(
             safe(b.name, oneline=True),
@@ -850,14 +899,17 @@ def serve(
     ] = 8080,
 ) -> None:
     """Serve the HTTP API (/v1; its OpenAPI at /openapi.json) and the conversation browser (/ui)
-    until interrupted; needs the `server` extra. Clients authenticate with keys made by
-    `convostore keys create`."""
+    until interrupted; needs the `server` extra. Applies pending migrations first. Clients
+    authenticate with keys made by `convostore keys create`."""
     try:
         from .server import serve as run_server
     except ImportError as exc:
         err.print(f"[red]error:[/] convostore serve needs: pip install 'convostore[server]' ({safe(str(exc))})")
         raise typer.Exit(1) from None
     opts: _Options = ctx.obj
+    _database(opts, always=True)  # a server's stderr is its log: say where its data is
+    for m in _run(ctx, lambda s: s.migrate(), migrations=None):
+        err.print(f"applied {m.version:04d}_{m.name}")
     run_server(
         database_url=opts.database_url, schema=opts.schema, tenant=opts.tenant, host=host, port=port, debug=opts.debug
     )

@@ -18,16 +18,20 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import PostgresSessionStore, Session
+from .embedded import describe_database
 
 console = Console()
+err = Console(stderr=True, highlight=False)
 USER_ID = "alice@example.com"
 SCHEMA = os.environ.get("CONVOSTORE_SCHEMA", "convostore_demo")
 
@@ -81,7 +85,21 @@ def _show(session: Session) -> None:
     console.print(table)
 
 
+def _cli() -> str:
+    """How to run this installation's ``convostore`` command from the current directory."""
+    script = Path(sys.executable).parent / "convostore"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m convostore"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(str(shown))
+
+
 async def _main() -> int:
+    # The library's rule (DATABASE_URL, else the embedded server), which the CLI hint below follows too.
+    err.print(f"[dim]{escape(describe_database(os.environ.get('DATABASE_URL') or None))}[/]", soft_wrap=True)
     console.rule("convostore demo")
     console.print(f"[bold]turn 1[/] (this process, pid {os.getpid()}): [cyan]My name is Alice[/]")
     session_id, answer = await _turn("My name is Alice", None)
@@ -111,9 +129,8 @@ async def _main() -> int:
             f"{USER_ID} has {len(recent)} recent session(s) in schema {SCHEMA!r}; "
             "run the demo again and the list grows (the data persists)."
         )
-        console.print(
-            f"[dim]see it again: .venv/bin/convostore sessions show {session_id} --schema {SCHEMA}[/]", soft_wrap=True
-        )
+        hint = f"{_cli()} sessions show {shlex.quote(session_id)} --schema {shlex.quote(SCHEMA)}"
+        console.print(f"[dim]see it again: {escape(hint)}[/]", soft_wrap=True)
     return 0
 
 

@@ -22,11 +22,14 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from .errors import StoreClosed
 from .store import PostgresSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
+
+if TYPE_CHECKING:
+    from .cleanup import Sweeper
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,6 +77,7 @@ def _blocking(
     call.__name__ = method.__name__
     call.__qualname__ = f"SyncSessionStore.{method.__name__}"
     call.__doc__ = method.__doc__
+    call.__wrapped__ = method  # type: ignore[attr-defined]  # inspect.signature shows the store's
     return call
 
 
@@ -141,8 +145,11 @@ class SyncSessionStore:
         self.close()
 
     # -- the store's methods --------------------------------------------------------------------
+    # Listed one by one, not generated in a loop, so that type checkers see each signature;
+    # tests/test_sync.py checks that every public async method of the store is here.
 
     migrate = _blocking(PostgresSessionStore.migrate)
+    distribute = _blocking(PostgresSessionStore.distribute)
     migration_status = _blocking(PostgresSessionStore.migration_status)
     create_session = _blocking(PostgresSessionStore.create_session)
     get_session = _blocking(PostgresSessionStore.get_session)
@@ -161,6 +168,8 @@ class SyncSessionStore:
     delete_branch = _blocking(PostgresSessionStore.delete_branch)
     compact = _blocking(PostgresSessionStore.compact)
     search = _blocking(PostgresSessionStore.search)
+    get_state = _blocking(PostgresSessionStore.get_state)
+    update_state = _blocking(PostgresSessionStore.update_state)
     record_usage = _blocking(PostgresSessionStore.record_usage)
     usage = _blocking(PostgresSessionStore.usage)
     idle_cutoff = _blocking(PostgresSessionStore.idle_cutoff)
@@ -168,8 +177,20 @@ class SyncSessionStore:
     count_idle_sessions = _blocking(PostgresSessionStore.count_idle_sessions)
     delete_expired_sessions = _blocking(PostgresSessionStore.delete_expired_sessions)
     delete_user = _blocking(PostgresSessionStore.delete_user)
+    tenant_for = _blocking(PostgresSessionStore.tenant_for)
+    stop_sweeper = _blocking(PostgresSessionStore.stop_sweeper)
     stats = _blocking(PostgresSessionStore.stats)
+    audit = _blocking(PostgresSessionStore.audit)
     rekey = _blocking(PostgresSessionStore.rekey)
+
+    def start_sweeper(self, interval: float, *, batch_size: int = 1000) -> Sweeper:
+        """Delete expired sessions every *interval* seconds, in the facade's event loop (see
+        ``PostgresSessionStore.start_sweeper``); :meth:`stop_sweeper` or :meth:`close` stops it."""
+
+        async def start() -> Sweeper:
+            return self.store.start_sweeper(interval, batch_size=batch_size)
+
+        return self._call(start())
 
     def export_jsonl(self, **kwargs: Any) -> Iterator[str]:
         """The export's lines (see :func:`convostore.export_jsonl`), read page by page."""
