@@ -5,9 +5,10 @@ the client and by one commit (WAL flush) per message. The writer below keeps at 
 ``max_in_flight`` append statements running; requests that arrive meanwhile wait in a
 queue and leave together, for any mix of sessions, in one statement.
 
-* A lone append is sent at once with the one-session statement: no timer, no added wait.
-  When a statement completes, its slot is refilled one event-loop turn later, so that the
-  callers it acknowledged can queue their next appends and leave together.
+* A lone append is sent at once with the one-session statement, from its caller's own call
+  when nothing is queued: no timer, no hop, no added wait. When a statement completes while
+  others wait, its slot is refilled three event-loop turns later, so that the callers it
+  acknowledged can queue their next appends and leave together.
 * Every waiter is settled, on every path, within its deadline: with its rows, or with its
   own error. If the shared statement is refused because of one request, each request is
   sent again alone so that only the faulty one fails; if the database is unavailable or
@@ -37,6 +38,7 @@ from typing import Any
 
 from . import _telemetry as telemetry
 from ._appends import Appender, AppendRequest, Stored
+from ._runner import settle_despite_cancel
 from .errors import ConvostoreError, DatabaseError, StoreTimeout, StoreUnavailable
 
 logger = logging.getLogger("convostore.coalesce")
@@ -96,9 +98,10 @@ class AppendWriter:
                 ) from None
         else:
             await self._room.acquire()  # free: no wait, no timer on the hot path
-        item = _Item(
-            request, asyncio.get_running_loop().create_future(), deadline, self._appender.group_of(request.session_id)
-        )
+        group = self._appender.group_of(request.session_id)
+        if not self._pending and not self._holding and self._has_slot(group):
+            return await self._direct(request, deadline, group)
+        item = _Item(request, asyncio.get_running_loop().create_future(), deadline, group)
         self._pending.append(item)
         self._idle.clear()
         if not self._holding:
@@ -113,6 +116,46 @@ class AppendWriter:
             # caller its cancellation, so that its next append cannot overtake this one.
             await _settled(item.future)
             raise
+
+    async def _direct(self, request: AppendRequest, deadline: float | None, group: object) -> Stored:
+        """Send *request* at once, from the caller's own call: nothing is queued to share a
+        statement with, so no hop through a task of the writer's. Appends arriving meanwhile
+        queue behind it and leave together when its slot frees."""
+        telemetry.batch(1)
+        self._sent(group)
+        try:
+            return await settle_despite_cancel(self._appender.one(request, deadline=deadline))
+        finally:
+            self._room.release()
+            self._slot_freed(group, hold=bool(self._pending))
+
+    def _has_slot(self, group: object) -> bool:
+        """Whether a call for *group* may start now (see :meth:`_dispatch`)."""
+        if self._appender.by_node:
+            return self._flying.get(group, 0) < self._max_in_flight
+        return self._in_flight < self._max_in_flight * (4 if self._appender.distributed else 1)
+
+    def _sent(self, group: object) -> None:
+        self._in_flight += 1
+        self._flying[group] = self._flying.get(group, 0) + 1
+        self._idle.clear()
+
+    def _slot_freed(self, group: object, *, hold: bool = True) -> None:
+        self._in_flight -= 1
+        if self._flying[group] > 1:
+            self._flying[group] -= 1
+        else:
+            del self._flying[group]
+        if not hold:  # a direct call's caller resumes by itself, and nothing waits
+            self._check_idle()
+            return
+        # Refill the freed slot three loop turns later: the callers just acknowledged
+        # resume two turns after their results are set (the futures' callbacks, then the
+        # wake-up of their shielded waits), queue their next appends, and these leave
+        # together instead of the first one alone.
+        self._holding += 1
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, loop.call_soon, self._release_hold)
 
     def _settle(self, item: _Item, *, result: Stored | None = None, exc: BaseException | None = None) -> None:
         """Give *item*'s caller its rows or its error (once; later calls do nothing)."""
@@ -162,9 +205,7 @@ class AppendWriter:
             batch = self._take(per_node)
             if not batch:
                 break
-            self._in_flight += 1
-            group = batch[0].group
-            self._flying[group] = self._flying.get(group, 0) + 1
+            self._sent(batch[0].group)
             self._spawn(self._flush(batch))
         self._check_idle()
 
@@ -229,19 +270,7 @@ class AppendWriter:
             for item in batch:  # a safety net: no path may leave a waiter behind
                 if not item.handed_off:
                     self._settle(item, exc=DatabaseError("add_messages: the append was not completed"))
-            self._in_flight -= 1
-            group = batch[0].group
-            if self._flying[group] > 1:
-                self._flying[group] -= 1
-            else:
-                del self._flying[group]
-            # Refill the freed slot three loop turns later: the callers just acknowledged
-            # resume two turns after their results are set (the futures' callbacks, then the
-            # wake-up of their shielded waits), queue their next appends, and these leave
-            # together instead of the first one alone.
-            self._holding += 1
-            loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, loop.call_soon, self._release_hold)
+            self._slot_freed(batch[0].group)
 
     def _release_hold(self) -> None:
         self._holding -= 1
