@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from google.adk.agents import LlmAgent
+from google.adk.errors._stale_session_error import StaleSessionError
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
 from google.adk.events.event import Event
@@ -161,3 +163,72 @@ async def test_events_with_one_timestamp_come_back_in_append_order(store: Postgr
     got = await service.get_session(app_name="app", user_id="ada", session_id=session.id)
     assert got is not None
     assert [e.id for e in got.events] == ids
+
+
+async def test_two_holders_of_a_session_keep_each_others_state(store: PostgresSessionStore) -> None:
+    service = PostgresSessionService(store)
+    created = await service.create_session(app_name="app", user_id="ada", state={"kept": 0})
+    first = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    second = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert first is not None
+    assert second is not None
+    await service.append_event(first, _event("user", "one", first.last_update_time + 1, {"a": 1}))
+    # The second copy was loaded before the first appended: as in ADK's database service it
+    # is stale, and nothing of its event is written (not its state, not the event).
+    with pytest.raises(StaleSessionError):
+        await service.append_event(second, _event("helper", "two", first.last_update_time + 1, {"b": 2}))
+    got = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert got is not None
+    assert got.state == {"kept": 0, "a": 1}
+    assert [e.author for e in got.events] == ["user"]
+    # Reloaded, it appends; each holder's key is kept, the caller's other keys are not written.
+    second = got
+    second.state["local only"] = True  # not in a delta: ADK does not store it
+    await service.append_event(second, _event("helper", "two", got.last_update_time + 1, {"b": 2}))
+    with pytest.raises(StaleSessionError):  # the first copy is now the stale one
+        await service.append_event(first, _event("user", "three", got.last_update_time + 2, {"c": 3}))
+    final = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert final is not None
+    assert final.state == {"kept": 0, "a": 1, "b": 2}
+    assert [e.author for e in final.events] == ["user", "helper"]
+
+
+async def test_two_holders_appending_at_once_lose_no_key(store: PostgresSessionStore) -> None:
+    service = PostgresSessionService(store)
+    created = await service.create_session(app_name="app", user_id="ada")
+    copies = [await service.get_session(app_name="app", user_id="ada", session_id=created.id) for _ in range(2)]
+    results = await asyncio.gather(
+        *(
+            service.append_event(c, _event("user", f"copy {i}", c.last_update_time + 1, {f"k{i}": i}))
+            for i, c in enumerate(copies)
+            if c is not None
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1
+    assert isinstance(refused[0], StaleSessionError)
+    loser = copies[results.index(refused[0])]
+    assert loser is not None
+    reloaded = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert reloaded is not None
+    i = results.index(refused[0])
+    await service.append_event(reloaded, _event("user", "again", reloaded.last_update_time + 1, {f"k{i}": i}))
+    final = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert final is not None
+    assert final.state == {"k0": 0, "k1": 1}
+    assert len(final.events) == 2
+
+
+async def test_a_retried_append_event_is_not_stale(store: PostgresSessionStore) -> None:
+    service = PostgresSessionService(store)
+    created = await service.create_session(app_name="app", user_id="ada")
+    copy = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert copy is not None
+    event = _event("user", "once", copy.last_update_time + 1, {"a": 1})
+    await service.append_event(created, event)
+    await service.append_event(copy, event)  # the same event again, from a copy made before it
+    got = await service.get_session(app_name="app", user_id="ada", session_id=created.id)
+    assert got is not None
+    assert got.state == {"a": 1}
+    assert len(got.events) == 1

@@ -13,6 +13,7 @@ from .errors import (
     ConvostoreError,
     DatabaseError,
     DuplicateMessageId,
+    EncryptionRequired,
     ImportConflict,
     ImportFileError,
     InvalidIdentifier,
@@ -32,6 +33,7 @@ from .errors import (
     StoreClosed,
     StoreTimeout,
     StoreUnavailable,
+    TamperedMessage,
 )
 from .migrations import MIGRATIONS, Migration, MigrationStatus
 from .models import (
@@ -72,6 +74,7 @@ __all__ = [
     "ConvostoreError",
     "DatabaseError",
     "DuplicateMessageId",
+    "EncryptionRequired",
     "ErasureReport",
     "ImportConflict",
     "ImportFileError",
@@ -107,6 +110,7 @@ __all__ = [
     "Sweeper",
     "SyncSessionStore",
     "TableSize",
+    "TamperedMessage",
     "TurnUsage",
     "UsageTotal",
     "Window",

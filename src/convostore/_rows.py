@@ -13,12 +13,15 @@ from .models import Message, Session, new_message, new_session
 Record = asyncpg.Record
 
 
-Opener = Callable[[str, str, str, bytes], tuple[str, str | None, str | None]]
-"""Opens a sealed row: ``(session_id, message_id, key_id, sealed)`` to its stored
-``(content, tool_calls, raw)`` (see :mod:`convostore._crypto`)."""
+Opener = Callable[[str, str, str, bytes, str, str | None, str], tuple[str, str | None, str | None]]
+"""Opens a sealed row: ``(session_id, message_id, key_id, sealed, role, tool_call_id,
+branch)`` to its stored ``(content, tool_calls, raw)``; the role, tool-call id and branch
+are the row's clear columns, which the seal binds (see :mod:`convostore._crypto`)."""
 
 
-def no_key(session_id: str, message_id: str, key_id: str, sealed: bytes) -> tuple[str, str | None, str | None]:
+def no_key(
+    session_id: str, message_id: str, key_id: str, sealed: bytes, role: str, tool_call_id: str | None, branch: str
+) -> tuple[str, str | None, str | None]:
     from .errors import KeyUnavailable
 
     raise KeyUnavailable(
@@ -32,7 +35,7 @@ def messages_from_rows(rows: Sequence[Any], sid: str, opener: Opener | None = No
     messages = []
     for id_, seq, role, content, tool_calls, tool_call_id, raw, created_at, key_id, sealed, branch, first, last in rows:
         if sealed is not None:
-            content, tool_calls, raw = (opener or no_key)(sid, id_, key_id, sealed)
+            content, tool_calls, raw = (opener or no_key)(sid, id_, key_id, sealed, role, tool_call_id, branch)
         messages.append(
             new_message(
                 id_,

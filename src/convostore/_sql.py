@@ -1792,10 +1792,10 @@ WHERE s.tenant_id = $1 AND s.id = m.session_id
 
 # -- key rotation (convostore rekey) ----------------------------------------------------------
 
-# The next page of messages not sealed with the current key ($5): sealed with another key, or
-# (with $6) not sealed at all; in key order, after ($2, $3, $4).
+# The next page of messages not sealed with the current key and layout ($5): sealed with
+# another key or layout, or (with $6) not sealed at all; in key order, after ($2, $3, $4).
 REKEY_PAGE = """
-SELECT tenant_id, session_id, seq, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed
+SELECT tenant_id, session_id, seq, id, role, content, tool_calls, tool_call_id, raw, key_id, sealed, branch
 FROM {s}.conversation_messages
 WHERE ($1::text IS NULL OR tenant_id = $1)
   AND (session_id, tenant_id, seq) > ($2::text, $3::text, $4::bigint)

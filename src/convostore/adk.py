@@ -12,8 +12,15 @@
   ``user:`` state in the store's agent and user state (``store.get_state``); ``temp:``
   state is never stored, as in ADK.
 
-An event is appended first, then the state its delta changes: both are idempotent, so a
-retried ``append_event`` after a failure between them completes it.
+``append_event`` stores what the event's ``actions.state_delta`` changes, merged into what
+is stored (JSONB ``||``, key by key, as ADK's own services do), never the caller's whole
+``session.state``: two holders of one session do not erase each other's keys. As in ADK's
+database service, a holder whose copy is older than what is stored (another copy appended
+since it was loaded) gets ADK's ``StaleSessionError`` and nothing is written; it reloads the
+session and appends again. The check and the session state's merge are one statement, run
+first; then the app and user state, then the event. Each step is idempotent, so a retried
+``append_event`` after a failure between them completes it (a retry of the same event,
+recognised by the stored update being its own, is not stale).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from google.adk.errors._stale_session_error import StaleSessionError
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
 from google.adk.events.event import Event
@@ -34,6 +42,7 @@ from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 
 from . import _validate as check
+from ._sql import quote_ident
 from .errors import DuplicateMessageId, InvalidInput, SessionExists, SessionNotFound, SessionOwnershipError
 from .models import Message, NewMessage
 from .models import Session as StoredSession
@@ -43,7 +52,32 @@ __all__ = ["PostgresSessionService"]
 
 _STATE = "state"
 _UPDATED = "last_update_time"
+_LAST_EVENT = "last_event_id"  # which event set last_update_time: a retry of it is not stale
 _PAGE = 500
+
+# The session's update time as stored (none: a session older than this adapter's key).
+_STORED_TIME = (
+    f"coalesce(CASE WHEN jsonb_typeof(metadata -> '{_UPDATED}') = 'number' "
+    f"THEN (metadata ->> '{_UPDATED}')::float8 END, '-infinity')"
+)
+# The session state delta $5 merged into the stored state, and the session's update time
+# set to the event's ($6, and its id $7), only if the stored one is not newer than the
+# caller's copy ($4), or was set by this event (a retry). Under the row lock, a concurrent
+# holder's update is seen before the test is made: of two holders of one copy, the second
+# is refused.
+# $1 tenant, $2 session key, $3 the view's user. Kept here, beside its one caller: it is
+# the adapter's own (so are the metadata keys it reads).
+_MERGE_STATE = f"""
+UPDATE {{s}}.agent_sessions
+   SET metadata = jsonb_set(metadata, '{{{_STATE}}}',
+                            coalesce(CASE WHEN jsonb_typeof(metadata -> '{_STATE}') = 'object'
+                                          THEN metadata -> '{_STATE}' END, '{{}}') || $5::jsonb)
+                  || jsonb_build_object('{_UPDATED}', $6::float8, '{_LAST_EVENT}', $7::text),
+       updated_at = now()
+ WHERE tenant_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)
+   AND ({_STORED_TIME} <= $4::float8 OR ({_STORED_TIME} = $6::float8 AND metadata ->> '{_LAST_EVENT}' = $7))
+RETURNING 1
+"""
 
 
 class PostgresSessionService(BaseSessionService):
@@ -189,7 +223,9 @@ class PostgresSessionService(BaseSessionService):
         return await self.store.get_state(app_name, user_id=user_id)
 
     async def append_event(self, session: Session, event: Event) -> Event:
-        """Store *event* (once, whatever the retries) and the state its delta changes."""
+        """Store *event* (once, whatever the retries) and the state its delta changes;
+        ADK's ``StaleSessionError`` (nothing written) if *session* is older than what is
+        stored."""
         if event.partial:
             return event
         key = self._key(session.app_name, session.user_id, session.id)
@@ -197,6 +233,12 @@ class PostgresSessionService(BaseSessionService):
         self._apply_temp_state(session, event)
         event = self._trim_temp_delta_state(event)
         message = _message(event)
+        # As in ADK's own services, a value JSON cannot hold (a callable, say) is kept as its text.
+        deltas = _session_util.extract_state_delta(
+            _session_util.make_json_safe_state(event.actions.state_delta if event.actions else {})
+        )
+        await self._merge_session_state(view, key, session, deltas["session"], event)
+        await self._apply(session.app_name, session.user_id, deltas)
         try:
             await view.add_messages(key, [message])
         except SessionNotFound as exc:
@@ -208,18 +250,33 @@ class PostgresSessionService(BaseSessionService):
             # under an id of its own content, still stored once if delivered again.
             digest = hashlib.sha256(json.dumps(message.raw, sort_keys=True).encode()).hexdigest()[:16]
             await view.add_messages(key, [_with_id(message, f"{event.id}.{digest}")])
-        deltas = _session_util.extract_state_delta(
-            _session_util.make_json_safe_state(event.actions.state_delta if event.actions else {})
-        )
-        await self._apply(session.app_name, session.user_id, deltas)
         self._commit_event_to_session(session, event)
         session.last_update_time = event.timestamp
-        # As in ADK's own services, a value JSON cannot hold (a callable, say) is kept as its text.
-        stored_state = _session_util.make_json_safe_state(
-            {k: v for k, v in session.state.items() if not k.startswith(_SCOPED_PREFIXES)}
-        )
-        await view.update_metadata(key, {_STATE: stored_state, _UPDATED: event.timestamp})
         return event
+
+    async def _merge_session_state(
+        self, view: PostgresSessionStore, key: str, session: Session, delta: dict[str, Any], event: Event
+    ) -> None:
+        """Merge *delta* (of *event*) into the stored session state, unless *session* is stale."""
+        sql = _MERGE_STATE.replace("{s}", quote_ident(view.schema))
+        stamp = (float(event.timestamp), event.id)
+        args = (view.tenant, key, view.user, float(session.last_update_time), check.metadata(delta), *stamp)
+
+        async def merge(conn: Any) -> Any:
+            return await conn.fetchval(sql, *args)
+
+        if await view.runner.run("append_event", merge, session_id=key, scope=view.scope()) is not None:
+            return
+        try:
+            stored = await view.get_session(key)
+        except SessionOwnershipError:
+            stored = None
+        if stored is None or stored.agent_name != session.app_name:
+            raise SessionNotFoundError(f"Session {session.id} not found.")
+        raise StaleSessionError(
+            "The session has been modified in storage since it was loaded. "
+            "Please reload the session before appending more events."
+        )
 
 
 _SCOPED_PREFIXES = (State.APP_PREFIX, State.USER_PREFIX, State.TEMP_PREFIX)

@@ -112,6 +112,16 @@ class KeyUnavailable(ConvostoreError):
     tampered with (or copied from another row)."""
 
 
+class TamperedMessage(KeyUnavailable):
+    """A sealed message does not open with its key: its sealed value, role, tool-call id or
+    branch was changed, or its sealed value was copied from another row."""
+
+
+class EncryptionRequired(ConvostoreError):
+    """The tenant's messages are sealed and this store has no encryption keys: it refuses to
+    append plaintext there."""
+
+
 class MigrationError(ConvostoreError):
     """A schema migration failed or the schema is newer than this library."""
 
@@ -139,6 +149,7 @@ __all__ = [
     "ConvostoreError",
     "DatabaseError",
     "DuplicateMessageId",
+    "EncryptionRequired",
     "ImportConflict",
     "ImportFileError",
     "InvalidIdentifier",
@@ -158,4 +169,5 @@ __all__ = [
     "StoreClosed",
     "StoreTimeout",
     "StoreUnavailable",
+    "TamperedMessage",
 ]

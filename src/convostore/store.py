@@ -27,7 +27,7 @@ from . import _validate as check
 from ._appends import Appender, AppendRequest
 from ._coalesce import AppendWriter
 from ._codec import load_json
-from ._crypto import Keyring, parse_keys
+from ._crypto import Keyring, SealedTenants, parse_keys, same_message
 from ._rows import Opener, messages_from_rows, no_key, session_from_row, sessions_from_joined_rows
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
 from ._sql import HAS_CITUS, IS_DISTRIBUTED, MARKER_KIND, Queries, quote_ident, render
@@ -272,10 +272,22 @@ class PostgresSessionStore:
         """What opens the sealed rows of *tenant* (for convostore's own modules: export)."""
         return no_key if self._keyring is None else self._keyring.opener(tenant)
 
-    def seal_row(self, session_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A validated message row (``_validate.Row``) of this tenant, its content sealed when
-        the store has encryption keys (for convostore's own modules: import)."""
-        return row if self._keyring is None else self._keyring.seal_row(self._tenant, session_id, row)
+    def seal_row(self, session_id: str, row: tuple[Any, ...], branch: str = "main") -> tuple[Any, ...]:
+        """A validated message row (``_validate.Row``) of this tenant and *branch*, its content
+        sealed when the store has encryption keys (for convostore's own modules: import)."""
+        return row if self._keyring is None else self._keyring.seal_row(self._tenant, session_id, row, branch)
+
+    async def sealed_rows(self, session_id: str, rows: list[Any], branch: str) -> list[Any]:
+        """Validated rows of *branch* as they are written: sealed when the store has keys (the
+        tenant marked sealed first, once per event loop); without keys, refused with
+        :class:`~convostore.errors.EncryptionRequired` in a tenant marked sealed."""
+        tenants = self._runner.loop_local("sealed_tenants", SealedTenants)
+        q, scope = self.queries, self.scope()
+        if self._keyring is None:
+            await tenants.refuse_plaintext(self._runner, q.get_state, self._tenant, scope)
+            return rows
+        await tenants.mark(self._runner, q.get_state, q.update_state, self._tenant, scope)
+        return [self.seal_row(session_id, row, branch) for row in rows]
 
     def scope(self, all_tenants: bool = False) -> tuple[str, str] | None:
         """The row-level security scope of a call; ``None`` for an operator's call across
@@ -645,8 +657,7 @@ class PostgresSessionStore:
             return []
         if self._count_tokens is not None:
             rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
-        if self._keyring is not None:
-            rows = [self.seal_row(sid, row) for row in rows]
+        plain, rows = rows, await self.sealed_rows(sid, rows, line)
         ids = [r[0] for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
@@ -658,7 +669,9 @@ class PostgresSessionStore:
             stored = await writer.submit(request, deadline)
         else:
             stored = await settle_despite_cancel(self._appender.one(request, deadline=deadline))
-        if len(stored) != len(rows) or any(r["outcome"] == "c" for r in stored):
+        if len(stored) != len(rows) or (
+            any(r["outcome"] == "c" for r in stored) and not await self._same_after_all(sid, stored, plain)
+        ):
             raise DuplicateMessageId(
                 f"session {sid!r} already holds different messages with some of these ids: "
                 f"{sorted({r['id'] for r in stored})[:5]}"
@@ -680,6 +693,32 @@ class PostgresSessionStore:
             )
         result.sort(key=lambda m: m.seq)
         return result
+
+    async def _same_after_all(self, sid: str, stored: Sequence[Any], sent: Sequence[Any]) -> bool:
+        """Whether the stored rows the append function found holding other messages ('c')
+        hold the same ones after all: the digest it compares is keyed, so a row sealed under
+        another key (rotation since), or stored before encryption, never matches it. Read
+        and opened here, off the normal path (a replay under the current key is 'r')."""
+        if self._keyring is None:
+            return False
+        conflicting = [r["id"] for r in stored if r["outcome"] == "c"]
+        args: tuple[Any, ...] = (self._tenant, [sid] * len(conflicting), conflicting, [])
+        found = await self._run("add_messages", partial(_fetch, self._q.import_stored_messages, args), session_id=sid)
+        by_id = {r["id"]: r for r in found}
+        sent_by_id = {row[0]: row for row in sent}
+        for mid in conflicting:
+            row = by_id.get(mid)
+            if row is None:
+                return False
+            if row["sealed"] is None:
+                opened = (row["content"], row["tool_calls"], row["raw"])
+            else:
+                opened = self._opener(
+                    sid, mid, row["key_id"], row["sealed"], row["role"], row["tool_call_id"], row["branch"]
+                )
+            if not same_message(row, opened, sent_by_id[mid]):
+                return False
+        return True
 
     def _tokens(self, row: tuple[Any, ...]) -> int:
         """A validated row's token count by the store's counter (its raw item, else its text)."""
@@ -909,8 +948,7 @@ class PostgresSessionStore:
         rows = [check.message_row(m, i) for i, m in enumerate(summary or [EMPTY_SUMMARY])]
         if self._count_tokens is not None:
             rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
-        if self._keyring is not None:
-            rows = [self.seal_row(sid, row) for row in rows]
+        rows = await self.sealed_rows(sid, rows, line)
         if len({r[0] for r in rows}) != len(rows):
             raise InvalidMessage("message ids must be unique within a batch")
         columns = [list(c) for c in zip(*rows, strict=True)]
@@ -1352,18 +1390,24 @@ class PostgresSessionStore:
         after: tuple[str, str, int] = ("", "", 0)
         total = 0
         while True:
-            page_args = (tenant, *after, keyring.current, include_plaintext, size)
+            page_args = (tenant, *after, keyring.current_label, include_plaintext, size)
             rows = await self._run("rekey", partial(_fetch, self._q.rekey_page, page_args), all_tenants=all_tenants)
             if not rows:
                 return total
             columns: list[list[Any]] = [[] for _ in range(7)]
+            tenants = self._runner.loop_local("sealed_tenants", SealedTenants)
+            for t in sorted({r["tenant_id"] for r in rows}):  # sealed from now on, if not already
+                await tenants.mark(self._runner, self._q.get_state, self._q.update_state, t, (t, "*"))
             for r in rows:
                 content, tool_calls, raw = r["content"], r["tool_calls"], r["raw"]
+                bound = {"role": r["role"], "tool_call_id": r["tool_call_id"], "branch": r["branch"]}
                 if r["sealed"] is not None:
                     content, tool_calls, raw = keyring.open(
-                        r["tenant_id"], r["session_id"], r["id"], r["key_id"], r["sealed"]
+                        r["tenant_id"], r["session_id"], r["id"], r["key_id"], r["sealed"], **bound
                     )
-                sealed = keyring.seal(r["tenant_id"], r["session_id"], r["id"], content, tool_calls, raw)
+                # Re-sealed under the current key and layout: rows of the first layout bind
+                # their role, tool-call id and branch from now on.
+                sealed = keyring.seal(r["tenant_id"], r["session_id"], r["id"], content, tool_calls, raw, **bound)
                 values = (
                     r["tenant_id"],
                     r["session_id"],

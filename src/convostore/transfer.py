@@ -431,7 +431,7 @@ class _Import:
         """An import row (``_message_row``) as it is inserted: with its sealed columns, and
         its content, tool calls and raw item sealed when the store seals messages."""
         sid, seq, mid, role, content, tool_calls, tool_call_id, raw, created_at, branch, covers, tokens, kind = row
-        message = self.seal(sid, (mid, role, content, tool_calls, tool_call_id, raw, None, None, 0, None))
+        message = self.seal(sid, (mid, role, content, tool_calls, tool_call_id, raw, None, None, 0, None), branch)
         _, _, content, tool_calls, _, raw, key_id, sealed, _, _ = message
         first, last = covers if covers is not None else (None, None)
         return (
