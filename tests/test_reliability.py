@@ -19,6 +19,7 @@ from convostore import (
 )
 from convostore._runner import Failure, classify
 
+from ._chaos import TcpProxy
 from .conftest import assert_no_idle_in_transaction
 
 
@@ -114,6 +115,36 @@ async def test_retries_are_logged_without_password_or_content(caplog: pytest.Log
     assert "retry" in caplog.text
     assert "s3cret-pw" not in text
     assert "alice:***@127.0.0.1:1" in text
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        pytest.param(b"COMMIT", id="a-migration-committed-unacknowledged"),
+        pytest.param(b"convostore_migrations (version, name)", id="a-migration-cut-short"),
+    ],
+)
+@pytest.mark.parametrize("how", ["connect", "migrate"])
+async def test_migrating_is_retried_after_a_lost_connection(
+    database_url: str, schema_name: str, marker: bytes, how: str
+) -> None:
+    """Every migration runs in its own transaction and is skipped once recorded, so a
+    connection lost while migrating a fresh schema (after a migration committed, or in the
+    middle of one) is retried within the call's deadline, as any other call is."""
+    proxy = TcpProxy.to(database_url)
+    try:
+        proxy.lose_reply_to(marker)
+        store = PostgresSessionStore(proxy.url, schema=schema_name, apply_migrations=how == "connect" or None)
+        async with store:
+            if how == "migrate":
+                assert await store.migrate()
+            assert proxy.replies_lost == 1, "the fault was not injected"
+            assert all(m.applied_at is not None for m in await store.migration_status())
+            session = await store.create_session("u", "a")
+            await store.add_message(session.id, "user", "hello")
+            assert [m.content for m in await store.get_messages(session.id)] == ["hello"]
+    finally:
+        proxy.close()
 
 
 def test_failures_are_classified_by_exception_class() -> None:

@@ -424,7 +424,7 @@ class Runner:
                 await pool
             if self._prepare is not None:
                 async with asyncio.timeout(budget), pool.acquire() as conn:
-                    await self._prepare(conn)
+                    await self._prepared(conn)
             if self.route_table is not None:
                 async with asyncio.timeout(budget), pool.acquire() as conn:
                     await self._read_routes(conn)
@@ -443,6 +443,33 @@ class Runner:
             await state.closer.__anext__()
         logger.debug("connected to %s", redact(self._url or ""))
         opening.set_result(pool)
+
+    async def _prepared(self, conn: Connection) -> None:
+        """Run *prepare* (migrating, for the store) on a new pool's first connection. Its
+        failures are classified like a call's: preparing is safe to repeat (each migration
+        runs in its own transaction and is skipped once recorded), so a lost connection or a
+        rolled-back transaction is retried by the call that opened the pool, within its
+        deadline (raised as :class:`_Attempt`)."""
+        assert self._prepare is not None
+        try:
+            await self._prepare(conn)
+            if self.options.pgbouncer and self.statement_timeout() is not None:
+                await self._check_server_bound(conn)
+        except ConvostoreError:
+            raise
+        except Exception as exc:
+            raise self._failed(exc, conn) from exc
+
+    async def _check_server_bound(self, conn: Connection) -> None:
+        """Through pgbouncer no session setting holds, so the server bounds a statement only if
+        its role or database does (``ALTER ROLE ... SET statement_timeout``): say so if not."""
+        if await conn.fetchval("SHOW statement_timeout") in ("0", None):
+            logger.warning(
+                "the server has no statement_timeout for this role: a statement whose caller "
+                "gave up (and whose cancel is lost) may still commit; through pgbouncer, set "
+                "it on the role or the database (ALTER ROLE ... SET statement_timeout = '%ss')",
+                self.statement_timeout(),
+            )
 
     def _create_pool(self, url: str, budget: float | None, **overrides: Any) -> asyncpg.Pool:
         """An asyncpg pool (not yet initialised) built from the options; *overrides* replace
@@ -681,7 +708,7 @@ class Runner:
             except _Attempt as failed:
                 if node is not None:
                     self._shun(node, failed.__cause__ or failed)
-                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
+                await attempts.failed(failed, retry=failed.failure in _RETRIED_WHILE_ACQUIRING)
                 continue
             # Known once a pool has opened (the store finds it out then).
             if scope is not None and self.row_security:
@@ -717,13 +744,14 @@ class Runner:
     async def _acquire(
         self, budget: float | None, node_pool: asyncpg.Pool | None = None
     ) -> tuple[PoolConnectionProxy[Any], asyncpg.Pool]:
-        """One try at a connection (from *node_pool* if given, else the main pool) within
-        *budget*; raises :class:`_Attempt` (NOT_SENT)."""
+        """One try at a connection (from *node_pool* if given, else the main pool, opening and
+        preparing it first if need be) within *budget*; raises :class:`_Attempt` (NOT_SENT,
+        or how preparing the pool failed)."""
         try:
             pool = node_pool if node_pool is not None else await self.pool(budget)
             async with asyncio.timeout(_within(self.options.acquire_timeout, budget)):
                 conn = await pool.acquire()
-        except ConvostoreError:
+        except (ConvostoreError, _Attempt):
             raise
         except Exception as exc:
             raise _Attempt(classify(exc, None), None) from exc
@@ -754,7 +782,7 @@ class Runner:
                 conn, pool = await self._acquire(attempts.budget())
                 break
             except _Attempt as failed:
-                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
+                await attempts.failed(failed, retry=failed.failure in _RETRIED_WHILE_ACQUIRING)
         try:
             async with conn.transaction():
                 if scope is not None and self.row_security:
@@ -886,6 +914,9 @@ def _in_scope(
 # before the connection is terminated instead.
 _CANCEL_WAIT = 2.0
 _SHUN = 30.0  # seconds a node that failed a routed call is left out
+# Failures of getting a connection that are retried: nothing was sent, or preparing a new pool
+# (which is safe to repeat) lost its connection or was rolled back.
+_RETRIED_WHILE_ACQUIRING = frozenset({Failure.NOT_SENT, Failure.CONNECTION_LOST, Failure.ROLLED_BACK})
 
 
 def _within(timeout: float | None, budget: float | None) -> float | None:
