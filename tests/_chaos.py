@@ -47,6 +47,9 @@ class ThrowawayServer:
         self._server.cleanup()
 
 
+_CANCEL_REQUEST = 80877102
+
+
 class TcpProxy:
     """A TCP listener on 127.0.0.1 forwarding to a unix socket (a path) or to a TCP server
     (``(host, port)``), in a thread of its own.
@@ -55,6 +58,10 @@ class TcpProxy:
     ``lose_reply_to(marker)``: the next time a client sends bytes containing *marker*, they
     reach the server, but the connection is cut before the server's reply reaches the client
     (a statement committed whose acknowledgement was lost).
+    ``lose_cancels = True``: cancel requests are dropped. A client sends one on a connection
+    of its own, to ask the server to stop a statement it gave up on; the proxy closes such a
+    connection without passing the request on, as a firewall or a load balancer that routes
+    it to another server would (``cancels_lost`` counts them).
     """
 
     def __init__(self, target: str | tuple[str, int], *, user: str = "postgres", database: str = "postgres") -> None:
@@ -65,6 +72,8 @@ class TcpProxy:
         self._marker: bytes | None = None
         self.dropped = 0
         self.replies_lost = 0
+        self.lose_cancels = False
+        self.cancels_lost = 0
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -82,6 +91,16 @@ class TcpProxy:
         self._loop.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        # The first 8 bytes of a connection are a length and a code: 80877102 asks to cancel.
+        try:
+            header = await client_r.readexactly(8)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            client_w.close()
+            return
+        if self.lose_cancels and int.from_bytes(header[4:], "big") == _CANCEL_REQUEST:
+            self.cancels_lost += 1
+            client_w.close()
+            return
         try:
             if isinstance(self._target, str):
                 server_r, server_w = await asyncio.open_unix_connection(self._target)
@@ -90,6 +109,7 @@ class TcpProxy:
         except OSError:
             client_w.close()  # the server is down: refuse, as a real network path would
             return
+        server_w.write(header)
         pair = (client_w, server_w)
         self._pairs.add(pair)
         lose_next_reply = False

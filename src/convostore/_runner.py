@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -423,7 +424,7 @@ class Runner:
                 await pool
             if self._prepare is not None:
                 async with asyncio.timeout(budget), pool.acquire() as conn:
-                    await self._prepare(conn)
+                    await self._prepared(conn)
             if self.route_table is not None:
                 async with asyncio.timeout(budget), pool.acquire() as conn:
                     await self._read_routes(conn)
@@ -443,12 +444,50 @@ class Runner:
         logger.debug("connected to %s", redact(self._url or ""))
         opening.set_result(pool)
 
+    async def _prepared(self, conn: Connection) -> None:
+        """Run *prepare* (migrating, for the store) on a new pool's first connection. Its
+        failures are classified like a call's: preparing is safe to repeat (each migration
+        runs in its own transaction and is skipped once recorded), so a lost connection or a
+        rolled-back transaction is retried by the call that opened the pool, within its
+        deadline (raised as :class:`_Attempt`)."""
+        assert self._prepare is not None
+        try:
+            await self._prepare(conn)
+            if self.options.pgbouncer and self.statement_timeout() is not None:
+                await self._check_server_bound(conn)
+        except ConvostoreError:
+            raise
+        except Exception as exc:
+            raise self._failed(exc, conn) from exc
+
+    async def _check_server_bound(self, conn: Connection) -> None:
+        """Through pgbouncer no session setting holds, so the server bounds a statement only if
+        its role or database does (``ALTER ROLE ... SET statement_timeout``): say so if not."""
+        if await conn.fetchval("SHOW statement_timeout") in ("0", None):
+            logger.warning(
+                "the server has no statement_timeout for this role: a statement whose caller "
+                "gave up (and whose cancel is lost) may still commit; through pgbouncer, set "
+                "it on the role or the database (ALTER ROLE ... SET statement_timeout = '%ss')",
+                self.statement_timeout(),
+            )
+
     def _create_pool(self, url: str, budget: float | None, **overrides: Any) -> asyncpg.Pool:
         """An asyncpg pool (not yet initialised) built from the options; *overrides* replace
         some of its arguments (a node's host and port)."""
         o = self.options
         kwargs = dict(o.connect_kwargs)
         init = _connection_init(kwargs.pop("init", None), citus=not o.pgbouncer)
+        bound = self.statement_timeout()
+        if bound is not None and not o.pgbouncer:
+            # The server stops a statement its client gave up on by itself, even when the
+            # client's cancel request is lost on the way: else a statement waiting on a lock
+            # commits once the lock frees, after its caller was told it failed. Given in the
+            # startup packet, so no statement is spent on it. Not through pgbouncer, which
+            # refuses startup parameters it does not know (there each scoped transaction sets
+            # its own, see _attempt_cap). The caller's own server_settings take precedence.
+            settings = dict(kwargs.get("server_settings") or {})
+            settings.setdefault("statement_timeout", str(_milliseconds(bound)))
+            kwargs["server_settings"] = settings
         kwargs.update(
             min_size=o.min_size,
             max_size=o.max_size,
@@ -589,6 +628,25 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------------
 
+    def statement_timeout(self) -> float | None:
+        """Seconds the server lets one statement run (``None``: no bound): the command
+        timeout, or the call's deadline when that is shorter, since no attempt has more."""
+        bounds = [t for t in (self.options.command_timeout, self.retry.deadline) if t is not None]
+        return min(bounds) if bounds else None
+
+    def _attempt_cap(self, budget: float | None) -> float | None:
+        """The statement timeout a scoped transaction sets for itself (``None``: the session's
+        holds). Through pgbouncer always, since no session setting survives there; elsewhere
+        when the attempt has so much less than the session's bound left (a retry late in the
+        call) that the server would outlast the wait for its confirmation of a cancel. It
+        rides on the scope's own ``BEGIN``: no extra round trip."""
+        bound = self.statement_timeout()
+        if self.options.pgbouncer:
+            return _within(bound, budget)
+        if budget is not None and bound is not None and budget + _CANCEL_WAIT < bound:
+            return budget
+        return None
+
     def deadline(self) -> float | None:
         """The loop time by which a call starting now must end (``None``: no deadline)."""
         if self.retry.deadline is None:
@@ -650,21 +708,34 @@ class Runner:
             except _Attempt as failed:
                 if node is not None:
                     self._shun(node, failed.__cause__ or failed)
-                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
+                await attempts.failed(failed, retry=failed.failure in _RETRIED_WHILE_ACQUIRING)
                 continue
             # Known once a pool has opened (the store finds it out then).
-            call = _in_scope(fn, *scope, self.distributed) if scope is not None and self.row_security else fn
+            if scope is not None and self.row_security:
+                call = _in_scope(fn, *scope, self.distributed, self._attempt_cap(budget))
+            else:
+                call = fn
             lost: _Attempt | None = None
+            unreleased: Exception | None = None
             try:
                 async with asyncio.timeout(budget):
-                    return await call(conn)
+                    result = await call(conn)
             except ConvostoreError:
                 raise  # ours, raised on purpose inside fn: never retried
             except Exception as exc:
                 lost = self._failed(exc, conn)
             finally:
-                await _release(pool, conn, lost)
-            assert lost is not None
+                # After a failure, waiting (boundedly) for the server to confirm a cancel.
+                unreleased = await self._release(pool, conn, None if lost is None else _CANCEL_WAIT, attempts.what)
+            if lost is None:
+                return result
+            if unreleased is not None and lost.failure is Failure.TIMED_OUT:
+                # The server did not confirm that it stopped the statement: it may still
+                # commit (the connection is gone, so nothing will tell).
+                raise StoreTimeout(
+                    f"{attempts.what}: timed out, and the server did not confirm in {_CANCEL_WAIT}s that it "
+                    f"stopped the statement: it may have committed ({describe(lost.__cause__ or lost)})"
+                ) from unreleased
             if node is not None and lost.failure is Failure.CONNECTION_LOST:
                 self._shun(node, lost.__cause__ or lost)
             retry = lost.failure is Failure.ROLLED_BACK or (lost.failure is Failure.CONNECTION_LOST and idempotent)
@@ -673,13 +744,14 @@ class Runner:
     async def _acquire(
         self, budget: float | None, node_pool: asyncpg.Pool | None = None
     ) -> tuple[PoolConnectionProxy[Any], asyncpg.Pool]:
-        """One try at a connection (from *node_pool* if given, else the main pool) within
-        *budget*; raises :class:`_Attempt` (NOT_SENT)."""
+        """One try at a connection (from *node_pool* if given, else the main pool, opening and
+        preparing it first if need be) within *budget*; raises :class:`_Attempt` (NOT_SENT,
+        or how preparing the pool failed)."""
         try:
             pool = node_pool if node_pool is not None else await self.pool(budget)
             async with asyncio.timeout(_within(self.options.acquire_timeout, budget)):
                 conn = await pool.acquire()
-        except ConvostoreError:
+        except (ConvostoreError, _Attempt):
             raise
         except Exception as exc:
             raise _Attempt(classify(exc, None), None) from exc
@@ -710,7 +782,7 @@ class Runner:
                 conn, pool = await self._acquire(attempts.budget())
                 break
             except _Attempt as failed:
-                await attempts.failed(failed, retry=failed.failure is Failure.NOT_SENT)
+                await attempts.failed(failed, retry=failed.failure in _RETRIED_WHILE_ACQUIRING)
         try:
             async with conn.transaction():
                 if scope is not None and self.row_security:
@@ -722,7 +794,22 @@ class Runner:
             lost = self._failed(exc, conn)
             raise translate(exc, what, lost.failure, self.scrub, self.url) from exc
         finally:
-            await pool.release(conn, timeout=_CANCEL_WAIT)
+            await self._release(pool, conn, _CANCEL_WAIT, what)
+
+    async def _release(
+        self, pool: asyncpg.Pool, conn: PoolConnectionProxy[Any], wait: float | None, what: str
+    ) -> Exception | None:
+        """Give *conn* back to *pool* within *wait* seconds; return the error releasing raised, if
+        any (asyncpg has terminated the connection then, and the pool replaces it): never
+        raised as it is, a bare ``TimeoutError`` would reach the caller. asyncpg shields the
+        release itself, so a cancelled caller cannot leak the connection; a cancelled
+        statement's release first waits for the server to confirm the cancel."""
+        try:
+            await pool.release(conn, timeout=wait)
+        except Exception as exc:
+            logger.debug("%s: releasing the connection failed: %s", what, self.scrub(describe(exc)))
+            return exc
+        return None
 
 
 class _Attempts:
@@ -735,6 +822,11 @@ class _Attempts:
         self._session_id = session_id
         self._end = deadline if deadline is not None else runner.deadline()
         self._count = 0
+
+    @property
+    def what(self) -> str:
+        """The call's name, for its errors."""
+        return self._what
 
     @property
     def count(self) -> int:
@@ -781,22 +873,33 @@ def _literal(value: str) -> str:
     return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _scope_settings(tenant: str, user: str, distributed: bool) -> str:
-    """The statements that set a transaction's row-level security scope. SET LOCAL (not
-    set_config), which Citus propagates to the nodes the transaction involves when asked to."""
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _scope_settings(tenant: str, user: str, distributed: bool, statement_timeout: float | None = None) -> str:
+    """The statements that set a transaction's row-level security scope (and, if given, its
+    statement timeout). SET LOCAL (not set_config), which Citus propagates to the nodes the
+    transaction involves when asked to."""
     propagate = "SET LOCAL citus.propagate_set_commands = 'local'; " if distributed else ""
+    cap = "" if statement_timeout is None else f"; SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}"
     return (
         f"{propagate}SET LOCAL convostore.tenant_id = {_literal(tenant)}; "
-        f"SET LOCAL convostore.user_id = {_literal(user)}"
+        f"SET LOCAL convostore.user_id = {_literal(user)}{cap}"
     )
 
 
 def _in_scope(
-    fn: Callable[[Connection], Awaitable[T]], tenant: str, user: str, distributed: bool
+    fn: Callable[[Connection], Awaitable[T]],
+    tenant: str,
+    user: str,
+    distributed: bool,
+    statement_timeout: float | None = None,
 ) -> Callable[[Connection], Awaitable[T]]:
-    """*fn* in a transaction that first sets the row-level security scope; the transaction
-    ends with the call (an aborted one is rolled back when the pool takes the connection back)."""
-    begin = "BEGIN; " + _scope_settings(tenant, user, distributed)
+    """*fn* in a transaction that first sets the row-level security scope (and *statement_timeout*);
+    the transaction ends with the call (an aborted one is rolled back when the pool takes the
+    connection back)."""
+    begin = "BEGIN; " + _scope_settings(tenant, user, distributed, statement_timeout)
 
     async def scoped(conn: Connection) -> T:
         await conn.execute(begin)
@@ -811,12 +914,9 @@ def _in_scope(
 # before the connection is terminated instead.
 _CANCEL_WAIT = 2.0
 _SHUN = 30.0  # seconds a node that failed a routed call is left out
-
-
-async def _release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any], failed: _Attempt | None) -> None:
-    # asyncpg shields release itself, so a cancelled caller cannot leak the connection; after
-    # a timeout it first waits (boundedly) for the server to confirm the cancellation.
-    await pool.release(conn, timeout=_CANCEL_WAIT if failed is not None else None)
+# Failures of getting a connection that are retried: nothing was sent, or preparing a new pool
+# (which is safe to repeat) lost its connection or was rolled back.
+_RETRIED_WHILE_ACQUIRING = frozenset({Failure.NOT_SENT, Failure.CONNECTION_LOST, Failure.ROLLED_BACK})
 
 
 def _within(timeout: float | None, budget: float | None) -> float | None:

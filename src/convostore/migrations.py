@@ -16,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ._runner import Failure, classify
 from ._sql import APPEND_FUNCTION, APPEND_SHARDED_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError
@@ -465,6 +466,10 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
         if done:
             await _fit_to_citus(conn, quoted)  # a migration may have created a function again
     except asyncpg.PostgresError as exc:
+        if classify(exc, conn) is not Failure.STATEMENT:
+            # The connection or the server failed, not the migration: the runner retries it
+            # (a migration is skipped once recorded) or reports the timeout.
+            raise
         raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
     return done
 

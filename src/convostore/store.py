@@ -467,10 +467,18 @@ class PostgresSessionStore:
                 if chosen or attempts == 1:
                     raise SessionExists(f"session {sid!r} already exists") from None
                 # Our own new id, found on a retry: the first attempt committed unacknowledged.
-                rows = await conn.fetch(self._q.get_session, self._tenant, sid)
-                return rows[0]
+                # Read it back in a call of its own: here the statement's transaction (the
+                # row-level security scope's, if any) is aborted, and its COMMIT rolls back.
+                return None
 
         row = await self._write("create_session", create, session_id=sid)
+        if row is None:
+            rows = await self._run(
+                "create_session", partial(_fetch, self._q.get_session, (self._tenant, sid)), session_id=sid
+            )
+            if not rows:
+                raise SessionNotFound(f"session {sid!r} was created, then deleted before it could be read back")
+            row = rows[0]
         return session_from_row(row)
 
     async def get_session(self, session_id: str) -> Session | None:
