@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 from rich.table import Table
 
+from . import server as server_side
 from . import workloads as w
 from ._common import cell, console, ratio_cell, spread, verdict
 from .systems import SYSTEMS, System
@@ -48,15 +49,18 @@ WINDOW_TARGET = 1.25  # a window read / the plain last-20 read, same run
 # convostore's LangChain adapter beside langchain-postgres: (workload, higher is better).
 LANGCHAIN_ROWS = (("W1 sequential appends", True), ("W4 last 20 of long session", False), ("W5 whole session", False))
 W2B = "W2b 32 tasks, one session"
+W1_CPU = "W1 client CPU per append"
+SEED_TARGET = 1.5  # W1: convostore / the seed's store, same run
 # (workload, unit, higher is better, target ratio to the floor or None)
 ROWS: list[tuple[str, str, bool, float | None]] = [
-    ("W1 sequential appends", "/s", True, 0.8),
+    ("W1 sequential appends", "/s", True, 0.6),
+    (W1_CPU, "us", False, 1.5),
     ("W2 1 task", "/s", True, None),
     ("W2 8 tasks", "/s", True, None),
-    ("W2 32 tasks", "/s", True, 3.0),
-    ("W2 128 tasks", "/s", True, 5.0),
+    ("W2 32 tasks", "/s", True, 1.5),
+    ("W2 128 tasks", "/s", True, 2.0),
     (W2B, "/s", True, 1.0),
-    ("W3 batch", "msg/s", True, 0.8),
+    ("W3 batch", "msg/s", True, 0.6),
     ("W4 last 20 of long session", "ms p50", False, 1.25),
     ("W5 whole session", "ms p50", False, 1.25),
     ("W6 10 recent sessions", "ms p50", False, 1.25),
@@ -88,6 +92,7 @@ async def run_system(name: str, url: str, sizes: w.Sizes, pool: int, extras: boo
     try:
         started = time.perf_counter()
         out["W1 sequential appends"] = await w.w1_sequential(system, sizes)
+        out[W1_CPU] = await w.w1_client_cpu(system, sizes)
         for tasks in sizes.w2_tasks:
             out[f"W2 {tasks} task" + ("s" if tasks > 1 else "")] = await w.w2_concurrent(system, sizes, tasks)
         out[W2B] = await w.w2b_one_session(system, sizes)
@@ -209,6 +214,12 @@ def report(results: dict[str, list[dict[str, Any]]], sizes: w.Sizes, meta: dict[
     costs = cost_table(results, several)
     windows = window_table(results)
     langchain = langchain_table(results, medians)
+
+    seed = _per_run_ratios(results, "convostore", "seed").get("W1 sequential appends")
+    if seed:
+        met, shown = verdict(statistics.median(seed), SEED_TARGET, True)
+        verdicts["W1 vs the seed"] = met
+        console.print(f"convostore vs the seed's store, W1: {ratio_cell(seed)} (target >= {SEED_TARGET}x) {shown}")
 
     peer = "sqlalchemy-sdk"
     versus_peer: dict[str, float] = {}
@@ -446,7 +457,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             console.print(f"  pgbench: {pgbench_runs}", style="dim")
     if args.pgbench:
         meta["pgbench_runs"] = pgbench_runs
-    return report(results, sizes, meta) | {"_results": results}
+    data = report(results, sizes, meta)
+    if args.pgbench:  # once, after the systems: the statements' server side
+        served = await asyncio.to_thread(server_side.measure, url, seconds=2 if args.size == "tiny" else 8)
+        if served:
+            console.print(server_side.table(served))
+            data["server_side"] = {label: {str(n): v for n, v in row.items()} for label, row in served.items()}
+    return data | {"_results": results}
 
 
 def _write_json(out: Path, kind: str, data: dict[str, Any]) -> Path:

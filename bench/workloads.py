@@ -90,6 +90,17 @@ async def w1_sequential(system: System, sizes: Sizes) -> float:
     return sizes.w1_appends / (time.perf_counter() - start)
 
 
+async def w1_client_cpu(system: System, sizes: Sizes) -> float:
+    """W1's client side: microseconds of this process's CPU per sequential append (the
+    server's time not included; the client and the server share the machine)."""
+    sid = await system.new_session("w1-cpu")
+    await system.append(sid, "warm-up")
+    start = time.process_time()
+    for i in range(sizes.w1_appends):
+        await system.append(sid, f"sequential message {i}")
+    return (time.process_time() - start) / sizes.w1_appends * 1e6
+
+
 async def w2_concurrent(system: System, sizes: Sizes, tasks: int) -> float:
     """W2: appends/s with *tasks* concurrent writers, each on its own session."""
     sessions = [await system.new_session("w2") for _ in range(tasks)]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def test_benchmark_suite_runs_at_tiny_size(database_url: str, tmp_path: Path) ->
     assert {"floor", "convostore", "convostore-rls", "convostore-sealed", "convostore-sdk", "seed"} <= set(systems)
     workloads = (
         "W1 sequential appends",
+        "W1 client CPU per append",
         "W2b 32 tasks, one session",
         "W3 batch",
         "W4 last 20 of long session",
@@ -108,3 +110,25 @@ def test_api_load_mode_runs(database_url: str, tmp_path: Path) -> None:
     assert data["api_appends_per_s"] > 0
     assert data["library_appends_per_s"] > 0
     assert "API / library" in done.stdout
+
+
+@pytest.mark.single_node
+async def test_the_server_side_statements_append_what_they_say(database_url: str) -> None:
+    """bench.server's pgbench scripts, run once each with the values pgbench would give."""
+    from bench import server
+
+    await server._drop(database_url)
+    await server._prepare(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for n, statement in enumerate(server.statements(server.SCHEMA), start=1):
+            await conn.execute(statement.sql.replace(":s", "7").replace(":r", str(n)))
+        q = f'"{server.SCHEMA}"'
+        assert await conn.fetchval(f"SELECT count(*) FROM {q}.floor_messages") == 1
+        assert await conn.fetchval(f"SELECT last_seq FROM {q}.floor_sessions WHERE id = 's7'") == 1
+        stored = await conn.fetch(f"SELECT seq, id FROM {q}.conversation_messages WHERE session_id = 's7' ORDER BY seq")
+        assert [(r["seq"], r["id"]) for r in stored] == [(1, "m3"), (2, "m4"), (3, "m5")]
+        assert await conn.fetchval(f"SELECT last_seq FROM {q}.agent_sessions WHERE id = 's7'") == 3
+    finally:
+        await conn.close()
+        await server._drop(database_url)
