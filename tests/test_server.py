@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -24,9 +25,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from convostore import NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage
+from convostore import InvalidIdentifier, NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage
 from convostore.keys import create_key, revoke_key
 from convostore.server import create_app
+from convostore.server.ui import csrf_token
 
 from .conftest import QueryCounter
 
@@ -237,10 +239,12 @@ async def test_a_user_key_never_sees_another_users_data(api: Api) -> None:
     listed = await api.get("/v1/sessions", alice)
     assert [s["id"] for s in listed.json()["items"]] == [alice_sid]
     assert_problem(await api.get("/v1/sessions", alice, user_id="bob"), 403, "forbidden")
-    assert_problem(await api.get(f"/v1/sessions/{bob_sid}", alice), 403, "forbidden")
-    assert_problem(await api.get(f"/v1/sessions/{bob_sid}/messages", alice), 403, "forbidden")
-    assert_problem(await api.post(f"/v1/sessions/{bob_sid}/messages", _batch("x"), alice), 403, "forbidden")
-    assert_problem(await api.delete(f"/v1/sessions/{bob_sid}", alice), 403, "forbidden")
+    assert_problem(await api.get(f"/v1/sessions/{bob_sid}", alice), 404, "session-not-found")
+    assert_problem(await api.get(f"/v1/sessions/{bob_sid}/messages", alice), 404, "session-not-found")
+    assert_problem(await api.post(f"/v1/sessions/{bob_sid}/messages", _batch("x"), alice), 404, "session-not-found")
+    assert_problem(await api.delete(f"/v1/sessions/{bob_sid}", alice), 404, "session-not-found")
+    as_bob = _batch("x") | {"user_id": "bob"}
+    assert_problem(await api.post(f"/v1/sessions/{alice_sid}/messages", as_bob, alice), 403, "forbidden")
     assert_problem(await api.delete("/v1/users/bob", alice), 403, "forbidden")
     assert_problem(await api.get("/v1/export", alice, session_id=bob_sid), 404)  # not among hers
     hits = (await api.get("/v1/search", alice, q="kettle")).json()["items"]
@@ -255,6 +259,47 @@ async def test_a_user_key_never_sees_another_users_data(api: Api) -> None:
     created = await api.post("/v1/sessions", {"agent_name": "support"}, alice)
     assert created.json()["user_id"] == "alice"
     assert_problem(await api.post("/v1/sessions", {"agent_name": "a", "user_id": "bob"}, alice), 403)
+
+
+async def test_another_users_session_answers_as_one_that_does_not_exist(api: Api) -> None:
+    _, bob_sid = await _two_users(api.store)
+    await api.store.fork_session(bob_sid, "what-if")
+    alice = await api.key(user="alice")
+    csrf = csrf_token(alice)
+    pages = {"Cookie": f"convostore_key={alice}"}  # signed in to the browser
+
+    async def answers(sid: str) -> list[tuple[int, str]]:
+        path, page = f"/v1/sessions/{quote(sid, safe='')}", f"/ui/sessions/{quote(sid, safe='')}"
+        responses = [
+            await api.get(path, alice),
+            await api.get(f"{path}/messages", alice),
+            await api.get(f"{path}/messages", alice, branch="what-if"),
+            await api.get(f"{path}/messages", alice, branch="nope"),
+            await api.post(f"{path}/messages", _batch("x"), alice),
+            await api.post(f"{path}/messages", _batch("x") | {"branch": "what-if"}, alice),
+            await api.delete(path, alice),
+            await api.get("/v1/export", alice, session_id=sid),
+            await api.get("/v1/search", alice, q="kettle", session_id=sid),
+            await api.get("/v1/usage", alice, session_id=sid),
+            await api.client.get(page, headers=pages),
+            await api.client.get(page, params={"branch": "what-if"}, headers=pages),
+            await api.client.get(f"{page}/delete", headers=pages),
+            await api.client.post(f"{page}/delete", data={"csrf": csrf}, headers=pages),
+            await api.client.get("/ui/export", params={"session_id": sid}, headers=pages),
+        ]
+        return [(r.status_code, r.text.replace(repr(sid), "<sid>").replace(sid, "<sid>")) for r in responses]
+
+    missing = await answers("nobody-has-this-one")
+    assert await answers(bob_sid) == missing
+    assert {status for status, _ in missing} == {404, 200}  # search and usage: nothing found
+    # Creating with an id already taken is refused whoever holds it: ids are unique in a tenant.
+    taken = await api.post("/v1/sessions", {"id": bob_sid, "agent_name": "a"}, alice)
+    assert_problem(taken, 409, "session-exists")
+    assert "bob" not in taken.text
+    appended = await api.post(f"/v1/sessions/{bob_sid}/messages", _batch("x") | {"user_id": "alice"}, alice)
+    assert_problem(appended, 404, "session-not-found")
+    # Bob's session is untouched.
+    assert [m.content for m in await api.store.get_messages(bob_sid)] == ["my refund for the red kettle"]
 
 
 async def test_another_tenants_key_sees_nothing_of_this_tenant(api: Api) -> None:
@@ -299,6 +344,75 @@ async def test_sessions_are_created_read_listed_and_deleted(api: Api) -> None:
     assert (await api.client.delete("/v1/sessions/s%2F1%20%C3%A9", headers=auth(api.admin))).status_code == 204
     assert_problem(await api.client.delete("/v1/sessions/s%2F1%20%C3%A9", headers=auth(api.admin)), 404)
     assert_problem(await api.get("/v1/sessions/nope"), 404, "session-not-found")
+
+
+# Ids of every character class a URL treats specially, with their look-alikes: each must name
+# its own session through every route (and a sibling such as "report" must never answer for
+# "report/delete").
+AWKWARD_IDS = [
+    "report", "report/delete", "s", "s/messages", "s/messages/x", "a%2Fb", "a/b", "100%", "%", "%25", "a?b=c",
+    "a#b", "#", "?", "..x", "...", "a/../b", "./a", "/lead", "trail/", "a//b", "with space", " padded ", "padded",
+    "quote\"s 'and' `ticks`", "back\\slash", "+;,=&@:$!*()[]{}<>|^~", "é日本語🙂", "\u202eright-to-left",
+    "x" * 255, "é" * 255,
+]  # fmt: skip
+
+
+async def test_every_id_names_its_own_session_through_every_route(api: Api) -> None:
+    locations = {}
+    for n, sid in enumerate(AWKWARD_IDS):
+        created = await api.post("/v1/sessions", {"id": sid, "user_id": "alice", "agent_name": "a"})
+        assert created.status_code == 201, (sid, created.text)
+        location = created.headers["location"]
+        assert location == "/v1/sessions/" + quote(sid, safe="")
+        locations[sid] = location
+        appended = await api.post(f"{location}/messages", _batch(f"hello number{n}"))
+        assert appended.status_code == 201, (sid, appended.text)
+        assert appended.json()["items"][0]["session_id"] == sid
+        # A branch named like the session: branch names travel in query strings.
+        await api.store.fork_session(sid, sid, at_seq=0)
+        await api.post(f"{location}/messages", _batch(f"branched number{n}") | {"branch": sid})
+        await api.store.record_usage(sid, TurnUsage(input_tokens=n + 1))
+    for n, sid in enumerate(AWKWARD_IDS):
+        location = locations[sid]
+        fetched = await api.client.get(location, headers=auth(api.admin))
+        assert (fetched.status_code, fetched.json()["id"]) == (200, sid)
+        messages = (await api.client.get(f"{location}/messages", headers=auth(api.admin))).json()["items"]
+        assert [m["content"] for m in messages] == [f"hello number{n}"], sid
+        branched = (await api.get(f"{location}/messages", branch=sid)).json()["items"]
+        assert [(m["content"], m["branch"]) for m in branched] == [(f"branched number{n}", sid)]
+        lines = [json.loads(line) for line in (await api.get("/v1/export", session_id=sid)).text.splitlines()]
+        assert {line.get("session_id", line.get("id")) for line in lines} == {sid}
+        hits = (await api.get("/v1/search", q=f"number{n}", session_id=sid)).json()["items"]
+        assert {h["session_id"] for h in hits} == {sid}
+        usage = (await api.get("/v1/usage", session_id=sid)).json()["items"]
+        assert [(u["key"], u["input_tokens"]) for u in usage] == [(sid, n + 1)]
+    # "s%2Fmessages" is the session "s/messages", not the messages of "s".
+    assert (await api.get("/v1/sessions/s%2Fmessages")).json()["id"] == "s/messages"
+    # Deleting each leaves every other one.
+    remaining = set(AWKWARD_IDS)
+    for sid in ["report/delete", "s/messages", *AWKWARD_IDS]:
+        if sid not in remaining:
+            continue
+        assert (await api.client.delete(locations[sid], headers=auth(api.admin))).status_code == 204, sid
+        remaining.discard(sid)
+        assert set(ids(await api.get("/v1/sessions", limit=500))) == remaining, sid
+        assert_problem(await api.client.get(locations[sid], headers=auth(api.admin)), 404, "session-not-found")
+
+
+async def test_ids_no_url_can_carry_are_refused_when_created(api: Api) -> None:
+    # "." and ".." are removed from URLs by clients and browsers ("/sessions/./messages" would
+    # reach the session "messages"): never the id of a new session.
+    for sid in (".", ".."):
+        refused = await api.post("/v1/sessions", {"id": sid, "user_id": "alice", "agent_name": "a"})
+        assert_problem(refused, 400, "invalid-input")
+        with pytest.raises(InvalidIdentifier):
+            await api.store.create_session("alice", "a", session_id=sid)
+        with pytest.raises(InvalidIdentifier):
+            await api.store.add_messages(sid, [NewMessage("user", "hi")], user_id="alice")
+    assert ids(await api.get("/v1/sessions")) == []
+    # A path that is no UTF-8 once decoded names no session.
+    assert_problem(await api.get("/v1/sessions/%FF"), 400, "invalid-input")
+    assert_problem(await api.get("/v1/sessions/a%C3"), 400, "invalid-input")
 
 
 async def test_sessions_page_by_cursor_and_filter(api: Api) -> None:
@@ -592,6 +706,39 @@ async def test_every_error_is_a_problem(api: Api, database_url: str, schema_name
         await closing.close()
         body = assert_problem(await served.get("/v1/sessions"), 503, "database-unavailable")
         assert "closed" not in body["detail"]
+
+
+async def test_json_nested_too_deep_is_a_422(api: Api) -> None:
+    session = await api.store.create_session("alice", "a")
+    deep = "[" * 2000 + "]" * 2000
+    listed = assert_problem(await api.get("/v1/sessions", metadata='{"a":' + deep + "}"), 422, "validation-error")
+    assert listed["errors"][0]["loc"] == ["query", "metadata"]
+    assert "100 levels" in listed["errors"][0]["msg"]
+    raw = '{"messages": [{"role": "item", "raw": ' + deep + "}]}"
+    for path, body in [
+        (f"/v1/sessions/{session.id}/messages", raw),
+        ("/v1/sessions", '{"user_id": "alice", "agent_name": "a", "metadata": {"a": ' + deep + "}}"),
+    ]:
+        refused = await api.client.post(
+            path, content=body, headers=auth(api.admin, **{"content-type": "application/json"})
+        )
+        assert assert_problem(refused, 422, "validation-error")["errors"][0]["loc"] == ["body"]
+    # Brackets inside strings are text, and a hundred levels are fine.
+    nested: Any = "[[[[" * 500
+    for _ in range(95):
+        nested = [nested]
+    stored = await api.post(f"/v1/sessions/{session.id}/messages", {"messages": [{"role": "item", "raw": nested}]})
+    assert stored.status_code == 201, stored.text
+    assert (await api.get(f"/v1/sessions/{session.id}/messages")).json()["items"][0]["raw"] == nested
+    # A cursor of nested brackets is no cursor of ours.
+    cursor = base64.urlsafe_b64encode(b"[" * 1050).decode().rstrip("=")
+    assert_problem(await api.get("/v1/sessions", before=cursor), 400, "bad-cursor")
+
+
+async def test_the_root_leads_to_the_browser(api: Api) -> None:
+    root = await api.client.get("/")
+    assert root.status_code == 303
+    assert root.headers["location"] == "/ui/sessions"
 
 
 async def test_sealed_messages_without_their_key_are_a_500_that_says_nothing(

@@ -50,6 +50,20 @@ def identifier(value: object, what: str) -> str:
     return value
 
 
+# No URL can carry "." or ".." as a path segment: clients and browsers remove them (RFC 3986,
+# and "%2E" too for browsers), so "/sessions/./messages" reaches the session "messages". A
+# session is therefore never created with one of them as its id.
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def new_session_id(value: object, what: str = "session_id") -> str:
+    """The id of a session about to be created: an identifier other than ``.`` and ``..``."""
+    sid = identifier(value, what)
+    if sid in _DOT_SEGMENTS:
+        raise InvalidIdentifier(f"{what} must not be {sid!r} (no URL can name it: it reads as a path step)")
+    return sid
+
+
 def optional_identifier(value: object, what: str) -> str | None:
     return None if value is None else identifier(value, what)
 

@@ -446,7 +446,7 @@ class PostgresSessionStore:
         if ttl is not None and expires_in is not None:
             raise InvalidInput("give ttl (a sliding expiry) or expires_in (a fixed one), not both")
         chosen = session_id is not None
-        sid = check.identifier(session_id, "session_id") if chosen else str(uuid.uuid4())
+        sid = check.new_session_id(session_id) if chosen else str(uuid.uuid4())
         args = (
             self._tenant,
             sid,
@@ -654,7 +654,8 @@ class PostgresSessionStore:
         *branch* is the branch written to (see :meth:`fork_session`); one the session does not
         have raises :class:`BranchNotFound`.
         """
-        sid = check.identifier(session_id, "session_id")
+        # With user_id the append may create the session.
+        sid = check.identifier(session_id, "session_id") if user_id is None else check.new_session_id(session_id)
         line = check.identifier(branch, "branch")
         owner = self.acting_user(user_id)
         agent = check.identifier(agent_name, "agent_name") if user_id is not None else None

@@ -212,7 +212,7 @@ def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
         if not isinstance(metadata, dict):
             raise ImportFileError(line, "metadata must be an object")
         return (
-            check.identifier(obj.get("id"), "id"),
+            check.new_session_id(obj.get("id"), "id"),
             check.scope_name(obj.get("user_id"), "user_id"),
             check.identifier(obj.get("agent_name"), "agent_name"),
             check.metadata(metadata),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
@@ -24,7 +26,7 @@ from ..store import PostgresSessionStore
 from ..transfer import export_jsonl
 from .auth import TENANT_HEADER, Authenticator, Principal
 from .paging import CURSOR_PATTERN, decode_cursor, encode_cursor, parse_time
-from .problems import ApiProblem, api_responses, problem_response, responses
+from .problems import ApiProblem, api_responses, problem_response, responses, session_not_found
 from .schemas import (
     ID_PATTERN,
     MAX_ID,
@@ -44,6 +46,8 @@ from .schemas import (
     SessionPage,
     UsageOut,
     UsagePage,
+    json_too_deep,
+    too_deep_issue,
 )
 
 MAX_SEQ = 2**63 - 1
@@ -96,7 +100,23 @@ def _time_query(description: str) -> object:
     return Query(max_length=64, description=description, json_schema_extra={"format": "date-time"})
 
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+class DepthCheckedRoute(APIRoute):
+    """A route whose JSON body is refused (422) when nested deeper than the decoders can
+    go, before anything parses it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            # The body is read once: Starlette keeps it for the handler's own parsing.
+            if request.method in ("POST", "PUT", "PATCH") and json_too_deep(await request.body()):
+                raise RequestValidationError([too_deep_issue("body")])
+            return await handler(request)
+
+        return checked
+
+
+router = APIRouter(prefix="/v1", tags=["v1"], route_class=DepthCheckedRoute)
 health = APIRouter(tags=["health"])
 
 
@@ -131,6 +151,8 @@ async def list_sessions(
     keyset-paginated (`next` is an opaque cursor for `before`)."""
     contains = None
     if metadata is not None:
+        if json_too_deep(metadata.encode("utf-8", "surrogatepass")):
+            raise RequestValidationError([too_deep_issue("query", "metadata")])
         try:
             contains = json.loads(metadata)
         except ValueError:
@@ -175,8 +197,9 @@ async def create_session(principal: Auth, body: SessionIn, response: Response) -
 
 # -- messages ---------------------------------------------------------------------------------
 
-# Ids may hold "/" (a framework's own ids do), hence the ":text" converters; the routes of a
-# session's messages come first, so that ".../messages" is never read as part of an id.
+# Ids may hold "/" (a framework's own ids do): a session id is one path segment, encoded with
+# quote(id, safe="") as in the Location header, and the ":text" converter decodes exactly that
+# segment (the application routes on the path as sent: see .middleware.SegmentPaths).
 
 
 @router.get("/sessions/{session_id:text}/messages", response_model=MessagePage, responses=api_responses(400, 404))
@@ -228,6 +251,10 @@ async def append_messages(principal: Auth, session_id: SessionId, body: AppendIn
     retry blindly. Reusing an id for a different message is a 409. With `user_id`, the session
     is created on first write.
     """
+    owner = principal.view.user
+    if body.user_id is not None and owner is not None and body.user_id != owner:
+        # Refused whatever the session: answered here, before the session is looked at.
+        raise ApiProblem(403, "forbidden", "Forbidden", f"this key acts for user {owner!r}, not {body.user_id!r}")
     ids = [m.id for m in body.messages if m.id is not None]
     if len(set(ids)) != len(ids):
         raise ApiProblem(
@@ -255,7 +282,7 @@ async def get_session(principal: Auth, session_id: SessionId) -> SessionOut:
     """One session, without its messages (`message_count` counts those of its main branch)."""
     session = await principal.view.get_session(session_id)
     if session is None:
-        raise ApiProblem(404, "session-not-found", "Session not found", f"session {session_id!r} does not exist")
+        raise session_not_found(session_id)
     return SessionOut.of(session)
 
 
@@ -268,7 +295,7 @@ async def get_session(principal: Auth, session_id: SessionId) -> SessionOut:
 async def delete_session(principal: Auth, session_id: SessionId) -> Response:
     """Delete a session and all its messages (audited)."""
     if not await principal.view.delete_session(session_id):
-        raise ApiProblem(404, "session-not-found", "Session not found", f"session {session_id!r} does not exist")
+        raise session_not_found(session_id)
     return Response(status_code=204)
 
 

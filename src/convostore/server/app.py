@@ -16,7 +16,7 @@ from ..errors import ConvostoreError
 from ..store import PostgresSessionStore
 from . import api, problems, ui
 from .auth import Authenticator
-from .middleware import BodyLimit, RequestSpans, SecurityHeaders
+from .middleware import BodyLimit, RequestSpans, SecurityHeaders, SegmentPaths
 
 logger = logging.getLogger("convostore.server")
 
@@ -85,7 +85,9 @@ def create_app(
     app.include_router(api.router)
     app.include_router(api.health)
     ui.mount(app)
-    # Outermost last: the span covers everything, then the headers, then the body limit.
+    # Outermost last: the span covers everything, then the headers, then the body limit,
+    # then the path routed on.
+    app.add_middleware(SegmentPaths)
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestSpans)

@@ -1,5 +1,5 @@
-"""ASGI middleware of the server: security headers, a bound on request bodies, and an
-OpenTelemetry span per request.
+"""ASGI middleware of the server: routing on the path as sent, security headers, a bound on
+request bodies, and an OpenTelemetry span per request.
 
 Written as plain ASGI (not Starlette's ``BaseHTTPMiddleware``) so that streamed responses
 (the export) pass through without being buffered.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +38,41 @@ _HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 STATIC_PREFIX = "/ui/static/"
+
+
+class SegmentPaths:
+    """Routes on the path as the client sent it, one percent-encoded segment at a time.
+
+    ASGI servers hand the application a decoded ``path``, in which ``/sessions/a%2Fb`` and
+    ``/sessions/a/b`` are the same string: an id holding ``/`` would then reach another
+    route, or another session (``report%2Fdelete`` read as the delete page of ``report``).
+    Here ``path`` becomes ``raw_path`` with each segment decoded and re-encoded canonically
+    (``quote(segment, safe='')``), so a segment's own ``/`` and ``%`` stay escaped and
+    ``{id:text}`` routes decode exactly one segment (see :mod:`.schemas`). A path that is not
+    UTF-8 once decoded names no id at all: a 400 problem.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path")
+        if raw is None:  # a server without raw_path: its decoded path is all there is
+            raw = quote(scope["path"]).encode()
+        segments = []
+        for segment in bytes(raw).split(b"/"):
+            decoded = unquote_to_bytes(segment)
+            try:
+                decoded.decode("utf-8")
+            except UnicodeDecodeError:
+                await _problem(send, 400, "invalid-input", "Invalid input", "the path is not UTF-8 once decoded")
+                return
+            segments.append(quote(decoded, safe=""))
+        scope["path"] = "/".join(segments)
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -121,16 +157,15 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "type": TYPE_BASE + "content-too-large",
-            "title": "Content too large",
-            "status": 413,
-            "detail": f"the request body is larger than {limit} bytes",
-        }
-    ).encode()
+    await _problem(
+        send, 413, "content-too-large", "Content too large", f"the request body is larger than {limit} bytes"
+    )
+
+
+async def _problem(send: Send, status: int, slug: str, title: str, detail: str) -> None:
+    body = json.dumps({"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail}).encode()
     headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

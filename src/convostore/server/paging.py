@@ -31,7 +31,9 @@ def decode_cursor(token: str) -> SessionCursor:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value = json.loads(raw.decode())
-    except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: "[[[[..." nested
+    # past what the decoder can go.
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise _bad_cursor("not base64url-encoded JSON") from exc
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
         raise _bad_cursor("not a position")

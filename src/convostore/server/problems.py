@@ -33,6 +33,7 @@ from ..errors import (
     SchemaNotReady,
     SessionExists,
     SessionNotFound,
+    SessionOwnershipError,
     StoreClosed,
     StoreTimeout,
     StoreUnavailable,
@@ -80,6 +81,12 @@ class ApiProblem(Exception):
         self.title = title
         self.detail = detail
         self.headers = dict(headers or {})
+
+
+def session_not_found(session_id: str) -> ApiProblem:
+    """404 for a session the key cannot see: one that does not exist and another user's are
+    answered alike, so that a key cannot tell whether another user's session exists."""
+    return ApiProblem(404, "session-not-found", "Session not found", f"session {session_id!r} does not exist")
 
 
 def unauthorized(detail: str) -> ApiProblem:
@@ -195,6 +202,10 @@ def install(app: FastAPI, *, html: HtmlErrors | None = None, html_prefix: str = 
 
     async def on_convostore(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ConvostoreError)
+        session_id = request.path_params.get("session_id")
+        if isinstance(session_id, str) and isinstance(exc, (SessionNotFound, SessionOwnershipError)):
+            # The library says whose session it is; a route naming a session does not.
+            return await on_problem(request, session_not_found(session_id))
         return await respond(request, *_classify(exc))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
@@ -234,8 +245,8 @@ def install(app: FastAPI, *, html: HtmlErrors | None = None, html_prefix: str = 
 _DESCRIPTIONS = {
     400: "The store refused an argument (`invalid-input`) or the paging cursor is not one of ours (`bad-cursor`).",
     401: "No API key, or not a valid one (`unauthorized`); sent with `WWW-Authenticate: Bearer`.",
-    403: "The key may not do this: another user's session or another tenant (`forbidden`).",
-    404: "No such session (`session-not-found`) or branch (`branch-not-found`).",
+    403: "The key may not do this: another user's data or another tenant (`forbidden`).",
+    404: "No such session, or another user's (`session-not-found`), or no such branch (`branch-not-found`).",
     409: "The request conflicts with what is stored (`session-exists`, `duplicate-message-id`).",
     413: "The request body is larger than the server accepts (`content-too-large`).",
     422: "The request does not match this API's schema (`validation-error`, with `errors`).",

@@ -7,8 +7,10 @@ store accepts, and the reverse.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 from starlette.convertors import Convertor, register_url_convertor
@@ -36,21 +38,55 @@ NON_BLANK_PATTERN = rf"^[\s\S]*[^{_SPACE}][\s\S]*$"
 MAX_ID = 255
 
 
-class _AnyText(Convertor[str]):
-    """``{name:text}`` in a route: any characters, slashes and line breaks included, so that
-    every id reaches its handler, where a malformed one is refused with a 400, rather than
-    missing the route with a 404 (Starlette's ``path`` stops at a line break)."""
+class _Segment(Convertor[str]):
+    """``{name:text}`` in a route: one path segment, percent-decoded. The application routes
+    on the path as sent (see :class:`.middleware.SegmentPaths`), so an id holding ``/``
+    (``%2F``), ``%`` or a line break is one segment and reaches its handler whole, where a
+    malformed one is refused with a 400; it is never read as more of the route."""
 
-    regex = "(?s:.+)"
+    regex = "[^/]+"
 
     def convert(self, value: str) -> str:
-        return value
+        # Valid UTF-8 by now: SegmentPaths refuses any other path.
+        return unquote(value, errors="strict")
 
     def to_string(self, value: str) -> str:
-        return value
+        return quote(value, safe="")
 
 
-register_url_convertor("text", _AnyText())
+register_url_convertor("text", _Segment())
+MAX_JSON_DEPTH = 100  # nesting levels of a request's JSON (a body, ?metadata=)
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text *data* nests arrays and objects more than *limit* levels deep.
+
+    Checked on the text before it is parsed: Python's decoder, pydantic and the response
+    encoder all recurse once per level, so a body nested a few thousand levels deep would
+    otherwise end in a RecursionError (a 500) somewhere on the way.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:  # the common case, at C speed
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def too_deep_issue(*loc: str) -> dict[str, Any]:
+    """The validation issue of JSON nested deeper than :data:`MAX_JSON_DEPTH`."""
+    return {"loc": loc, "msg": f"JSON nested more than {MAX_JSON_DEPTH} levels deep", "type": "json_too_deep"}
+
+
 MAX_CONTENT = 1_000_000  # characters of one message's content
 MAX_MESSAGES = 1000  # messages in one append
 MAX_TOOL_CALLS = 128

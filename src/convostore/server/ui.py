@@ -39,7 +39,7 @@ from .api import jsonl_export
 from .auth import Authenticator, view_for
 from .conversation import entries, title_of, utc_text
 from .paging import decode_cursor, encode_cursor
-from .problems import ApiProblem
+from .problems import ApiProblem, session_not_found
 from .schemas import snippet_parts
 
 HERE = Path(__file__).parent
@@ -147,6 +147,11 @@ def _check_csrf(viewer: Viewer, form: Mapping[str, Any]) -> None:
 def _param(request: Request, name: str) -> str | None:
     value = request.query_params.get(name)
     return value.strip() or None if value is not None else None
+
+
+def _id_param(request: Request, name: str) -> str | None:
+    # An id exactly as given: " a " and "a" are two sessions (or branches).
+    return request.query_params.get(name) or None
 
 
 def _seq_param(request: Request, name: str) -> int | None:
@@ -315,11 +320,11 @@ async def _read_page(
 
 
 @router.get("/sessions/{session_id:text}/delete")
-async def delete_confirm(request: Request, session_id: str, viewer: SignedIn) -> Response:
+async def delete_confirm(session_id: str, viewer: SignedIn) -> Response:
     """Ask before deleting a session."""
     session = await viewer.view.get_session(session_id)
     if session is None:
-        raise ApiProblem(404, "session-not-found", "Session not found", "this session does not exist (any more)")
+        raise session_not_found(session_id)
     title = title_of(session.metadata, session.id)
     return render(
         "confirm.html",
@@ -331,10 +336,10 @@ async def delete_confirm(request: Request, session_id: str, viewer: SignedIn) ->
             f"({_count(session.message_count, 'message')}) will be deleted for good, with all its branches.",
             "This cannot be undone. Export the session first if you may need it.",
         ],
-        action=request.url.path,
+        action=_session_url(session.id, "delete"),
         button="Delete permanently",
         danger=True,
-        cancel=request.url.path.removesuffix("/delete"),
+        cancel=_session_url(session.id),
     )
 
 
@@ -343,7 +348,7 @@ async def delete(request: Request, session_id: str, viewer: SignedIn) -> Respons
     """Delete a session (after the confirmation page)."""
     _check_csrf(viewer, await request.form(max_files=0, max_fields=5))
     if not await viewer.view.delete_session(session_id):
-        raise ApiProblem(404, "session-not-found", "Session not found", "this session does not exist (any more)")
+        raise session_not_found(session_id)
     return RedirectResponse("/ui/sessions?deleted=1", status_code=303)
 
 
@@ -353,8 +358,8 @@ async def conversation(request: Request, session_id: str, viewer: SignedIn) -> R
     view = viewer.view
     session = await view.get_session(session_id)
     if session is None:
-        raise ApiProblem(404, "session-not-found", "Session not found", "this session does not exist (any more)")
-    branch = _param(request, "branch") or "main"
+        raise session_not_found(session_id)
+    branch = _id_param(request, "branch") or "main"
     raw = _param(request, "raw") == "1"
     before, after, at = _seq_param(request, "before"), _seq_param(request, "after"), _seq_param(request, "at")
     if at is not None:  # a search hit: start a little before it
@@ -370,13 +375,22 @@ async def conversation(request: Request, session_id: str, viewer: SignedIn) -> R
     def link(**changes: Any) -> str:
         params = {"branch": branch if branch != "main" else None, "raw": "1" if raw else None, **changes}
         query = urlencode({k: v for k, v in params.items() if v is not None})
-        return request.url.path + (f"?{query}" if query else "")
+        return _session_url(session.id) + (f"?{query}" if query else "")
 
     paging_forward = after is not None
     earlier = later = None
     if messages:
-        if (more and not paging_forward) or (paging_forward and after):
-            earlier = link(before=messages[0].seq)
+        first = messages[0]
+        if more and not paging_forward:
+            earlier = link(before=first.seq)
+        elif paging_forward and after:
+            # Paging on from a message number (a search hit's): whether anything comes before
+            # is only known by asking. A summary with nothing before it in the compacted view
+            # leads to the messages it replaced, in the stored view.
+            if await view.get_messages(session_id, limit=1, before_seq=first.seq, branch=branch, raw=raw):
+                earlier = link(before=first.seq)
+            elif first.covers is not None and not raw:
+                earlier = link(raw="1", before=first.seq)
         if (more and paging_forward) or before is not None:
             later = link(after=messages[-1].seq)
     return render(
@@ -394,7 +408,7 @@ async def conversation(request: Request, session_id: str, viewer: SignedIn) -> R
         earlier=earlier,
         later=later,
         export="/ui/export?" + urlencode({"session_id": session.id}),
-        delete=f"{request.url.path}/delete",
+        delete=_session_url(session.id, "delete"),
         metadata=json.dumps(session.metadata, indent=2, ensure_ascii=False) if session.metadata else None,
     )
 
@@ -402,7 +416,7 @@ async def conversation(request: Request, session_id: str, viewer: SignedIn) -> R
 @router.get("/export")
 async def export(request: Request, viewer: SignedIn) -> Response:
     """Download a session (or a user's sessions) as JSON Lines."""
-    sid, user = _param(request, "session_id"), _param(request, "user_id")
+    sid, user = _id_param(request, "session_id"), _param(request, "user_id")
     body = await jsonl_export(viewer.view, user_id=user, session_id=sid)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sid or user or "export")[:80].strip("._") or "export"
     return StreamingResponse(
@@ -430,7 +444,7 @@ async def search(request: Request, viewer: SignedIn) -> Response:
                 {
                     "hit": h,
                     "parts": snippet_parts(h.snippet),
-                    "href": f"/ui/sessions/{_path(h.session_id)}?{urlencode(params)}#m-{h.seq}",
+                    "href": f"{_session_url(h.session_id)}?{urlencode(params)}#m-{h.seq}",
                 }
             )
         if len(found) > HITS_PAGE:
@@ -456,6 +470,12 @@ def _path(segment: str) -> str:
     return quote(segment, safe="")
 
 
+def _session_url(session_id: str, *rest: str) -> str:
+    """The browser's URL of a session (or of one of its pages): the id is one path segment,
+    whatever it holds ("/", "?", "#", "%")."""
+    return "/".join(("/ui/sessions", _path(session_id), *rest))
+
+
 def mount(app: FastAPI) -> None:
     """Add the browser's pages, its static files and its redirects to *app*."""
 
@@ -463,6 +483,11 @@ def mount(app: FastAPI) -> None:
         assert isinstance(exc, _Redirect)
         return RedirectResponse(exc.url, status_code=303)
 
+    async def root() -> RedirectResponse:
+        # Someone opening the server's address in a browser: the API has no page there.
+        return RedirectResponse("/ui/sessions", status_code=303)
+
     app.add_exception_handler(_Redirect, on_redirect)
+    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
