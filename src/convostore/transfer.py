@@ -25,24 +25,28 @@ import json
 import re
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
 
 from . import _validate as check
-from ._codec import decode_text, dump_json, encode_text, load_json
+from ._codec import decode_text, load_json
 from ._rows import Opener, messages_from_rows
 from ._types import Connection
 from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
-from .models import ROLES, Message
+from .models import Message
 from .store import PostgresSessionStore
-from .windows import estimate_tokens
 
 _PAGE = 500
 _MESSAGE_PAGE = 1000
 _BATCH = 1000
 _MAX_CONFLICTS_KEPT = 1000
+_MAX_TOKENS = 2**31 - 1  # an integer column
+
+MAX_IMPORT_SEQ = 2**62
+"""The highest seq an import accepts (also for ``last_seq``, ``fork_seq`` and ``cleared_to``):
+it leaves a session 2**62 more seqs for appends before its bigint counter (2**63 - 1) runs out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +196,25 @@ def _time(value: Any, line: int, field: str, optional: bool = False) -> datetime
         raise ImportFileError(line, f"{field} is not an ISO 8601 time: {value!r}") from exc
     if parsed.tzinfo is None:
         raise ImportFileError(line, f"{field} has no UTC offset: {value!r}")
+    try:  # stored in UTC: a time that leaves the calendar there could never be read back
+        parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ImportFileError(line, f"{field} is outside the years 1-9999 in UTC: {value!r}") from exc
     return parsed
 
 
-def _int(value: Any, line: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImportFileError(line, f"{field} must be a non-negative integer")
+def _int(value: Any, line: int, field: str, low: int = 0, high: int = MAX_IMPORT_SEQ) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ImportFileError(line, f"{field} must be an integer")
+    if not low <= value <= high:
+        raise ImportFileError(line, f"{field} must be between {low} and {high}, got {value}")
     return value
+
+
+def _reason(exc: ConvostoreError) -> str:
+    """An append check's message for an import line: the checks name a message by its place
+    in a batch ("message 0"), the import error names its line."""
+    return re.sub(r"^message 0\b", "message", str(exc))
 
 
 def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
@@ -252,50 +268,30 @@ def _branch_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
 
 
 def _message_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
+    """A message line as an import row, checked by the rules every append is checked by
+    (:func:`convostore._validate.message_row`), plus what only an import carries."""
     try:
-        role = obj.get("role")
-        if role not in ROLES:
-            raise ImportFileError(line, f"role must be one of {sorted(ROLES)}, got {role!r}")
-        content = obj.get("content")
-        if not isinstance(content, str):
-            raise ImportFileError(line, "content must be a string")
-        tool_calls = obj.get("tool_calls")
-        if tool_calls is not None and not isinstance(tool_calls, list):
-            raise ImportFileError(line, "tool_calls must be a list or null")
-        raw = obj.get("raw")
-        seq = _int(obj.get("seq"), line, "seq")
-        covers = obj.get("covers")
-        if covers is not None:
-            if not isinstance(covers, list) or len(covers) != 2:
-                raise ImportFileError(line, "covers must be [first, last] or null")
-            first, last = _int(covers[0], line, "covers[0]"), _int(covers[1], line, "covers[1]")
-            if not first <= last < seq:
-                raise ImportFileError(line, "covers must be a range of seqs before the summary's own")
-            covers = (first, last)
-        tokens = obj.get("tokens")
-        raw_text = None if raw is None else dump_json(raw, "raw")
-        calls_text = None if tool_calls is None else dump_json(tool_calls, "tool_calls")
-        if tokens is None:  # as counted when appended
-            tokens = estimate_tokens(check.token_text(content, calls_text, raw_text))
-        return (
-            check.identifier(obj.get("session_id"), "session_id"),
-            seq,
-            check.identifier(obj.get("id"), "id"),
-            role,
-            encode_text(content),
-            calls_text,
-            check.optional_identifier(obj.get("tool_call_id"), "tool_call_id"),
-            raw_text,
-            _time(obj.get("created_at"), line, "created_at"),
-            check.identifier(obj.get("branch", "main"), "branch"),
-            covers,
-            _int(tokens, line, "tokens"),
-            check.kind_of(raw),
-        )
-    except ImportFileError:
-        raise
+        sid = check.identifier(obj.get("session_id"), "session_id")
+        mid = check.identifier(obj.get("id"), "id")  # kept: an append would generate one
+        fields = {name: obj.get(name) for name in ("role", "content", "tool_calls", "tool_call_id", "raw")}
+        checked = check.message_row({**fields, "id": mid})
+        _, role, content, calls_text, tool_call_id, raw_text, _, _, counted, kind = checked
+        branch = check.identifier(obj.get("branch", "main"), "branch")
     except ConvostoreError as exc:
-        raise ImportFileError(line, str(exc)) from exc
+        raise ImportFileError(line, _reason(exc)) from exc
+    seq = _int(obj.get("seq"), line, "seq", low=1)  # export reads seqs after 0
+    covers = obj.get("covers")
+    if covers is not None:
+        if not isinstance(covers, list) or len(covers) != 2:
+            raise ImportFileError(line, "covers must be [first, last] or null")
+        first, last = _int(covers[0], line, "covers[0]", low=1), _int(covers[1], line, "covers[1]", low=1)
+        if not first <= last < seq:
+            raise ImportFileError(line, "covers must be a range of seqs before the summary's own")
+        covers = (first, last)
+    tokens = obj.get("tokens")  # absent: counted as an append counts it
+    tokens = counted if tokens is None else _int(tokens, line, "tokens", high=_MAX_TOKENS)
+    created_at = _time(obj.get("created_at"), line, "created_at")
+    return (sid, seq, mid, role, content, calls_text, tool_call_id, raw_text, created_at, branch, covers, tokens, kind)
 
 
 @dataclass
@@ -343,12 +339,24 @@ class _Import:
         sessions, self.sessions = self.sessions, []
         branches, self.branches = self.branches, []
         messages, self.messages = self.messages, []
-        if sessions:
-            await self._sessions(conn, q, sessions)
-        if branches:
-            await self._branches(conn, q, branches)
-        if messages:
-            await self._messages(conn, q, messages)
+        lines = [line for line, _ in (*sessions, *branches, *messages)]
+        if not lines:
+            return
+        # Every line was checked before: a refusal here is a concurrent writer, or a rule the
+        # checks miss. Either way the error names the lines of the batch it came from.
+        where = f"lines {min(lines)}-{max(lines)}"
+        try:
+            if sessions:
+                await self._sessions(conn, q, sessions)
+            if branches:
+                await self._branches(conn, q, branches)
+            if messages:
+                await self._messages(conn, q, messages)
+        except asyncpg.UniqueViolationError as exc:
+            reason = f"{where}: a session or message was written by someone else during the import; run it again"
+            raise ImportConflict([(min(lines), reason)]) from exc
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise ImportFileError(min(lines), f"{where}: the database refused a row: {exc}") from exc
 
     async def _branches(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
         wanted = [(line, row) for line, row in batch if row[0] not in self.refused]
@@ -486,14 +494,8 @@ async def import_jsonl(
         opener=store.opener_for(store.tenant),
         seal=store.seal_row,
     )
-    declared: set[str] = set()
     async with store.runner.transaction("import", scope=store.scope()) as conn:
-        try:
-            await _read(state, declared, lines, on_line, conn, q)
-        except asyncpg.UniqueViolationError as exc:
-            raise ImportConflict(
-                [(0, "a session or message was written by someone else during the import; run it again")]
-            ) from exc
+        await _read(state, lines, on_line, conn, q)
         if state.strict and state.conflicts_seen:
             raise ImportConflict(state.conflicts)
         report = state.report()
@@ -508,13 +510,13 @@ async def import_jsonl(
 
 async def _read(
     state: _Import,
-    declared: set[str],
     lines: Iterable[str],
     on_line: Callable[[int], None] | None,
     conn: Connection,
     q: Any,
 ) -> None:
     """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*."""
+    declared: dict[str, set[str]] = {}  # the sessions read so far, with the branches they declared
     for number, text in enumerate(lines, start=1):
         if on_line is not None:
             on_line(number)
@@ -529,7 +531,7 @@ async def _read(
         kind = obj.get("type")
         if kind == "session":
             row = _session_row(obj, number)
-            declared.add(row[0])
+            declared.setdefault(row[0], {"main"})
             state.counts["sessions_read"] += 1
             tenant = obj.get("tenant_id", state.tenant)
             if tenant != state.tenant:  # a store imports into its own tenant only
@@ -539,13 +541,20 @@ async def _read(
                 state.sessions.append((number, row))
         elif kind == "branch":
             row = _branch_row(obj, number)
-            if row[0] not in declared:
+            names = declared.get(row[0])
+            if names is None:
                 raise ImportFileError(number, f"branch of session {row[0]!r}, whose line does not come first")
+            if row[2] is not None and row[2] not in names:  # as a fork needs its parent
+                raise ImportFileError(number, f"branch {row[1]!r} forks {row[2]!r}, which session {row[0]!r} lacks")
+            names.add(row[1])
             state.branches.append((number, row))
         elif kind == "message":
             row = _message_row(obj, number)
-            if row[0] not in declared:
+            names = declared.get(row[0])
+            if names is None:
                 raise ImportFileError(number, f"message for session {row[0]!r}, whose line does not come first")
+            if row[9] not in names:  # as an append to a branch the session does not have
+                raise ImportFileError(number, f"message on branch {row[9]!r}, which session {row[0]!r} lacks")
             state.messages.append((number, row))
             state.counts["messages_read"] += 1
         else:

@@ -1,0 +1,155 @@
+"""Export and import from the user's side: every line an import takes is one an append would
+take, and a failed import stores nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from convostore import (
+    BranchNotFound,
+    ImportFileError,
+    InvalidInput,
+    InvalidMessage,
+    NewMessage,
+    PostgresSessionStore,
+    import_jsonl,
+)
+from convostore.transfer import MAX_IMPORT_SEQ
+
+T0 = "2026-01-01T00:00:00+00:00"
+
+
+def session_line(sid: str = "s1", **fields: Any) -> str:
+    line = {"type": "session", "id": sid, "user_id": "u", "agent_name": "a", "metadata": {}, "created_at": T0,
+            "updated_at": T0, "last_seq": 1}  # fmt: skip
+    return json.dumps({**line, **fields})
+
+
+def message_line(seq: int, sid: str = "s1", **fields: Any) -> str:
+    line = {"type": "message", "session_id": sid, "id": f"m{seq}", "seq": seq, "role": "user", "content": f"c{seq}",
+            "created_at": T0}  # fmt: skip
+    return json.dumps({**line, **fields})
+
+
+def branch_line(name: str, sid: str = "s1", parent: str = "main", fork_seq: int = 1) -> str:
+    return json.dumps({"type": "branch", "session_id": sid, "name": name, "parent": parent, "fork_seq": fork_seq,
+                       "created_at": T0, "deleted_at": None, "cleared_to": None})  # fmt: skip
+
+
+async def stored(store: PostgresSessionStore) -> tuple[int, int, int]:
+    """How many sessions, branches and messages the store's schema holds."""
+    tables = ("agent_sessions", "conversation_branches", "conversation_messages")
+    counts = [await store.pool.fetchval(f'SELECT count(*) FROM "{store.schema}".{t}') for t in tables]
+    return counts[0], counts[1], counts[2]
+
+
+async def refused(store: PostgresSessionStore, lines: list[str], error: type[Exception] = ImportFileError) -> Any:
+    """Import *lines* expecting *error*; check that nothing was stored, and return the error."""
+    with pytest.raises(error) as raised:
+        await import_jsonl(store, lines)
+    assert await stored(store) == (0, 0, 0)
+    return raised.value
+
+
+# Lines that an append refuses (the message as add_messages would get it, and what it raises),
+# each put on line 3 of an otherwise good file.
+HOSTILE_MESSAGES: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
+    "tool without tool_call_id": ({"role": "tool", "content": "42"}, InvalidMessage, "needs the tool_call_id"),
+    "tool_calls of numbers": ({"role": "assistant", "content": "", "tool_calls": [1, 2]}, InvalidMessage,
+                              "tool_calls[0] must be an object"),
+    "tool call without id": ({"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]},
+                             InvalidMessage, "needs a non-empty string 'id'"),
+    "tool_call_id on a user message": ({"role": "user", "content": "x", "tool_call_id": "c1"}, InvalidMessage,
+                                       "only a tool message has a tool_call_id"),
+    "item without raw": ({"role": "item", "content": ""}, InvalidMessage, "give raw"),
+    "lone surrogate": ({"role": "user", "content": "\ud800"}, InvalidMessage, "content"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MESSAGES))
+async def test_import_refuses_each_message_an_append_refuses(store: PostgresSessionStore, case: str) -> None:
+    fields, error, reason = HOSTILE_MESSAGES[case]
+    # An append refuses it...
+    await store.create_session("u", "a", session_id="probe")
+    with pytest.raises(error):
+        await store.add_messages("probe", [fields])
+    await store.delete_session("probe")
+    # ... and so does an import, naming the line, with the append's error as the cause.
+    lines = [session_line(), message_line(1), message_line(2, **fields), message_line(3)]
+    failure = await refused(store, lines)
+    assert failure.line == 3
+    assert str(failure).startswith("line 3: ")
+    assert reason in str(failure)
+    assert isinstance(failure.__cause__, error)
+
+
+async def test_import_refuses_a_message_on_a_branch_the_file_does_not_declare(store: PostgresSessionStore) -> None:
+    await store.create_session("u", "a", session_id="probe")
+    with pytest.raises(BranchNotFound):
+        await store.add_messages("probe", [NewMessage("user", "x")], branch="side")
+    await store.delete_session("probe")
+    failure = await refused(store, [session_line(), message_line(1), message_line(2, branch="side")])
+    assert (failure.line, "branch 'side'" in str(failure)) == (3, True)
+    # Declared (after main's message it forks at), it imports.
+    report = await import_jsonl(
+        store, [session_line(), branch_line("side"), message_line(1), message_line(2, branch="side")]
+    )
+    assert report.messages_added == 2
+    assert [m.content for m in await store.get_messages("s1", branch="side")] == ["c1", "c2"]
+
+
+async def test_import_refuses_a_branch_forked_from_an_undeclared_one(store: PostgresSessionStore) -> None:
+    failure = await refused(store, [session_line(), branch_line("twig", parent="side")])
+    assert failure.line == 2
+    assert "forks 'side'" in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (message_line(2**63 - 1), "seq must be between 1 and"),
+        (message_line(MAX_IMPORT_SEQ + 1), "seq must be between 1 and"),
+        (message_line(0), "seq must be between 1 and"),
+        (message_line(-1), "seq must be between 1 and"),
+        (message_line(2, tokens=2**40), "tokens must be between"),
+        (message_line(3, covers=[1, 2**63]), "covers[1] must be between"),
+        (message_line(2, created_at="9999-12-31T23:00:00-05:00"), "outside the years"),
+        (session_line("s2", last_seq=2**63 - 1), "last_seq must be between"),
+        (branch_line("side", fork_seq=2**63 - 1), "fork_seq must be between"),
+    ],
+    ids=[
+        "seq 2**63-1",
+        "seq past the limit",
+        "seq 0",
+        "seq -1",
+        "tokens past int",
+        "covers past bigint",
+        "time past the calendar in UTC",
+        "last_seq 2**63-1",
+        "fork_seq 2**63-1",
+    ],
+)
+async def test_import_refuses_numbers_the_session_could_not_live_with(
+    store: PostgresSessionStore, line: str, reason: str
+) -> None:
+    failure = await refused(store, [session_line(), message_line(1), line])
+    assert failure.line == 3
+    assert reason in str(failure)
+
+
+async def test_a_session_imported_at_the_highest_seq_can_still_be_appended_to(store: PostgresSessionStore) -> None:
+    report = await import_jsonl(store, [session_line(last_seq=MAX_IMPORT_SEQ), message_line(MAX_IMPORT_SEQ)])
+    assert report.messages_added == 1
+    appended = await store.add_messages("s1", [NewMessage("user", f"after {i}") for i in range(3)])
+    assert [m.seq for m in appended] == [MAX_IMPORT_SEQ + 1, MAX_IMPORT_SEQ + 2, MAX_IMPORT_SEQ + 3]
+
+
+async def test_a_bad_line_after_rows_were_written_leaves_nothing(store: PostgresSessionStore) -> None:
+    # Past the import's batch size, so rows were already sent when the bad line is read.
+    good = [session_line(last_seq=1500)] + [message_line(seq) for seq in range(1, 1501)]
+    failure = await refused(store, [*good, message_line(1501, role="tool")])
+    assert failure.line == 1502
+    assert isinstance(failure, InvalidInput)
