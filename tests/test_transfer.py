@@ -3,7 +3,9 @@ take, and a failed import stores nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,8 +17,10 @@ from convostore import (
     InvalidMessage,
     NewMessage,
     PostgresSessionStore,
+    export_jsonl,
     import_jsonl,
 )
+from convostore.errors import ImportChecksumMismatch, ImportIncomplete
 from convostore.transfer import MAX_IMPORT_SEQ
 
 T0 = "2026-01-01T00:00:00+00:00"
@@ -39,6 +43,18 @@ def branch_line(name: str, sid: str = "s1", parent: str = "main", fork_seq: int 
                        "created_at": T0, "deleted_at": None, "cleared_to": None})  # fmt: skip
 
 
+def end_line(lines: list[str]) -> str:
+    """The end line an export writes after *lines* (as the README describes it)."""
+    kinds = [json.loads(line)["type"] for line in lines]
+    digest = hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+    counts = {"sessions": kinds.count("session"), "branches": kinds.count("branch"), "messages": kinds.count("message")}
+    return json.dumps({"type": "end", "lines": len(lines), **counts, "sha256": digest})
+
+
+def ended(lines: list[str]) -> list[str]:
+    return [*lines, end_line(lines)]
+
+
 async def stored(store: PostgresSessionStore) -> tuple[int, int, int]:
     """How many sessions, branches and messages the store's schema holds."""
     tables = ("agent_sessions", "conversation_branches", "conversation_messages")
@@ -49,7 +65,7 @@ async def stored(store: PostgresSessionStore) -> tuple[int, int, int]:
 async def refused(store: PostgresSessionStore, lines: list[str], error: type[Exception] = ImportFileError) -> Any:
     """Import *lines* expecting *error*; check that nothing was stored, and return the error."""
     with pytest.raises(error) as raised:
-        await import_jsonl(store, lines)
+        await import_jsonl(store, ended(lines))
     assert await stored(store) == (0, 0, 0)
     return raised.value
 
@@ -92,11 +108,11 @@ async def test_import_refuses_a_message_on_a_branch_the_file_does_not_declare(st
         await store.add_messages("probe", [NewMessage("user", "x")], branch="side")
     await store.delete_session("probe")
     failure = await refused(store, [session_line(), message_line(1), message_line(2, branch="side")])
-    assert (failure.line, "branch 'side'" in str(failure)) == (3, True)
+    assert failure.line == 3
+    assert "branch 'side', which session 's1' lacks" in str(failure)
     # Declared (after main's message it forks at), it imports.
-    report = await import_jsonl(
-        store, [session_line(), branch_line("side"), message_line(1), message_line(2, branch="side")]
-    )
+    declared = [session_line(), branch_line("side"), message_line(1), message_line(2, branch="side")]
+    report = await import_jsonl(store, ended(declared))
     assert report.messages_added == 2
     assert [m.content for m in await store.get_messages("s1", branch="side")] == ["c1", "c2"]
 
@@ -141,7 +157,7 @@ async def test_import_refuses_numbers_the_session_could_not_live_with(
 
 
 async def test_a_session_imported_at_the_highest_seq_can_still_be_appended_to(store: PostgresSessionStore) -> None:
-    report = await import_jsonl(store, [session_line(last_seq=MAX_IMPORT_SEQ), message_line(MAX_IMPORT_SEQ)])
+    report = await import_jsonl(store, ended([session_line(last_seq=MAX_IMPORT_SEQ), message_line(MAX_IMPORT_SEQ)]))
     assert report.messages_added == 1
     appended = await store.add_messages("s1", [NewMessage("user", f"after {i}") for i in range(3)])
     assert [m.seq for m in appended] == [MAX_IMPORT_SEQ + 1, MAX_IMPORT_SEQ + 2, MAX_IMPORT_SEQ + 3]
@@ -153,3 +169,146 @@ async def test_a_bad_line_after_rows_were_written_leaves_nothing(store: Postgres
     failure = await refused(store, [*good, message_line(1501, role="tool")])
     assert failure.line == 1502
     assert isinstance(failure, InvalidInput)
+
+
+# -- the end line ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def target(store: PostgresSessionStore, database_url: str) -> AsyncIterator[PostgresSessionStore]:
+    """A second, empty store (in a schema of its own) to import into."""
+    copy = PostgresSessionStore(database_url, schema=f"{store.schema}_copy")
+    try:
+        async with copy:
+            yield copy
+    finally:
+        await store.pool.execute(f'DROP SCHEMA IF EXISTS "{store.schema}_copy" CASCADE')
+
+
+async def exported(store: PostgresSessionStore, sessions: int = 5) -> list[str]:
+    for i in range(sessions):
+        s = await store.create_session(f"user{i % 2}", "a")
+        await store.add_messages(s.id, [NewMessage("user", f"q{i}"), NewMessage("assistant", f"a{i} ☀")])
+        if i == 0:
+            await store.fork_session(s.id, "retry", at_seq=1)
+    return [line async for line in export_jsonl(store)]
+
+
+async def test_an_export_ends_with_counts_and_the_checksum_of_its_bytes(
+    store: PostgresSessionStore, target: PostgresSessionStore
+) -> None:
+    lines = await exported(store)
+    *body, end = lines
+    assert json.loads(end) == json.loads(end_line(body))
+    assert json.loads(end) | {"sha256": ""} == {"type": "end", "lines": 16, "sessions": 5, "branches": 1,
+                                                "messages": 10, "sha256": ""}  # fmt: skip
+    report = await import_jsonl(target, lines)
+    assert (report.sessions_added, report.messages_added, report.verified) == (5, 10, True)
+    assert [line async for line in export_jsonl(target)] == lines
+
+
+@pytest.mark.parametrize("keep", [1, 4, 15], ids=["first line", "some sessions", "all but the end line"])
+async def test_an_export_cut_after_a_whole_line_is_refused(
+    store: PostgresSessionStore, target: PostgresSessionStore, keep: int
+) -> None:
+    lines = await exported(store)
+    failure = await refused_plain(target, lines[:keep], ImportIncomplete)
+    assert failure.line == keep + 1
+    assert f"no end line after line {keep}" in str(failure)
+    assert isinstance(failure, ImportFileError)
+
+
+async def test_an_export_cut_inside_a_line_is_refused(
+    store: PostgresSessionStore, target: PostgresSessionStore
+) -> None:
+    lines = await exported(store)
+    cut = [*lines[:6], lines[6][: len(lines[6]) // 2]]
+    with pytest.raises(ImportIncomplete) as raised:
+        await import_jsonl(target, cut)
+    assert raised.value.line == 7
+    assert "cut short" in str(raised.value)
+    assert await stored(target) == (0, 0, 0)
+    # Taken as partial, a torn line is still no line to import.
+    with pytest.raises(ImportIncomplete):
+        await import_jsonl(target, cut, allow_partial=True)
+    assert await stored(target) == (0, 0, 0)
+
+
+async def test_a_file_without_an_end_line_imports_only_when_allowed_partial(store: PostgresSessionStore) -> None:
+    lines = [session_line(), message_line(1)]
+    failure = await refused_plain(store, lines, ImportIncomplete)
+    assert failure.line == 3
+    assert "allow_partial" in str(failure)
+    report = await import_jsonl(store, lines, allow_partial=True)
+    assert (report.messages_added, report.verified) == (1, False)
+    assert [m.content for m in await store.get_messages("s1")] == ["c1"]
+
+
+async def test_an_empty_file_is_refused(store: PostgresSessionStore) -> None:
+    failure = await refused_plain(store, [], ImportIncomplete)
+    assert failure.line == 1
+    assert "empty" in str(failure)
+
+
+def _first_messages(lines: list[str]) -> tuple[int, int]:
+    """The positions of the first two message lines (two messages of one session)."""
+    first, second = [n for n, line in enumerate(lines) if json.loads(line)["type"] == "message"][:2]
+    return first, second
+
+
+def _changed(lines: list[str]) -> list[str]:
+    n, _ = _first_messages(lines)
+    return [*lines[:n], lines[n].replace('"content": "', '"content": "changed '), *lines[n + 1 :]]
+
+
+def _removed(lines: list[str]) -> list[str]:
+    n, _ = _first_messages(lines)
+    return [*lines[:n], *lines[n + 1 :]]
+
+
+def _swapped(lines: list[str]) -> list[str]:
+    n, m = _first_messages(lines)
+    swapped = list(lines)
+    swapped[n], swapped[m] = lines[m], lines[n]
+    return swapped
+
+
+def _end_changed(lines: list[str]) -> list[str]:
+    return [*lines[:-1], lines[-1].replace('"sessions": 5', '"sessions": 4')]
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (_changed, "its SHA-256"),
+        (_removed, "lines 16 (the file has 15); messages 10 (the file has 9)"),
+        (_swapped, "its SHA-256"),
+        (_end_changed, "sessions 4 (the file has 5)"),
+    ],
+    ids=["a changed message", "a removed line", "lines swapped", "a changed end line"],
+)
+async def test_a_file_changed_after_export_is_refused(
+    store: PostgresSessionStore, target: PostgresSessionStore, change: Any, said: str
+) -> None:
+    lines = change(await exported(store))
+    for allow_partial in (False, True):  # an end line, when there is one, is always checked
+        with pytest.raises(ImportChecksumMismatch) as raised:
+            await import_jsonl(target, lines, allow_partial=allow_partial)
+        assert raised.value.line == len(lines)
+        assert said in str(raised.value)
+        assert await stored(target) == (0, 0, 0)
+
+
+async def test_a_line_after_the_end_line_is_refused(store: PostgresSessionStore, target: PostgresSessionStore) -> None:
+    lines = await exported(store)
+    failure = await refused_plain(target, [*lines, lines[0]], ImportFileError)
+    assert failure.line == len(lines) + 1
+    assert "after the end line" in str(failure)
+
+
+async def refused_plain(store: PostgresSessionStore, lines: list[str], error: type[ImportFileError]) -> ImportFileError:
+    """Import *lines* as they are, expecting *error*, and check that nothing was stored."""
+    with pytest.raises(error) as raised:
+        await import_jsonl(store, lines)
+    assert await stored(store) == (0, 0, 0)
+    return raised.value

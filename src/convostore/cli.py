@@ -887,11 +887,21 @@ def import_(
             help="Skip (and list) rows that disagree with what is stored instead of refusing the file.",
         ),
     ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Import a file without the end line an export writes last (cut short, or from an older"
+            " convostore) as far as it goes.",
+        ),
+    ] = False,
 ) -> None:
     """Import a JSON Lines export in one transaction; rows already stored identically are skipped.
 
     Creates the schema if it does not exist yet (a restore into a new database).
 
+    The file must end with its end line, and match its counts and checksum: a file cut short
+    or changed after export is refused (--allow-partial takes one without an end line).
     A row that disagrees with what is stored (a session of another user, another message
     under a stored id or seq) is a conflict: the file is refused and nothing is written,
     unless --skip-conflicts is given. Nothing is ever written into another user's session.
@@ -906,6 +916,7 @@ def import_(
                 _lines(path),
                 on_conflict="skip" if skip_conflicts else "error",
                 on_line=lambda n: progress.update(task, completed=n),
+                allow_partial=allow_partial,
             )
 
     report = _run(ctx, work, migrations=True)  # a restore may go into a new schema
@@ -914,6 +925,8 @@ def import_(
         f"{report.messages_added} of {report.messages_read} messages "
         f"({report.sessions_present} sessions and {report.messages_present} messages were already present)"
     )
+    if not report.verified:
+        err.print(f"warning: {safe(str(path), oneline=True)} has no end line: it may have been cut short")
     if report.conflicts:
         out.print(
             f"skipped {len(report.conflicts)} conflicting rows and {report.messages_skipped} messages of conflicting"

@@ -10,6 +10,10 @@ The format, one JSON object per line:
   "tool_call_id", "raw", "created_at", "branch", "covers", "tokens"}``, after the line of its
   session: every stored message, those a compaction summary stands for included (a
   summary's ``covers`` is the ``[first, last]`` seq range it replaces in the compacted view).
+* ``{"type": "end", "lines", "sessions", "branches", "messages", "sha256"}``, last: how many
+  lines (of each type) come before it, and the SHA-256 of their bytes as written (each line
+  UTF-8 encoded and ended by a newline). An export cut short has none, so import refuses it
+  (unless asked to take it as partial); one changed after export no longer matches it.
 
 Times are ISO 8601 with offset and microseconds; strings are exported as stored (U+0000
 included, JSON escapes it). Export reads page by page, so memory stays flat however large
@@ -21,9 +25,10 @@ the same ids) are conflicts, refused unless asked to skip them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,7 +39,15 @@ from . import _validate as check
 from ._codec import decode_text, load_json
 from ._rows import Opener, messages_from_rows
 from ._types import Connection
-from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
+from .errors import (
+    ConvostoreError,
+    ImportChecksumMismatch,
+    ImportConflict,
+    ImportFileError,
+    ImportIncomplete,
+    InvalidInput,
+    SessionNotFound,
+)
 from .models import Message
 from .store import PostgresSessionStore
 
@@ -66,10 +79,54 @@ class ImportReport:
     messages_present: int = 0
     messages_skipped: int = 0
     conflicts: tuple[tuple[int, str], ...] = field(default=())
+    verified: bool = False
+    """Whether the file ended with its end line and matched it (with ``allow_partial``, a file
+    without one is imported unverified)."""
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+_KINDS = ("session", "branch", "message")
+
+
+class ExportTally:
+    """What an export's lines so far hold: counts by type and the SHA-256 of their text (each
+    line UTF-8 encoded and ended by a newline, as in the file), which its end line states."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.counts = dict.fromkeys(_KINDS, 0)
+        self._digest = hashlib.sha256()
+
+    @property
+    def sessions(self) -> int:
+        """Session lines so far."""
+        return self.counts["session"]
+
+    @property
+    def messages(self) -> int:
+        """Message lines so far."""
+        return self.counts["message"]
+
+    def add(self, kind: str, line: str) -> None:
+        """Count *line* (without its newline) of type *kind*."""
+        self.lines += 1
+        self.counts[kind] += 1
+        self._digest.update(line.encode("utf-8", "surrogatepass"))  # a line given as str may hold any
+        self._digest.update(b"\n")
+
+    def end(self) -> dict[str, Any]:
+        """The end line's fields for the lines so far."""
+        return {
+            "type": "end",
+            "lines": self.lines,
+            "sessions": self.counts["session"],
+            "branches": self.counts["branch"],
+            "messages": self.counts["message"],
+            "sha256": self._digest.hexdigest(),
+        }
 
 
 async def export_jsonl(
@@ -78,15 +135,30 @@ async def export_jsonl(
     user_id: str | None = None,
     session_id: str | None = None,
     all_tenants: bool = False,
+    tally: ExportTally | None = None,
 ) -> AsyncGenerator[str, None]:
     """Yield the export of the store's tenant (of every tenant with *all_tenants*), one JSON
-    line (without newline) at a time; in a user view, only that user's sessions.
+    line (without newline) at a time; in a user view, only that user's sessions. The last
+    line is the end line (counts and checksum of the lines before it), which
+    :func:`import_jsonl` checks.
 
     Reads sessions page by page and each session's messages in pages by ``seq``, every page
     one retried statement, so memory stays flat however large the export. An unknown
     *session_id* raises :class:`~convostore.errors.SessionNotFound`. The export is recorded
-    in the audit trail once it has been read to the end.
+    in the audit trail once it has been read to the end. *tally*, if given, is kept up to
+    date with what was yielded (to say how far an interrupted export got).
     """
+    tally = ExportTally() if tally is None else tally
+    async for kind, line in _export_lines(store, user_id, session_id, all_tenants):
+        tally.add(kind, line)
+        yield line
+    yield _dumps(tally.end())
+
+
+async def _export_lines(
+    store: PostgresSessionStore, user_id: str | None, session_id: str | None, all_tenants: bool
+) -> AsyncGenerator[tuple[str, str], None]:
+    """The export's lines but the end line, each with its type."""
     uid = store.acting_user(user_id)
     sid = check.optional_identifier(session_id, "session_id")
     tenant = await store.tenant_for(all_tenants)
@@ -100,36 +172,42 @@ async def export_jsonl(
             raise SessionNotFound(f"session {sid!r} does not exist")
         for s in page:
             exported += 1
-            yield _dumps(
-                {
-                    "type": "session",
-                    "tenant_id": s["tenant_id"],
-                    "id": s["id"],
-                    "user_id": s["user_id"],
-                    "agent_name": s["agent_name"],
-                    "metadata": load_json(s["metadata"]),
-                    "created_at": _iso(s["created_at"]),
-                    "updated_at": _iso(s["updated_at"]),
-                    "expires_at": _iso(s["expires_at"]),
-                    "ttl_seconds": s["ttl_seconds"],
-                    "last_seq": s["last_seq"],
-                }
+            yield (
+                "session",
+                _dumps(
+                    {
+                        "type": "session",
+                        "tenant_id": s["tenant_id"],
+                        "id": s["id"],
+                        "user_id": s["user_id"],
+                        "agent_name": s["agent_name"],
+                        "metadata": load_json(s["metadata"]),
+                        "created_at": _iso(s["created_at"]),
+                        "updated_at": _iso(s["updated_at"]),
+                        "expires_at": _iso(s["expires_at"]),
+                        "ttl_seconds": s["ttl_seconds"],
+                        "last_seq": s["last_seq"],
+                    }
+                ),
             )
             branches = await runner.run(
                 "export", _fetch(q.branch_rows, s["tenant_id"], s["id"]), session_id=s["id"], scope=scope
             )
             for b in sorted(branches, key=lambda b: (b["created_at"], b["name"])):
-                yield _dumps(
-                    {
-                        "type": "branch",
-                        "session_id": s["id"],
-                        "name": b["name"],
-                        "parent": b["parent"],
-                        "fork_seq": b["fork_seq"],
-                        "created_at": _iso(b["created_at"]),
-                        "deleted_at": _iso(b["deleted_at"]),
-                        "cleared_to": b["cleared_to"],
-                    }
+                yield (
+                    "branch",
+                    _dumps(
+                        {
+                            "type": "branch",
+                            "session_id": s["id"],
+                            "name": b["name"],
+                            "parent": b["parent"],
+                            "fork_seq": b["fork_seq"],
+                            "created_at": _iso(b["created_at"]),
+                            "deleted_at": _iso(b["deleted_at"]),
+                            "cleared_to": b["cleared_to"],
+                        }
+                    ),
                 )
             seq = 0
             while True:
@@ -141,22 +219,25 @@ async def export_jsonl(
                 )
                 opened = messages_from_rows([r[:13] for r in messages], s["id"], store.opener_for(s["tenant_id"]))
                 for m, r in zip(opened, messages, strict=True):
-                    yield _dumps(
-                        {
-                            "type": "message",
-                            "session_id": s["id"],
-                            "id": m.id,
-                            "seq": m.seq,
-                            "role": m.role,
-                            "content": m.content,
-                            "tool_calls": m.tool_calls,
-                            "tool_call_id": m.tool_call_id,
-                            "raw": m.raw,
-                            "created_at": _iso(m.created_at),
-                            "branch": m.branch,
-                            "covers": None if m.covers is None else list(m.covers),
-                            "tokens": r["tokens"],
-                        }
+                    yield (
+                        "message",
+                        _dumps(
+                            {
+                                "type": "message",
+                                "session_id": s["id"],
+                                "id": m.id,
+                                "seq": m.seq,
+                                "role": m.role,
+                                "content": m.content,
+                                "tool_calls": m.tool_calls,
+                                "tool_call_id": m.tool_call_id,
+                                "raw": m.raw,
+                                "created_at": _iso(m.created_at),
+                                "branch": m.branch,
+                                "covers": None if m.covers is None else list(m.covers),
+                                "tokens": r["tokens"],
+                            }
+                        ),
                     )
                 if len(messages) < _MESSAGE_PAGE:
                     break
@@ -447,8 +528,8 @@ class _Import:
             *(key_id, sealed, branch, first, last, tokens, kind),
         )
 
-    def report(self) -> ImportReport:
-        return ImportReport(**self.counts, conflicts=tuple(self.conflicts))
+    def report(self, verified: bool) -> ImportReport:
+        return ImportReport(**self.counts, conflicts=tuple(self.conflicts), verified=verified)
 
 
 def _same_message(stored: Message, row: tuple[Any, ...]) -> bool:
@@ -471,8 +552,16 @@ async def import_jsonl(
     *,
     on_conflict: Literal["error", "skip"] = "error",
     on_line: Callable[[int], None] | None = None,
+    allow_partial: bool = False,
 ) -> ImportReport:
     """Import an export (see the module docstring) in one transaction.
+
+    The file must end with the end line its export writes last, and the lines before it must
+    match that line's counts and SHA-256: a file without it raises
+    :class:`~convostore.errors.ImportIncomplete` (an export cut short), one that disagrees
+    with it :class:`~convostore.errors.ImportChecksumMismatch` (changed after export), and
+    nothing is written. With *allow_partial*, a file without an end line is imported as far
+    as it goes (an end line present is still checked).
 
     Every row is compared with what is stored first: identical rows are skipped as present,
     absent rows are inserted, and rows that disagree (a session of another user or agent,
@@ -495,10 +584,10 @@ async def import_jsonl(
         seal=store.seal_row,
     )
     async with store.runner.transaction("import", scope=store.scope()) as conn:
-        await _read(state, lines, on_line, conn, q)
+        verified = await _read(state, lines, on_line, conn, q, allow_partial)
         if state.strict and state.conflicts_seen:
             raise ImportConflict(state.conflicts)
-        report = state.report()
+        report = state.report(verified)
         details = {
             "sessions": report.sessions_added,
             "messages": report.messages_added,
@@ -508,27 +597,54 @@ async def import_jsonl(
     return report
 
 
+def _with_last(lines: Iterable[str]) -> Iterator[tuple[int, str, bool]]:
+    """*lines* numbered from 1, each with whether it is the last one."""
+    it = iter(lines)
+    previous = next(it, None)
+    number = 1
+    for text in it:
+        assert previous is not None
+        yield number, previous, False
+        previous, number = text, number + 1
+    if previous is not None:
+        yield number, previous, True
+
+
 async def _read(
     state: _Import,
     lines: Iterable[str],
     on_line: Callable[[int], None] | None,
     conn: Connection,
     q: Any,
-) -> None:
-    """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*."""
+    allow_partial: bool,
+) -> bool:
+    """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*; check
+    the end line. Returns whether there was one."""
     declared: dict[str, set[str]] = {}  # the sessions read so far, with the branches they declared
-    for number, text in enumerate(lines, start=1):
+    tally = ExportTally()
+    end: int | None = None  # the end line's number, once read
+    number = 0
+    for number, text, last in _with_last(lines):
         if on_line is not None:
             on_line(number)
         if not text.strip():
             continue
+        if end is not None:
+            raise ImportFileError(number, f"a line after the end line (line {end}); import one export at a time")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ImportFileError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            if last:  # what an export cut short in the middle of a line leaves
+                raise ImportIncomplete(number, f"{reason}: the file ends inside this line, cut short") from exc
+            raise ImportFileError(number, reason) from exc
         if not isinstance(obj, dict):
             raise ImportFileError(number, "each line must be a JSON object")
         kind = obj.get("type")
+        if kind == "end":
+            _check_end(obj, tally, number)
+            end = number
+            continue
         if kind == "session":
             row = _session_row(obj, number)
             declared.setdefault(row[0], {"main"})
@@ -558,7 +674,30 @@ async def _read(
             state.messages.append((number, row))
             state.counts["messages_read"] += 1
         else:
-            raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session', 'branch' or 'message')")
+            expected = "'session', 'branch', 'message' or 'end'"
+            raise ImportFileError(number, f"unknown line type {kind!r} (expected {expected})")
+        tally.add(kind, text.rstrip("\r\n"))
         if len(state.sessions) + len(state.branches) + len(state.messages) >= _BATCH:
             await state.flush(conn, q)
+    if end is None and not allow_partial:
+        where = f"after line {number}" if number else "in an empty file"
+        raise ImportIncomplete(
+            number + 1,
+            f"no end line {where}: the export was cut short, or comes from a convostore that wrote none"
+            " (allow_partial, or --allow-partial, imports it as it is)",
+        )
     await state.flush(conn, q)
+    return end is not None
+
+
+def _check_end(obj: dict[str, Any], tally: ExportTally, number: int) -> None:
+    """Refuse an end line that disagrees with the lines before it."""
+    found = tally.end()
+    wrong = [key for key in found if key != "type" and obj.get(key) != found[key]]
+    if not wrong:
+        return
+    counts = [f"{key} {obj.get(key)!r} (the file has {found[key]})" for key in wrong if key != "sha256"]
+    said = "; ".join(counts) if counts else "its SHA-256"
+    raise ImportChecksumMismatch(
+        number, f"the end line does not match lines 1-{number - 1}: {said}; the file was changed after export"
+    )
