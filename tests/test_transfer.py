@@ -3,11 +3,18 @@ take, and a failed import stores nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import signal
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from convostore import (
@@ -21,7 +28,7 @@ from convostore import (
     import_jsonl,
 )
 from convostore.errors import ImportChecksumMismatch, ImportIncomplete
-from convostore.transfer import MAX_IMPORT_SEQ
+from convostore.transfer import MAX_IMPORT_SEQ, write_export
 
 T0 = "2026-01-01T00:00:00+00:00"
 
@@ -312,3 +319,120 @@ async def refused_plain(store: PostgresSessionStore, lines: list[str], error: ty
         await import_jsonl(store, lines)
     assert await stored(store) == (0, 0, 0)
     return raised.value
+
+
+# -- an export stopped part way (the command, in a process of its own) ---------------------------
+
+
+async def _wait_for_lock_wait(conn: asyncpg.Connection, proc: asyncio.subprocess.Process, table: str) -> None:
+    """Wait until the export's statement reading *table* (schema-qualified: other tests may share
+    the server) waits for a lock the test holds.
+
+    Polls without a deadline of its own (a loaded machine only makes it slower); fails if the
+    export ends instead."""
+    while True:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'"
+            " AND query NOT LIKE '%LOCK TABLE%' AND query LIKE $1",  # not autovacuum, nor the test's locks
+            f"%{table}%",
+        )
+        if waiting:
+            return
+        if proc.returncode is not None:
+            pytest.fail(f"the export ended (exit {proc.returncode}) before it waited on {table}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("sig", "where"),
+    [(signal.SIGINT, "file"), (signal.SIGTERM, "file"), (signal.SIGINT, "existing file"), (signal.SIGINT, "stdout")],
+    ids=["SIGINT to a file", "SIGTERM to a file", "SIGINT over an older export", "SIGINT to stdout"],
+)
+async def test_an_interrupted_export_leaves_no_file_that_looks_complete(
+    store: PostgresSessionStore, database_url: str, tmp_path: Path, sig: signal.Signals, where: str
+) -> None:
+    # One session more than the export reads per page: it stops between its pages, after 500.
+    sessions = [session_line(f"s{i:04d}") for i in range(501)]
+    lines = [line for i, s in enumerate(sessions) for line in (s, message_line(1, f"s{i:04d}"))]
+    assert (await import_jsonl(store, ended(lines))).sessions_added == 501
+    output = tmp_path / "export.jsonl"
+    if where == "existing file":
+        output.write_text("an older export\n", encoding="utf-8")
+    env = dict(os.environ, DATABASE_URL=database_url, CONVOSTORE_SCHEMA=store.schema)
+    # Two connections hold the locks; a third watches (in a transaction, pg_stat_activity
+    # would show the snapshot taken at its first read).
+    messages_lock, sessions_lock = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    watcher = await asyncpg.connect(database_url)
+    proc = None
+    try:
+        # Hold the export at its first session's messages, then let it run to the end of its
+        # first page of sessions, where it waits to read the next one: there it is stopped.
+        await messages_lock.execute(
+            f'BEGIN; LOCK TABLE "{store.schema}".conversation_messages IN ACCESS EXCLUSIVE MODE'
+        )
+        args = ["export"] if where == "stdout" else ["export", "-o", str(output)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "convostore", *args, env=env, stdout=PIPE, stderr=PIPE
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        # Read as it comes: a full pipe would hold the export in its writes instead.
+        reading = asyncio.gather(proc.stdout.read(), proc.stderr.read())
+        await _wait_for_lock_wait(watcher, proc, f'"{store.schema}".conversation_messages')
+        await sessions_lock.execute(f'BEGIN; LOCK TABLE "{store.schema}".agent_sessions IN ACCESS EXCLUSIVE MODE')
+        await messages_lock.execute("COMMIT")
+        await _wait_for_lock_wait(watcher, proc, f'"{store.schema}".agent_sessions')
+        proc.send_signal(sig)
+        stdout, stderr = await reading
+        await proc.wait()
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for conn in (messages_lock, sessions_lock, watcher):
+            await conn.close()
+    assert proc.returncode == 128 + sig.value
+    (said,) = stderr.decode().strip().splitlines()
+    assert said.startswith(f"export interrupted by {sig.name} after 500 sessions and 500 messages (1000 lines): ")
+    if where == "stdout":
+        assert said.endswith("the output stops there, without its end line (import refuses it)")
+        printed = stdout.decode().splitlines()
+        assert len(printed) == 1000
+        with pytest.raises(ImportIncomplete) as raised:
+            await import_jsonl(store.scoped(tenant="elsewhere"), printed)
+        assert raised.value.line == 1001
+    elif where == "existing file":
+        assert said.endswith(f"{output} keeps its previous content")
+        assert output.read_text(encoding="utf-8") == "an older export\n"
+    else:
+        assert said.endswith(f"{output} was not written")
+    # Nothing else is left beside it (no temporary file).
+    assert sorted(os.listdir(tmp_path)) == (["export.jsonl"] if where == "existing file" else [])
+
+
+async def test_an_export_to_a_file_is_complete_once_there(
+    store: PostgresSessionStore, target: PostgresSessionStore, database_url: str, tmp_path: Path
+) -> None:
+    lines = await exported(store)
+    output = tmp_path / "export.jsonl"
+    env = dict(os.environ, DATABASE_URL=database_url, CONVOSTORE_SCHEMA=store.schema)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "convostore", "export", "-o", str(output), env=env, stdout=PIPE, stderr=PIPE
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert stderr.decode().strip() == "exported 17 lines: 5 sessions, 1 branches, 10 messages and the end line"
+    assert output.read_text(encoding="utf-8") == "".join(line + "\n" for line in lines)
+    assert os.listdir(tmp_path) == ["export.jsonl"]
+    dash = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "convostore", "export", "-o", "-", env=env, stdout=PIPE, stderr=PIPE
+    )
+    printed, _ = await dash.communicate()
+    assert printed.decode() == output.read_text(encoding="utf-8")
+    # The library writes files the same way.
+    tally = await write_export(target, tmp_path / "empty.jsonl")
+    assert (tally.lines, (tmp_path / "empty.jsonl").read_text(encoding="utf-8")) == (0, end_line([]) + "\n")
+    missing = tmp_path / "no" / "such" / "dir.jsonl"
+    with pytest.raises(FileNotFoundError) as raised:
+        await write_export(store, missing)
+    assert raised.value.filename == str(missing)

@@ -839,30 +839,74 @@ def export_(
     ctx: typer.Context,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout ('-').")
+    ] = None,
     all_tenants: AllTenants = False,
 ) -> None:
-    """Write sessions and messages as JSON Lines (streaming; lossless; see `import`)."""
+    """Write sessions and messages as JSON Lines (streaming; lossless; see `import`).
+
+    The last line is the end line (counts and a SHA-256 of the lines before it) that `import`
+    checks. A file is written under a temporary name and renamed once complete: an export
+    stopped part way (an error, Ctrl-C, SIGTERM) leaves no file behind.
+    """
     if user is not None and session is not None:
         raise typer.BadParameter("give --user or --session, not both", param_hint="--user/--session")
-    from .transfer import export_jsonl
+    import contextlib
+    import signal
 
-    async def work(store: PostgresSessionStore) -> int:
-        count = 0
-        target = output.open("w", encoding="utf-8") if output else sys.stdout
+    from .transfer import ExportTally, export_jsonl, write_export
+
+    to_file = output is not None and str(output) != "-"
+    existed = to_file and output is not None and output.exists()
+    tally = ExportTally()
+    signals: list[signal.Signals] = []
+
+    async def work(store: PostgresSessionStore) -> None:
+        # SIGTERM stops the export as Ctrl-C does (asyncio.run turns SIGINT into a
+        # cancellation), so that the temporary file is removed on the way out.
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
+
+        def stop() -> None:
+            signals.append(signal.SIGTERM)
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
+            loop.add_signal_handler(signal.SIGTERM, stop)
         try:
-            async for line in export_jsonl(store, user_id=user, session_id=session, all_tenants=all_tenants):
-                target.write(line + "\n")
-                count += 1
+            if to_file:
+                assert output is not None
+                await write_export(
+                    store, output, user_id=user, session_id=session, all_tenants=all_tenants, tally=tally
+                )
+                return
+            lines = export_jsonl(store, user_id=user, session_id=session, all_tenants=all_tenants, tally=tally)
+            async for line in lines:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         finally:
-            if output:
-                target.close()
-            else:
-                target.flush()
-        return count
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGTERM)
 
-    count = _run(ctx, work)
-    err.print(f"exported {count} lines", style="dim")
+    try:
+        _run(ctx, work)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        got = signals[0] if signals else signal.SIGINT
+        if not to_file:
+            lost = "the output stops there, without its end line (import refuses it)"
+        else:
+            lost = f"{safe(str(output), oneline=True)} {'keeps its previous content' if existed else 'was not written'}"
+        err.print(
+            f"export interrupted by {got.name} after {tally.sessions} sessions and {tally.messages} messages"
+            f" ({tally.lines} lines): {lost}"
+        )
+        raise typer.Exit(128 + got.value) from None
+    err.print(
+        f"exported {tally.lines + 1} lines: {tally.sessions} sessions, {tally.counts['branch']} branches,"
+        f" {tally.messages} messages and the end line",
+        style="dim",
+    )
 
 
 def _lines(path: Path) -> Iterator[str]:

@@ -25,12 +25,16 @@ the same ids) are conflicts, refused unless asked to skip them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import tempfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
@@ -247,6 +251,64 @@ async def _export_lines(
         after = (page[-1]["tenant_id"], page[-1]["id"])
     details = {"user_id": uid, "session_id": sid}
     await store.audit("export", rows=exported, all_tenants=all_tenants, details=details)
+
+
+async def write_export(
+    store: PostgresSessionStore,
+    path: str | os.PathLike[str],
+    *,
+    user_id: str | None = None,
+    session_id: str | None = None,
+    all_tenants: bool = False,
+    tally: ExportTally | None = None,
+) -> ExportTally:
+    """Write :func:`export_jsonl`'s lines to the file *path*, atomically, and return their tally.
+
+    The lines go to a temporary file beside *path* (readable by its owner only), which is
+    synced and renamed to *path* once the end line is written: whatever stops the export
+    (an error, a cancellation, Ctrl-C), *path* is left as it was and the temporary file is
+    removed. File errors are raised as ``OSError`` naming *path*.
+    """
+    target = Path(path)
+    tally = ExportTally() if tally is None else tally
+    with _file_errors(target):
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    done = False
+    try:
+        # Buffered writes to a local file, between statements that take far longer: not worth
+        # a thread per line.
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:  # noqa: ASYNC230
+            async for line in export_jsonl(
+                store, user_id=user_id, session_id=session_id, all_tenants=all_tenants, tally=tally
+            ):
+                with _file_errors(target):
+                    f.write(line + "\n")
+            with _file_errors(target):
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+        with _file_errors(target):
+            os.replace(name, target)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+    with contextlib.suppress(OSError):  # best effort: the rename itself outlives a crash
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return tally
+
+
+@contextlib.contextmanager
+def _file_errors(target: Path) -> Iterator[None]:
+    """Name the file asked for in an ``OSError``, not the temporary file written first."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
 
 
 # C1 controls and the bidirectional overrides stay escaped, so that printing an export to a
