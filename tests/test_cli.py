@@ -193,7 +193,7 @@ def test_export_import_round_trip_is_identical_and_idempotent(
     exported = invoke(cli, "export", "--output", str(tmp_path / "all.jsonl"))
     assert exported.exit_code == 0
     text = (tmp_path / "all.jsonl").read_text(encoding="utf-8")
-    assert len(text.splitlines()) == 3 + 6
+    assert len(text.splitlines()) == 3 + 6 + 1  # sessions, messages, the end line
     target_schema = schema_name + "_copy"
     runner = CliRunner()
     env = {"DATABASE_URL": database_url, "CONVOSTORE_SCHEMA": target_schema}
@@ -223,9 +223,9 @@ def test_export_one_user_or_one_session(
 ) -> None:
     ids = seed(database_url, schema_name)
     bob = [json.loads(line) for line in invoke(cli, "export", "--user", "bob").stdout.splitlines()]
-    assert [(x["type"], x.get("user_id")) for x in bob] == [("session", "bob"), ("message", None)]
+    assert [(x["type"], x.get("user_id")) for x in bob] == [("session", "bob"), ("message", None), ("end", None)]
     one = [json.loads(line) for line in invoke(cli, "export", "--session", ids["a1"]).stdout.splitlines()]
-    assert [x["type"] for x in one] == ["session"] + ["message"] * 4
+    assert [x["type"] for x in one] == ["session"] + ["message"] * 4 + ["end"]
     assert invoke(cli, "export", "--user", "bob", "--session", ids["a1"]).exit_code == 2
 
 
@@ -250,6 +250,16 @@ def test_export_one_user_or_one_session(
             "not an ISO 8601 time",
         ),
         ('{"type": "banana"}', "unknown line type"),
+        (
+            '{"type": "message", "session_id": "s1", "id": "m2", "seq": 9223372036854775807, "role": "user", '
+            '"content": "x", "created_at": "2026-01-01T00:00:00+00:00"}',
+            "seq must be between 1 and 4611686018427387904",
+        ),
+        (
+            '{"type": "message", "session_id": "s1", "id": "m2", "seq": 2, "role": "tool", "content": "x", '
+            '"created_at": "2026-01-01T00:00:00+00:00"}',
+            "a tool message needs the tool_call_id",
+        ),
     ],
 )
 def test_malformed_import_lines_name_the_line_and_change_nothing(
@@ -269,6 +279,37 @@ def test_malformed_import_lines_name_the_line_and_change_nothing(
     assert reason in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert count(database_url, schema_name, "agent_sessions") == 0
+
+
+def test_import_refuses_an_export_cut_short_unless_allowed_partial(
+    cli: tuple[CliRunner, dict[str, str]], database_url: str, schema_name: str, tmp_path: Path
+) -> None:
+    seed(database_url, schema_name)
+    assert invoke(cli, "export", "-o", str(tmp_path / "all.jsonl")).exit_code == 0
+    lines = (tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:4]), encoding="utf-8")  # ends on a whole line, as an interrupted export did
+    target_schema = schema_name + "_copy"
+    env = {"DATABASE_URL": database_url, "CONVOSTORE_SCHEMA": target_schema}
+    runner = CliRunner()
+    try:
+        refused = runner.invoke(app, ["import", str(cut)], env=env)
+        assert refused.exit_code == 1
+        (line,) = refused.output.strip().splitlines()
+        assert line.startswith("error: line 5: no end line after line 4: the export was cut short")
+        assert "--allow-partial" in line
+        assert count(database_url, target_schema, "agent_sessions") == 0
+        partial = runner.invoke(app, ["import", str(cut), "--allow-partial"], env=env)
+        assert partial.exit_code == 0, partial.output
+        sessions = sum(line.startswith('{"type": "session"') for line in lines[:4])
+        assert f"imported {sessions} of {sessions} sessions" in partial.output
+        assert f"warning: {cut} has no end line" in partial.output
+        complete = runner.invoke(app, ["import", str(tmp_path / "all.jsonl")], env=env)
+        assert complete.exit_code == 0, complete.output
+        assert "warning" not in complete.output
+        assert count(database_url, target_schema, "agent_sessions") == 3
+    finally:
+        drop_schema(database_url, target_schema)
 
 
 def test_delete_user_erases_everything_of_one_user(

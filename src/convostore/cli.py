@@ -924,30 +924,74 @@ def export_(
     ctx: typer.Context,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout ('-').")
+    ] = None,
     all_tenants: AllTenants = False,
 ) -> None:
-    """Write sessions and messages as JSON Lines (streaming; lossless; see `import`)."""
+    """Write sessions and messages as JSON Lines (streaming; lossless; see `import`).
+
+    The last line is the end line (counts and a SHA-256 of the lines before it) that `import`
+    checks. A file is written under a temporary name and renamed once complete: an export
+    stopped part way (an error, Ctrl-C, SIGTERM) leaves no file behind.
+    """
     if user is not None and session is not None:
         raise typer.BadParameter("give --user or --session, not both", param_hint="--user/--session")
-    from .transfer import export_jsonl
+    import contextlib
+    import signal
 
-    async def work(store: PostgresSessionStore) -> int:
-        count = 0
-        target = output.open("w", encoding="utf-8") if output else sys.stdout
+    from .transfer import ExportTally, export_jsonl, write_export
+
+    to_file = output is not None and str(output) != "-"
+    existed = to_file and output is not None and output.exists()
+    tally = ExportTally()
+    signals: list[signal.Signals] = []
+
+    async def work(store: PostgresSessionStore) -> None:
+        # SIGTERM stops the export as Ctrl-C does (asyncio.run turns SIGINT into a
+        # cancellation), so that the temporary file is removed on the way out.
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
+
+        def stop() -> None:
+            signals.append(signal.SIGTERM)
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
+            loop.add_signal_handler(signal.SIGTERM, stop)
         try:
-            async for line in export_jsonl(store, user_id=user, session_id=session, all_tenants=all_tenants):
-                target.write(line + "\n")
-                count += 1
+            if to_file:
+                assert output is not None
+                await write_export(
+                    store, output, user_id=user, session_id=session, all_tenants=all_tenants, tally=tally
+                )
+                return
+            lines = export_jsonl(store, user_id=user, session_id=session, all_tenants=all_tenants, tally=tally)
+            async for line in lines:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         finally:
-            if output:
-                target.close()
-            else:
-                target.flush()
-        return count
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGTERM)
 
-    count = _run(ctx, work)
-    err.print(f"exported {count} lines", style="dim")
+    try:
+        _run(ctx, work)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        got = signals[0] if signals else signal.SIGINT
+        if not to_file:
+            lost = "the output stops there, without its end line (import refuses it)"
+        else:
+            lost = f"{safe(str(output), oneline=True)} {'keeps its previous content' if existed else 'was not written'}"
+        err.print(
+            f"export interrupted by {got.name} after {tally.sessions} sessions and {tally.messages} messages"
+            f" ({tally.lines} lines): {lost}"
+        )
+        raise typer.Exit(128 + got.value) from None
+    err.print(
+        f"exported {tally.lines + 1} lines: {tally.sessions} sessions, {tally.counts['branch']} branches,"
+        f" {tally.messages} messages and the end line",
+        style="dim",
+    )
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -972,11 +1016,21 @@ def import_(
             help="Skip (and list) rows that disagree with what is stored instead of refusing the file.",
         ),
     ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Import a file without the end line an export writes last (cut short, or from an older"
+            " convostore) as far as it goes.",
+        ),
+    ] = False,
 ) -> None:
     """Import a JSON Lines export in one transaction; rows already stored identically are skipped.
 
     Creates the schema if it does not exist yet (a restore into a new database).
 
+    The file must end with its end line, and match its counts and checksum: a file cut short
+    or changed after export is refused (--allow-partial takes one without an end line).
     A row that disagrees with what is stored (a session of another user, another message
     under a stored id or seq) is a conflict: the file is refused and nothing is written,
     unless --skip-conflicts is given. Nothing is ever written into another user's session.
@@ -991,6 +1045,7 @@ def import_(
                 _lines(path),
                 on_conflict="skip" if skip_conflicts else "error",
                 on_line=lambda n: progress.update(task, completed=n),
+                allow_partial=allow_partial,
             )
 
     report = _run(ctx, work, migrations=True)  # a restore may go into a new schema
@@ -999,6 +1054,8 @@ def import_(
         f"{report.messages_added} of {report.messages_read} messages "
         f"({report.sessions_present} sessions and {report.messages_present} messages were already present)"
     )
+    if not report.verified:
+        err.print(f"warning: {safe(str(path), oneline=True)} has no end line: it may have been cut short")
     if report.conflicts:
         out.print(
             f"skipped {len(report.conflicts)} conflicting rows and {report.messages_skipped} messages of conflicting"

@@ -58,6 +58,14 @@ class ImportFileError(InvalidInput):
         self.line = line
 
 
+class ImportIncomplete(ImportFileError):
+    """An import file ends before its export's end line (it was cut short); nothing was imported."""
+
+
+class ImportChecksumMismatch(ImportFileError):
+    """An import file's lines disagree with its end line's counts or checksum; nothing was imported."""
+
+
 class SessionNotFound(ConvostoreError, LookupError):
     """The session does not exist (or was deleted)."""
 
@@ -150,8 +158,10 @@ __all__ = [
     "DatabaseError",
     "DuplicateMessageId",
     "EncryptionRequired",
+    "ImportChecksumMismatch",
     "ImportConflict",
     "ImportFileError",
+    "ImportIncomplete",
     "InvalidIdentifier",
     "InvalidIdentifierType",
     "InvalidInput",

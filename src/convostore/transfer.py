@@ -10,6 +10,10 @@ The format, one JSON object per line:
   "tool_call_id", "raw", "created_at", "branch", "covers", "tokens"}``, after the line of its
   session: every stored message, those a compaction summary stands for included (a
   summary's ``covers`` is the ``[first, last]`` seq range it replaces in the compacted view).
+* ``{"type": "end", "lines", "sessions", "branches", "messages", "sha256"}``, last: how many
+  lines (of each type) come before it, and the SHA-256 of their bytes as written (each line
+  UTF-8 encoded and ended by a newline). An export cut short has none, so import refuses it
+  (unless asked to take it as partial); one changed after export no longer matches it.
 
 Times are ISO 8601 with offset and microseconds; strings are exported as stored (U+0000
 included, JSON escapes it). Export reads page by page, so memory stays flat however large
@@ -21,28 +25,45 @@ the same ids) are conflicts, refused unless asked to skip them.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
-from collections.abc import AsyncGenerator, Callable, Iterable
+import tempfile
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
 
 from . import _validate as check
-from ._codec import decode_text, dump_json, encode_text, load_json
+from ._codec import decode_text, load_json
 from ._rows import Opener, messages_from_rows
 from ._types import Connection
-from .errors import ConvostoreError, ImportConflict, ImportFileError, InvalidInput, SessionNotFound
-from .models import ROLES, Message
+from .errors import (
+    ConvostoreError,
+    ImportChecksumMismatch,
+    ImportConflict,
+    ImportFileError,
+    ImportIncomplete,
+    InvalidInput,
+    SessionNotFound,
+)
+from .models import Message
 from .store import PostgresSessionStore
-from .windows import estimate_tokens
 
 _PAGE = 500
 _MESSAGE_PAGE = 1000
 _BATCH = 1000
 _MAX_CONFLICTS_KEPT = 1000
+_MAX_TOKENS = 2**31 - 1  # an integer column
+
+MAX_IMPORT_SEQ = 2**62
+"""The highest seq an import accepts (also for ``last_seq``, ``fork_seq`` and ``cleared_to``):
+it leaves a session 2**62 more seqs for appends before its bigint counter (2**63 - 1) runs out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +83,54 @@ class ImportReport:
     messages_present: int = 0
     messages_skipped: int = 0
     conflicts: tuple[tuple[int, str], ...] = field(default=())
+    verified: bool = False
+    """Whether the file ended with its end line and matched it (with ``allow_partial``, a file
+    without one is imported unverified)."""
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+_KINDS = ("session", "branch", "message")
+
+
+class ExportTally:
+    """What an export's lines so far hold: counts by type and the SHA-256 of their text (each
+    line UTF-8 encoded and ended by a newline, as in the file), which its end line states."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.counts = dict.fromkeys(_KINDS, 0)
+        self._digest = hashlib.sha256()
+
+    @property
+    def sessions(self) -> int:
+        """Session lines so far."""
+        return self.counts["session"]
+
+    @property
+    def messages(self) -> int:
+        """Message lines so far."""
+        return self.counts["message"]
+
+    def add(self, kind: str, line: str) -> None:
+        """Count *line* (without its newline) of type *kind*."""
+        self.lines += 1
+        self.counts[kind] += 1
+        self._digest.update(line.encode("utf-8", "surrogatepass"))  # a line given as str may hold any
+        self._digest.update(b"\n")
+
+    def end(self) -> dict[str, Any]:
+        """The end line's fields for the lines so far."""
+        return {
+            "type": "end",
+            "lines": self.lines,
+            "sessions": self.counts["session"],
+            "branches": self.counts["branch"],
+            "messages": self.counts["message"],
+            "sha256": self._digest.hexdigest(),
+        }
 
 
 async def export_jsonl(
@@ -74,15 +139,30 @@ async def export_jsonl(
     user_id: str | None = None,
     session_id: str | None = None,
     all_tenants: bool = False,
+    tally: ExportTally | None = None,
 ) -> AsyncGenerator[str, None]:
     """Yield the export of the store's tenant (of every tenant with *all_tenants*), one JSON
-    line (without newline) at a time; in a user view, only that user's sessions.
+    line (without newline) at a time; in a user view, only that user's sessions. The last
+    line is the end line (counts and checksum of the lines before it), which
+    :func:`import_jsonl` checks.
 
     Reads sessions page by page and each session's messages in pages by ``seq``, every page
     one retried statement, so memory stays flat however large the export. An unknown
     *session_id* raises :class:`~convostore.errors.SessionNotFound`. The export is recorded
-    in the audit trail once it has been read to the end.
+    in the audit trail once it has been read to the end. *tally*, if given, is kept up to
+    date with what was yielded (to say how far an interrupted export got).
     """
+    tally = ExportTally() if tally is None else tally
+    async for kind, line in _export_lines(store, user_id, session_id, all_tenants):
+        tally.add(kind, line)
+        yield line
+    yield _dumps(tally.end())
+
+
+async def _export_lines(
+    store: PostgresSessionStore, user_id: str | None, session_id: str | None, all_tenants: bool
+) -> AsyncGenerator[tuple[str, str], None]:
+    """The export's lines but the end line, each with its type."""
     uid = store.acting_user(user_id)
     sid = check.optional_identifier(session_id, "session_id")
     tenant = await store.tenant_for(all_tenants)
@@ -96,36 +176,42 @@ async def export_jsonl(
             raise SessionNotFound(f"session {sid!r} does not exist")
         for s in page:
             exported += 1
-            yield _dumps(
-                {
-                    "type": "session",
-                    "tenant_id": s["tenant_id"],
-                    "id": s["id"],
-                    "user_id": s["user_id"],
-                    "agent_name": s["agent_name"],
-                    "metadata": load_json(s["metadata"]),
-                    "created_at": _iso(s["created_at"]),
-                    "updated_at": _iso(s["updated_at"]),
-                    "expires_at": _iso(s["expires_at"]),
-                    "ttl_seconds": s["ttl_seconds"],
-                    "last_seq": s["last_seq"],
-                }
+            yield (
+                "session",
+                _dumps(
+                    {
+                        "type": "session",
+                        "tenant_id": s["tenant_id"],
+                        "id": s["id"],
+                        "user_id": s["user_id"],
+                        "agent_name": s["agent_name"],
+                        "metadata": load_json(s["metadata"]),
+                        "created_at": _iso(s["created_at"]),
+                        "updated_at": _iso(s["updated_at"]),
+                        "expires_at": _iso(s["expires_at"]),
+                        "ttl_seconds": s["ttl_seconds"],
+                        "last_seq": s["last_seq"],
+                    }
+                ),
             )
             branches = await runner.run(
                 "export", _fetch(q.branch_rows, s["tenant_id"], s["id"]), session_id=s["id"], scope=scope
             )
             for b in sorted(branches, key=lambda b: (b["created_at"], b["name"])):
-                yield _dumps(
-                    {
-                        "type": "branch",
-                        "session_id": s["id"],
-                        "name": b["name"],
-                        "parent": b["parent"],
-                        "fork_seq": b["fork_seq"],
-                        "created_at": _iso(b["created_at"]),
-                        "deleted_at": _iso(b["deleted_at"]),
-                        "cleared_to": b["cleared_to"],
-                    }
+                yield (
+                    "branch",
+                    _dumps(
+                        {
+                            "type": "branch",
+                            "session_id": s["id"],
+                            "name": b["name"],
+                            "parent": b["parent"],
+                            "fork_seq": b["fork_seq"],
+                            "created_at": _iso(b["created_at"]),
+                            "deleted_at": _iso(b["deleted_at"]),
+                            "cleared_to": b["cleared_to"],
+                        }
+                    ),
                 )
             seq = 0
             while True:
@@ -137,22 +223,25 @@ async def export_jsonl(
                 )
                 opened = messages_from_rows([r[:13] for r in messages], s["id"], store.opener_for(s["tenant_id"]))
                 for m, r in zip(opened, messages, strict=True):
-                    yield _dumps(
-                        {
-                            "type": "message",
-                            "session_id": s["id"],
-                            "id": m.id,
-                            "seq": m.seq,
-                            "role": m.role,
-                            "content": m.content,
-                            "tool_calls": m.tool_calls,
-                            "tool_call_id": m.tool_call_id,
-                            "raw": m.raw,
-                            "created_at": _iso(m.created_at),
-                            "branch": m.branch,
-                            "covers": None if m.covers is None else list(m.covers),
-                            "tokens": r["tokens"],
-                        }
+                    yield (
+                        "message",
+                        _dumps(
+                            {
+                                "type": "message",
+                                "session_id": s["id"],
+                                "id": m.id,
+                                "seq": m.seq,
+                                "role": m.role,
+                                "content": m.content,
+                                "tool_calls": m.tool_calls,
+                                "tool_call_id": m.tool_call_id,
+                                "raw": m.raw,
+                                "created_at": _iso(m.created_at),
+                                "branch": m.branch,
+                                "covers": None if m.covers is None else list(m.covers),
+                                "tokens": r["tokens"],
+                            }
+                        ),
                     )
                 if len(messages) < _MESSAGE_PAGE:
                     break
@@ -162,6 +251,64 @@ async def export_jsonl(
         after = (page[-1]["tenant_id"], page[-1]["id"])
     details = {"user_id": uid, "session_id": sid}
     await store.audit("export", rows=exported, all_tenants=all_tenants, details=details)
+
+
+async def write_export(
+    store: PostgresSessionStore,
+    path: str | os.PathLike[str],
+    *,
+    user_id: str | None = None,
+    session_id: str | None = None,
+    all_tenants: bool = False,
+    tally: ExportTally | None = None,
+) -> ExportTally:
+    """Write :func:`export_jsonl`'s lines to the file *path*, atomically, and return their tally.
+
+    The lines go to a temporary file beside *path* (readable by its owner only), which is
+    synced and renamed to *path* once the end line is written: whatever stops the export
+    (an error, a cancellation, Ctrl-C), *path* is left as it was and the temporary file is
+    removed. File errors are raised as ``OSError`` naming *path*.
+    """
+    target = Path(path)
+    tally = ExportTally() if tally is None else tally
+    with _file_errors(target):
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    done = False
+    try:
+        # Buffered writes to a local file, between statements that take far longer: not worth
+        # a thread per line.
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:  # noqa: ASYNC230
+            async for line in export_jsonl(
+                store, user_id=user_id, session_id=session_id, all_tenants=all_tenants, tally=tally
+            ):
+                with _file_errors(target):
+                    f.write(line + "\n")
+            with _file_errors(target):
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+        with _file_errors(target):
+            os.replace(name, target)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+    with contextlib.suppress(OSError):  # best effort: the rename itself outlives a crash
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return tally
+
+
+@contextlib.contextmanager
+def _file_errors(target: Path) -> Iterator[None]:
+    """Name the file asked for in an ``OSError``, not the temporary file written first."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
 
 
 # C1 controls and the bidirectional overrides stay escaped, so that printing an export to a
@@ -192,13 +339,25 @@ def _time(value: Any, line: int, field: str, optional: bool = False) -> datetime
         raise ImportFileError(line, f"{field} is not an ISO 8601 time: {value!r}") from exc
     if parsed.tzinfo is None:
         raise ImportFileError(line, f"{field} has no UTC offset: {value!r}")
+    try:  # stored in UTC: a time that leaves the calendar there could never be read back
+        parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ImportFileError(line, f"{field} is outside the years 1-9999 in UTC: {value!r}") from exc
     return parsed
 
 
-def _int(value: Any, line: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImportFileError(line, f"{field} must be a non-negative integer")
+def _int(value: Any, line: int, field: str, low: int = 0, high: int = MAX_IMPORT_SEQ) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ImportFileError(line, f"{field} must be an integer")
+    if not low <= value <= high:
+        raise ImportFileError(line, f"{field} must be between {low} and {high}, got {value}")
     return value
+
+
+def _reason(exc: ConvostoreError) -> str:
+    """An append check's message for an import line: the checks name a message by its place
+    in a batch ("message 0"), the import error names its line."""
+    return re.sub(r"^message 0\b", "message", str(exc))
 
 
 def _session_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
@@ -252,50 +411,30 @@ def _branch_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
 
 
 def _message_row(obj: dict[str, Any], line: int) -> tuple[Any, ...]:
+    """A message line as an import row, checked by the rules every append is checked by
+    (:func:`convostore._validate.message_row`), plus what only an import carries."""
     try:
-        role = obj.get("role")
-        if role not in ROLES:
-            raise ImportFileError(line, f"role must be one of {sorted(ROLES)}, got {role!r}")
-        content = obj.get("content")
-        if not isinstance(content, str):
-            raise ImportFileError(line, "content must be a string")
-        tool_calls = obj.get("tool_calls")
-        if tool_calls is not None and not isinstance(tool_calls, list):
-            raise ImportFileError(line, "tool_calls must be a list or null")
-        raw = obj.get("raw")
-        seq = _int(obj.get("seq"), line, "seq")
-        covers = obj.get("covers")
-        if covers is not None:
-            if not isinstance(covers, list) or len(covers) != 2:
-                raise ImportFileError(line, "covers must be [first, last] or null")
-            first, last = _int(covers[0], line, "covers[0]"), _int(covers[1], line, "covers[1]")
-            if not first <= last < seq:
-                raise ImportFileError(line, "covers must be a range of seqs before the summary's own")
-            covers = (first, last)
-        tokens = obj.get("tokens")
-        raw_text = None if raw is None else dump_json(raw, "raw")
-        calls_text = None if tool_calls is None else dump_json(tool_calls, "tool_calls")
-        if tokens is None:  # as counted when appended
-            tokens = estimate_tokens(check.token_text(content, calls_text, raw_text))
-        return (
-            check.identifier(obj.get("session_id"), "session_id"),
-            seq,
-            check.identifier(obj.get("id"), "id"),
-            role,
-            encode_text(content),
-            calls_text,
-            check.optional_identifier(obj.get("tool_call_id"), "tool_call_id"),
-            raw_text,
-            _time(obj.get("created_at"), line, "created_at"),
-            check.identifier(obj.get("branch", "main"), "branch"),
-            covers,
-            _int(tokens, line, "tokens"),
-            check.kind_of(raw),
-        )
-    except ImportFileError:
-        raise
+        sid = check.identifier(obj.get("session_id"), "session_id")
+        mid = check.identifier(obj.get("id"), "id")  # kept: an append would generate one
+        fields = {name: obj.get(name) for name in ("role", "content", "tool_calls", "tool_call_id", "raw")}
+        checked = check.message_row({**fields, "id": mid})
+        _, role, content, calls_text, tool_call_id, raw_text, _, _, counted, kind = checked
+        branch = check.identifier(obj.get("branch", "main"), "branch")
     except ConvostoreError as exc:
-        raise ImportFileError(line, str(exc)) from exc
+        raise ImportFileError(line, _reason(exc)) from exc
+    seq = _int(obj.get("seq"), line, "seq", low=1)  # export reads seqs after 0
+    covers = obj.get("covers")
+    if covers is not None:
+        if not isinstance(covers, list) or len(covers) != 2:
+            raise ImportFileError(line, "covers must be [first, last] or null")
+        first, last = _int(covers[0], line, "covers[0]", low=1), _int(covers[1], line, "covers[1]", low=1)
+        if not first <= last < seq:
+            raise ImportFileError(line, "covers must be a range of seqs before the summary's own")
+        covers = (first, last)
+    tokens = obj.get("tokens")  # absent: counted as an append counts it
+    tokens = counted if tokens is None else _int(tokens, line, "tokens", high=_MAX_TOKENS)
+    created_at = _time(obj.get("created_at"), line, "created_at")
+    return (sid, seq, mid, role, content, calls_text, tool_call_id, raw_text, created_at, branch, covers, tokens, kind)
 
 
 @dataclass
@@ -343,12 +482,24 @@ class _Import:
         sessions, self.sessions = self.sessions, []
         branches, self.branches = self.branches, []
         messages, self.messages = self.messages, []
-        if sessions:
-            await self._sessions(conn, q, sessions)
-        if branches:
-            await self._branches(conn, q, branches)
-        if messages:
-            await self._messages(conn, q, messages)
+        lines = [line for line, _ in (*sessions, *branches, *messages)]
+        if not lines:
+            return
+        # Every line was checked before: a refusal here is a concurrent writer, or a rule the
+        # checks miss. Either way the error names the lines of the batch it came from.
+        where = f"lines {min(lines)}-{max(lines)}"
+        try:
+            if sessions:
+                await self._sessions(conn, q, sessions)
+            if branches:
+                await self._branches(conn, q, branches)
+            if messages:
+                await self._messages(conn, q, messages)
+        except asyncpg.UniqueViolationError as exc:
+            reason = f"{where}: a session or message was written by someone else during the import; run it again"
+            raise ImportConflict([(min(lines), reason)]) from exc
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise ImportFileError(min(lines), f"{where}: the database refused a row: {exc}") from exc
 
     async def _branches(self, conn: Connection, q: Any, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
         wanted = [(line, row) for line, row in batch if row[0] not in self.refused]
@@ -439,8 +590,8 @@ class _Import:
             *(key_id, sealed, branch, first, last, tokens, kind),
         )
 
-    def report(self) -> ImportReport:
-        return ImportReport(**self.counts, conflicts=tuple(self.conflicts))
+    def report(self, verified: bool) -> ImportReport:
+        return ImportReport(**self.counts, conflicts=tuple(self.conflicts), verified=verified)
 
 
 def _same_message(stored: Message, row: tuple[Any, ...]) -> bool:
@@ -463,8 +614,16 @@ async def import_jsonl(
     *,
     on_conflict: Literal["error", "skip"] = "error",
     on_line: Callable[[int], None] | None = None,
+    allow_partial: bool = False,
 ) -> ImportReport:
     """Import an export (see the module docstring) in one transaction.
+
+    The file must end with the end line its export writes last, and the lines before it must
+    match that line's counts and SHA-256: a file without it raises
+    :class:`~convostore.errors.ImportIncomplete` (an export cut short), one that disagrees
+    with it :class:`~convostore.errors.ImportChecksumMismatch` (changed after export), and
+    nothing is written. With *allow_partial*, a file without an end line is imported as far
+    as it goes (an end line present is still checked).
 
     Every row is compared with what is stored first: identical rows are skipped as present,
     absent rows are inserted, and rows that disagree (a session of another user or agent,
@@ -486,17 +645,11 @@ async def import_jsonl(
         opener=store.opener_for(store.tenant),
         seal=store.seal_row,
     )
-    declared: set[str] = set()
     async with store.runner.transaction("import", scope=store.scope()) as conn:
-        try:
-            await _read(state, declared, lines, on_line, conn, q)
-        except asyncpg.UniqueViolationError as exc:
-            raise ImportConflict(
-                [(0, "a session or message was written by someone else during the import; run it again")]
-            ) from exc
+        verified = await _read(state, lines, on_line, conn, q, allow_partial)
         if state.strict and state.conflicts_seen:
             raise ImportConflict(state.conflicts)
-        report = state.report()
+        report = state.report(verified)
         details = {
             "sessions": report.sessions_added,
             "messages": report.messages_added,
@@ -506,30 +659,57 @@ async def import_jsonl(
     return report
 
 
+def _with_last(lines: Iterable[str]) -> Iterator[tuple[int, str, bool]]:
+    """*lines* numbered from 1, each with whether it is the last one."""
+    it = iter(lines)
+    previous = next(it, None)
+    number = 1
+    for text in it:
+        assert previous is not None
+        yield number, previous, False
+        previous, number = text, number + 1
+    if previous is not None:
+        yield number, previous, True
+
+
 async def _read(
     state: _Import,
-    declared: set[str],
     lines: Iterable[str],
     on_line: Callable[[int], None] | None,
     conn: Connection,
     q: Any,
-) -> None:
-    """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*."""
-    for number, text in enumerate(lines, start=1):
+    allow_partial: bool,
+) -> bool:
+    """Read *lines*, validating each and flushing every ``_BATCH`` rows through *state*; check
+    the end line. Returns whether there was one."""
+    declared: dict[str, set[str]] = {}  # the sessions read so far, with the branches they declared
+    tally = ExportTally()
+    end: int | None = None  # the end line's number, once read
+    number = 0
+    for number, text, last in _with_last(lines):
         if on_line is not None:
             on_line(number)
         if not text.strip():
             continue
+        if end is not None:
+            raise ImportFileError(number, f"a line after the end line (line {end}); import one export at a time")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ImportFileError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            if last:  # what an export cut short in the middle of a line leaves
+                raise ImportIncomplete(number, f"{reason}: the file ends inside this line, cut short") from exc
+            raise ImportFileError(number, reason) from exc
         if not isinstance(obj, dict):
             raise ImportFileError(number, "each line must be a JSON object")
         kind = obj.get("type")
+        if kind == "end":
+            _check_end(obj, tally, number)
+            end = number
+            continue
         if kind == "session":
             row = _session_row(obj, number)
-            declared.add(row[0])
+            declared.setdefault(row[0], {"main"})
             state.counts["sessions_read"] += 1
             tenant = obj.get("tenant_id", state.tenant)
             if tenant != state.tenant:  # a store imports into its own tenant only
@@ -539,17 +719,47 @@ async def _read(
                 state.sessions.append((number, row))
         elif kind == "branch":
             row = _branch_row(obj, number)
-            if row[0] not in declared:
+            names = declared.get(row[0])
+            if names is None:
                 raise ImportFileError(number, f"branch of session {row[0]!r}, whose line does not come first")
+            if row[2] is not None and row[2] not in names:  # as a fork needs its parent
+                raise ImportFileError(number, f"branch {row[1]!r} forks {row[2]!r}, which session {row[0]!r} lacks")
+            names.add(row[1])
             state.branches.append((number, row))
         elif kind == "message":
             row = _message_row(obj, number)
-            if row[0] not in declared:
+            names = declared.get(row[0])
+            if names is None:
                 raise ImportFileError(number, f"message for session {row[0]!r}, whose line does not come first")
+            if row[9] not in names:  # as an append to a branch the session does not have
+                raise ImportFileError(number, f"message on branch {row[9]!r}, which session {row[0]!r} lacks")
             state.messages.append((number, row))
             state.counts["messages_read"] += 1
         else:
-            raise ImportFileError(number, f"unknown line type {kind!r} (expected 'session', 'branch' or 'message')")
+            expected = "'session', 'branch', 'message' or 'end'"
+            raise ImportFileError(number, f"unknown line type {kind!r} (expected {expected})")
+        tally.add(kind, text.rstrip("\r\n"))
         if len(state.sessions) + len(state.branches) + len(state.messages) >= _BATCH:
             await state.flush(conn, q)
+    if end is None and not allow_partial:
+        where = f"after line {number}" if number else "in an empty file"
+        raise ImportIncomplete(
+            number + 1,
+            f"no end line {where}: the export was cut short, or comes from a convostore that wrote none"
+            " (allow_partial, or --allow-partial, imports it as it is)",
+        )
     await state.flush(conn, q)
+    return end is not None
+
+
+def _check_end(obj: dict[str, Any], tally: ExportTally, number: int) -> None:
+    """Refuse an end line that disagrees with the lines before it."""
+    found = tally.end()
+    wrong = [key for key in found if key != "type" and obj.get(key) != found[key]]
+    if not wrong:
+        return
+    counts = [f"{key} {obj.get(key)!r} (the file has {found[key]})" for key in wrong if key != "sha256"]
+    said = "; ".join(counts) if counts else "its SHA-256"
+    raise ImportChecksumMismatch(
+        number, f"the end line does not match lines 1-{number - 1}: {said}; the file was changed after export"
+    )
