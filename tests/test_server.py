@@ -251,6 +251,8 @@ async def test_a_user_key_never_sees_another_users_data(api: Api) -> None:
     assert [(h["session_id"], h["user_id"]) for h in hits] == [(alice_sid, "alice")]
     assert_problem(await api.get("/v1/search", alice, q="kettle", user_id="bob"), 403)
     lines = [json.loads(line) for line in (await api.get("/v1/export", alice)).text.splitlines()]
+    assert lines[-1]["type"] == "end"
+    lines = lines[:-1]
     assert {line.get("session_id", line.get("id")) for line in lines} == {alice_sid}
     assert {line["user_id"] for line in lines if line["type"] == "session"} == {"alice"}
     usage = (await api.get("/v1/usage", alice, by="user")).json()["items"]
@@ -313,7 +315,7 @@ async def test_another_tenants_key_sees_nothing_of_this_tenant(api: Api) -> None
     assert (await api.get("/v1/usage", stranger)).json()["items"] == []
     export = await api.get("/v1/export", stranger)
     assert export.status_code == 200
-    assert export.text == ""
+    assert [json.loads(line)["type"] for line in export.text.splitlines()] == ["end"]  # nothing but the end line
     assert (await api.delete("/v1/users/alice", stranger)).json()["sessions"] == 0
     assert (await api.get(f"/v1/sessions/{alice_sid}")).status_code == 200  # still there
 
@@ -381,6 +383,7 @@ async def test_every_id_names_its_own_session_through_every_route(api: Api) -> N
         branched = (await api.get(f"{location}/messages", branch=sid)).json()["items"]
         assert [(m["content"], m["branch"]) for m in branched] == [(f"branched number{n}", sid)]
         lines = [json.loads(line) for line in (await api.get("/v1/export", session_id=sid)).text.splitlines()]
+        assert lines.pop()["type"] == "end"
         assert {line.get("session_id", line.get("id")) for line in lines} == {sid}
         hits = (await api.get("/v1/search", q=f"number{n}", session_id=sid)).json()["items"]
         assert {h["session_id"] for h in hits} == {sid}
@@ -604,7 +607,8 @@ async def test_export_streams_json_lines(api: Api) -> None:
     assert response.headers["content-type"].startswith("application/x-ndjson")
     assert "attachment" in response.headers["content-disposition"]
     lines = [json.loads(line) for line in response.text.splitlines()]
-    assert len(lines) == 5 * (1 + 3)
+    assert len(lines) == 5 * (1 + 3) + 1  # and the end line
+    assert lines[-1]["type"] == "end"
     assert {line["id"] for line in lines if line["type"] == "session"} == set(sids)
     # Sent line by line as it is read, not as one buffered body (seen at the ASGI level:
     # httpx's transport joins the parts).
@@ -612,7 +616,7 @@ async def test_export_streams_json_lines(api: Api) -> None:
     assert b"".join(bodies).decode() == response.text
     assert len([b for b in bodies if b]) == len(lines)
     one = await api.get("/v1/export", session_id=sids[0])
-    assert [json.loads(line)["type"] for line in one.text.splitlines()] == ["session", "message", "message", "message"]
+    assert [json.loads(line)["type"] for line in one.text.splitlines()] == ["session", *["message"] * 3, "end"]
     assert_problem(await api.get("/v1/export", session_id="nope"), 404, "session-not-found")
 
 
