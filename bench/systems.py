@@ -375,6 +375,29 @@ class ConvostoreSealed(Convostore):
             )
 
 
+class ConvostoreTokens(Convostore):
+    """The store counting each message's tokens as it is written (the estimate of
+    :func:`convostore.windows.estimate_tokens`, pure Python; tiktoken's files are not
+    fetched here), for budget windows."""
+
+    name = "convostore-tokens"
+
+    def _options(self) -> dict[str, Any]:
+        from convostore.windows import estimate_tokens
+
+        return {"token_counter": estimate_tokens}
+
+
+class ConvostoreSearch(Convostore):
+    """The store with the opt-in full-text index built: every append indexes what it writes."""
+
+    name = "convostore-search"
+
+    async def open(self) -> None:
+        await super().open()
+        await self.store.create_search_index()
+
+
 class ConvostoreSDK(Convostore):
     name = "convostore-sdk"
     supports_recent = False
@@ -719,6 +742,8 @@ SYSTEMS: dict[str, type[System]] = {
         Convostore,
         ConvostoreRLS,
         ConvostoreSealed,
+        ConvostoreTokens,
+        ConvostoreSearch,
         ConvostoreSDK,
         SQLAlchemySDK,
         Langchain,
