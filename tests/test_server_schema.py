@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.errors import InvalidSchema
 from schemathesis.core.result import Err
 from schemathesis.python.asgi import shutdown_lifespans
 
@@ -59,9 +60,17 @@ def test_the_api_does_what_its_openapi_document_says(database_url: str, schema_n
     token = asyncio.run(_seed(database_url, schema_name))
     store = PostgresSessionStore(database_url, schema=schema_name, apply_migrations=False)
     app = create_app(store, owns_store=True)
-    config = schemathesis.Config.from_dict({"headers": {"Authorization": f"Bearer {token}"}})
+    # A body past the size limit is refused with 413 before it is read: a refusal too.
+    refused = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+    config = schemathesis.Config.from_dict(
+        {
+            "headers": {"Authorization": f"Bearer {token}"},
+            "checks": {"negative_data_rejection": {"expected-statuses": refused}},
+        }
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     failures: list[str] = []
+    unreachable: list[str] = []
     tried = 0
     try:
         for result in schema.get_all_operations():
@@ -84,6 +93,13 @@ def test_the_api_does_what_its_openapi_document_says(database_url: str, schema_n
                 tried += 1
                 try:
                     check()
+                except InvalidSchema as exc:
+                    # The generator's own limit (it cannot draw an invalid body of this shape),
+                    # not the server's: said, and the operation's valid requests still checked.
+                    if mode is GenerationMode.NEGATIVE and "Cannot generate" in str(exc):
+                        unreachable.append(operation.label)
+                    else:
+                        failures.append(f"{operation.label} ({mode.value}): {exc}")
                 except Unsatisfiable:
                     # Nothing to break: an operation without parameters or body has no invalid form.
                     assert mode is GenerationMode.NEGATIVE, operation.label
@@ -98,3 +114,4 @@ def test_the_api_does_what_its_openapi_document_says(database_url: str, schema_n
         shutdown_lifespans()  # the application's shutdown: its store closes
     assert tried >= 20  # every operation, both ways
     assert not failures, "\n\n".join(failures)
+    assert len(unreachable) <= 1, f"invalid requests could not be generated for {unreachable}"
