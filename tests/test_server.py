@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from convostore import InvalidIdentifier, NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage
+from convostore import InvalidIdentifier, NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage, Window
 from convostore.keys import create_key, revoke_key
 from convostore.server import create_app
 from convostore.server.ui import csrf_token
@@ -807,7 +807,7 @@ async def test_the_openapi_document_describes_keys_and_problems(api: Api) -> Non
     assert set(problem["required"]) == {"type", "title", "status", "detail"}
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
-    assert len([1 for path, *_ in operations if path.startswith("/v1/")]) == 10
+    assert len([1 for path, *_ in operations if path.startswith("/v1/")]) == 15
     for path, _, op in operations:
         if not path.startswith("/v1/"):
             assert "security" not in op
@@ -862,3 +862,284 @@ async def test_each_request_is_a_span(api: Api, spans: InMemorySpanExporter) -> 
     read = next(s for s in finished if s.name == "convostore get_messages")
     assert read.parent is not None
     assert read.parent.span_id == server[0].context.span_id
+
+
+# -- metadata updates, windows, branches, compaction ----------------------------------------------
+
+
+async def _patch(api: Api, path: str, body: Any, token: str | None = None) -> httpx.Response:
+    return await api.client.patch(path, json=body, headers=auth(token or api.admin))
+
+
+def _at(sid: str) -> str:
+    return "/v1/sessions/" + quote(sid, safe="")
+
+
+async def test_patching_a_session_merges_its_metadata(api: Api) -> None:
+    sid = "tickets/42 open"
+    await api.store.create_session("alice", "a", {"title": "Hi", "n": 1}, session_id=sid)
+    await api.store.add_messages(sid, [NewMessage("user", "one"), NewMessage("assistant", "two")])
+    patched = await _patch(api, _at(sid), {"metadata": {"title": "Refund", "tags": ["billing"], "n": None}})
+    assert patched.status_code == 200, patched.text
+    session = patched.json()
+    assert session["id"] == sid
+    assert session["metadata"] == {"title": "Refund", "tags": ["billing"], "n": None}  # top-level keys replaced
+    assert session["message_count"] == 2
+    assert session == (await api.client.get(_at(sid), headers=auth(api.admin))).json()
+    assert (await _patch(api, _at(sid), {"metadata": {}})).json()["metadata"] == session["metadata"]
+    # A sibling whose id is a prefix is not touched.
+    await api.store.create_session("alice", "a", {"title": "sibling"}, session_id="tickets")
+    assert (await api.store.get_session("tickets")) is not None
+    assert (await api.get("/v1/sessions/tickets")).json()["metadata"] == {"title": "sibling"}
+    bad: Any
+    for bad in (
+        {},
+        {"metadata": [1]},
+        {"metadata": "x"},
+        {"title": "no wrapper"},
+        {"metadata": {}, "colour": "red"},
+        {"metadata": {f"k{i}": i for i in range(65)}},
+        [],
+    ):
+        assert_problem(await _patch(api, _at(sid), bad), 422, "validation-error")
+    assert_problem(await _patch(api, "/v1/sessions/nope", {"metadata": {"a": 1}}), 404, "session-not-found")
+
+
+async def test_window_reads_of_messages(api: Api) -> None:
+    sid = "chats/with space"
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    await api.store.create_session("alice", "a", session_id=sid)
+    await api.store.add_messages(
+        sid,
+        [
+            NewMessage("system", "be brief"),
+            NewMessage("user", "first question"),
+            NewMessage("assistant", "first answer"),
+            NewMessage("user", "weather?"),
+            NewMessage("assistant", "", tool_calls=calls),
+            NewMessage("tool", "sunny", tool_call_id="c1"),
+            NewMessage("assistant", "It is sunny."),
+        ],
+    )
+    path = _at(sid) + "/messages"
+
+    async def contents(**params: Any) -> list[str]:
+        response = await api.get(path, **params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["next_before"], body["next_after"]) == (None, None)  # a window is one answer
+        return [m["content"] for m in body["items"]]
+
+    last_turn = ["be brief", "weather?", "", "sunny", "It is sunny."]
+    assert await contents(turns=1) == last_turn
+    assert await contents(turns=1, pinned="false") == last_turn[1:]
+    assert await contents(turns=5) == [m.content for m in await api.store.get_messages(sid)]
+    # As the library answers: the window never starts between a call and its output.
+    for tokens in (1, 5, 10, 1000):
+        expected = [m.content for m in await api.store.get_messages(sid, window=Window(tokens=tokens))]
+        assert await contents(tokens=tokens) == expected, tokens
+        assert "sunny" not in expected or "" in expected  # the output comes with its call
+    both = [m.content for m in await api.store.get_messages(sid, window=Window(turns=2, tokens=8, pinned=False))]
+    assert await contents(turns=2, tokens=8, pinned="false") == both
+    assert await contents(turns=1, before_seq=4) == ["be brief", "first question", "first answer"]
+    assert await contents(turns=0) == ["be brief"]
+    # Without turns or tokens, pinned changes nothing: the view, paged.
+    assert len((await api.get(path, pinned="false")).json()["items"]) == 7
+    # A window cannot page forwards; bad values are refused by the schema.
+    assert_problem(await api.get(path, turns=1, after_seq=0), 400, "invalid-input")
+    for bad in ({"turns": -1}, {"tokens": "many"}, {"turns": 2**62 + 1}, {"pinned": "maybe"}, {"turns": 1.5}):
+        assert_problem(await api.get(path, **bad), 422, "validation-error")
+    assert_problem(await api.get("/v1/sessions/nope/messages", turns=1), 404, "session-not-found")
+    assert_problem(await api.get("/v1/sessions/nope/messages", turns=1, after_seq=0), 400, "invalid-input")
+    assert_problem(await api.get(path, turns=1, branch="nope"), 404, "branch-not-found")
+
+
+async def test_branches_are_forked_listed_and_deleted(api: Api) -> None:
+    sid, name = "trees/a b", "what/if x"
+    await api.store.create_session("alice", "a", session_id=sid)
+    stored = await api.store.add_messages(sid, [NewMessage("user", f"m{i}") for i in range(3)])
+    branches = _at(sid) + "/branches"
+    forked = await api.post(branches, {"name": name, "at_seq": stored[1].seq})
+    assert forked.status_code == 201, forked.text
+    branch = forked.json()
+    assert (branch["name"], branch["parent"], branch["fork_seq"], branch["messages"]) == (name, "main", 2, 0)
+    assert datetime.fromisoformat(branch["created_at"]).tzinfo is not None
+    await api.post(_at(sid) + "/messages", _batch("another ending") | {"branch": name})
+    listed = (await api.get(branches)).json()["items"]
+    assert [(b["name"], b["parent"], b["fork_seq"], b["messages"]) for b in listed] == [
+        ("main", None, None, 3),
+        (name, "main", 2, 1),
+    ]
+    read = (await api.get(_at(sid) + "/messages", branch=name)).json()["items"]
+    assert [m["content"] for m in read] == ["m0", "m1", "another ending"]
+    # By default a fork starts at the parent's latest message; at_seq 0 shares none of it.
+    latest = (await api.post(branches, {"name": "latest"})).json()
+    assert (latest["fork_seq"], latest["parent"]) == (3, "main")
+    empty = (await api.post(branches, {"name": "blank", "parent": name, "at_seq": 0})).json()
+    assert (empty["fork_seq"], empty["parent"]) == (0, name)
+    whole = await api.post(branches, {"name": "whole", "at_seq": 2.0})  # an integer, to JSON
+    assert (whole.status_code, whole.json()["fork_seq"]) == (201, 2)
+    await api.delete(branches + "/whole")
+    # Conflicts and unknowns.
+    assert_problem(await api.post(branches, {"name": name}), 409, "branch-exists")
+    assert_problem(await api.post(branches, {"name": "main"}), 409, "branch-exists")
+    assert_problem(await api.post(branches, {"name": "x", "parent": "nope"}), 404, "branch-not-found")
+    assert_problem(await api.post(branches, {"name": "x", "at_seq": 99}), 400, "invalid-input")
+    assert_problem(await api.post("/v1/sessions/nope/branches", {"name": "x"}), 404, "session-not-found")
+    assert_problem(await api.get("/v1/sessions/nope/branches"), 404, "session-not-found")
+    bad: Any
+    for bad in (
+        {},
+        {"name": ""},
+        {"name": "   "},
+        {"name": "."},
+        {"name": ".."},
+        {"name": "x" * 256},
+        {"name": "x", "at_seq": -1},
+        {"name": "x", "at_seq": "2"},
+        {"name": "x", "parent": ""},
+        {"name": "x", "colour": "red"},
+    ):
+        assert_problem(await api.post(branches, bad), 422, "validation-error")
+    # Deleting the main branch leaves the fork whole: it keeps the two messages it shares.
+    deleted = await api.delete(branches + "/main")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"session_id": sid, "branch": "main", "messages": 0}  # latest shares all of main's
+    assert [b["name"] for b in (await api.get(branches)).json()["items"]] == [name, "latest", "blank"]
+    read = (await api.get(_at(sid) + "/messages", branch=name)).json()["items"]
+    assert [m["content"] for m in read] == ["m0", "m1", "another ending"]
+    gone = await api.client.delete(branches + "/" + quote(name, safe=""), headers=auth(api.admin))
+    assert gone.json() == {"session_id": sid, "branch": name, "messages": 1}
+    assert_problem(await api.delete(branches + "/" + quote(name, safe="")), 404, "branch-not-found")
+    assert_problem(await api.delete(branches + "/what"), 404, "branch-not-found")  # "what/if x" was one segment
+    assert_problem(await api.delete(branches + "/" + "x" * 256), 422, "validation-error")
+    assert_problem(await api.delete("/v1/sessions/nope/branches/main"), 404, "session-not-found")
+
+
+async def test_compaction_through_the_api(api: Api) -> None:
+    sid = "support/kettle refund"
+    await api.store.create_session("alice", "a", session_id=sid)
+    stored = await api.store.add_messages(
+        sid, [NewMessage("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(4)]
+    )
+    seqs = [m.seq for m in stored]
+    path, messages = _at(sid) + "/compact", _at(sid) + "/messages"
+    body = {
+        "summary": [{"role": "user", "content": "Summary: a refund.", "id": "sum-1"}],
+        "from_seq": seqs[0],
+        "expect": seqs,
+    }
+    compacted = await api.post(path, body)
+    assert compacted.status_code == 200, compacted.text
+    items = compacted.json()["items"]
+    assert [(m["content"], m["id"], m["covers"], m["session_id"]) for m in items] == [
+        ("Summary: a refund.", "sum-1", [seqs[0], seqs[-1]], sid)
+    ]
+    assert [m["content"] for m in (await api.get(messages)).json()["items"]] == ["Summary: a refund."]
+    assert len((await api.get(messages, raw="true")).json()["items"]) == 5  # the four, and the summary
+    # A retry with the same ids returns the summary stored the first time.
+    assert (await api.post(path, body)).json() == compacted.json()
+    # The view changed since the summary was made, or nothing to replace: nothing written.
+    stale = await api.post(path, {"summary": [{"role": "user", "content": "stale"}], "expect": seqs})
+    assert (stale.status_code, stale.json()) == (200, {"items": None})
+    later = await api.post(path, {"summary": [{"role": "user", "content": "late"}], "from_seq": 1000})
+    assert later.json() == {"items": None}
+    assert [m["content"] for m in (await api.get(messages)).json()["items"]] == ["Summary: a refund."]
+    # A summary of nothing replaces the view with nothing.
+    assert (await api.post(path, {"summary": []})).json() == {"items": []}
+    assert (await api.get(messages)).json()["items"] == []
+    # On a branch; unknowns, conflicts and bad input.
+    await api.store.fork_session(sid, "side", at_seq=0)
+    await api.post(messages, _batch("b0", "b1") | {"branch": "side"})
+    on_side = await api.post(path, {"summary": [{"role": "assistant", "content": "side gist"}], "branch": "side"})
+    assert [m["branch"] for m in on_side.json()["items"]] == ["side"]
+    assert_problem(await api.post(path, {"summary": [], "branch": "nope"}), 404, "branch-not-found")
+    assert_problem(await api.post("/v1/sessions/nope/compact", {"summary": []}), 404, "session-not-found")
+    twice = [{"role": "user", "content": "1", "id": "x"}, {"role": "user", "content": "2", "id": "x"}]
+    assert_problem(await api.post(path, {"summary": twice}), 409, "duplicate-message-id")
+    bad: Any
+    for bad in (
+        {},
+        {"summary": "gist"},
+        {"summary": [{"role": "robot", "content": "x"}]},
+        {"summary": [], "from_seq": -1},
+        {"summary": [], "expect": [-1]},
+        {"summary": [], "expect": "1"},
+        {"summary": [], "prune_to": "3"},
+        {"summary": [], "branch": ""},
+        {"summary": [], "colour": "red"},
+    ):
+        assert_problem(await api.post(path, bad), 422, "validation-error")
+
+
+async def test_another_users_session_answers_the_new_routes_as_one_that_does_not_exist(api: Api) -> None:
+    _, bob_sid = await _two_users(api.store)
+    await api.store.fork_session(bob_sid, "what-if")
+    alice = await api.key(user="alice")
+
+    async def answers(sid: str) -> list[tuple[int, str]]:
+        path = _at(sid)
+        responses = [
+            await _patch(api, path, {"metadata": {"title": "mine now"}}, alice),
+            await api.get(f"{path}/messages", alice, turns=1),
+            await api.get(f"{path}/messages", alice, tokens=10, branch="what-if"),
+            await api.get(f"{path}/branches", alice),
+            await api.post(f"{path}/branches", {"name": "hers"}, alice),
+            await api.post(f"{path}/branches", {"name": "what-if"}, alice),
+            await api.post(f"{path}/branches", {"name": "x", "parent": "nope"}, alice),
+            await api.delete(f"{path}/branches/what-if", alice),
+            await api.delete(f"{path}/branches/main", alice),
+            await api.post(f"{path}/compact", {"summary": [{"role": "user", "content": "gist"}]}, alice),
+            await api.post(f"{path}/compact", {"summary": [], "branch": "what-if"}, alice),
+        ]
+        for response in responses:
+            assert_problem(response, 404, "session-not-found")
+        # Refused before any session is looked at: the same answer for every session.
+        responses.append(await api.get(f"{path}/messages", alice, turns=1, after_seq=0))
+        assert_problem(responses[-1], 400, "invalid-input")
+        return [(r.status_code, r.text.replace(repr(sid), "<sid>").replace(sid, "<sid>")) for r in responses]
+
+    assert await answers(bob_sid) == await answers("nobody-has-this-one")
+    # Bob's session is untouched.
+    bob = await api.store.get_session(bob_sid)
+    assert bob is not None
+    assert bob.metadata == {"title": "bob's"}
+    assert [b.name for b in await api.store.list_branches(bob_sid)] == ["main", "what-if"]
+    assert [m.content for m in await api.store.get_messages(bob_sid, raw=True)] == ["my refund for the red kettle"]
+    # Her own session: the same routes work with her key.
+    mine = await api.post("/v1/sessions", {"id": "hers/too", "agent_name": "a"}, alice)
+    assert mine.status_code == 201
+    assert (await _patch(api, _at("hers/too"), {"metadata": {"k": 1}}, alice)).json()["metadata"] == {"k": 1}
+    assert (await api.post(_at("hers/too") + "/branches", {"name": "b"}, alice)).status_code == 201
+
+
+async def test_every_id_names_its_own_session_through_the_new_routes(api: Api) -> None:
+    for n, sid in enumerate(AWKWARD_IDS):
+        await api.store.create_session("alice", "a", {"n": n}, session_id=sid)
+        await api.store.add_messages(sid, [NewMessage("user", f"q{n}"), NewMessage("assistant", f"a{n}")])
+    for n, sid in enumerate(AWKWARD_IDS):
+        path = _at(sid)
+        patched = await _patch(api, path, {"metadata": {"seen": sid}})
+        assert (patched.status_code, patched.json()["id"], patched.json()["metadata"]) == (
+            200,
+            sid,
+            {"n": n, "seen": sid},
+        )
+        window = (await api.get(f"{path}/messages", turns=1)).json()["items"]
+        assert [(m["session_id"], m["content"]) for m in window] == [(sid, f"q{n}"), (sid, f"a{n}")]
+        # A branch named like the session: a path segment of its own too.
+        forked = await api.post(f"{path}/branches", {"name": sid, "at_seq": 1})
+        assert forked.status_code == 201, (sid, forked.text)
+        listed = (await api.get(f"{path}/branches")).json()["items"]
+        assert [(b["name"], b["fork_seq"]) for b in listed] == [("main", None), (sid, 1)], sid
+        compacted = await api.post(f"{path}/compact", {"summary": [{"role": "user", "content": f"gist{n}"}]})
+        assert [(m["session_id"], m["covers"]) for m in compacted.json()["items"]] == [(sid, [1, 2])], sid
+        deleted = await api.delete(f"{path}/branches/{quote(sid, safe='')}")
+        assert deleted.json() == {"session_id": sid, "branch": sid, "messages": 0}, sid
+    # Each session holds only what was done through its own path.
+    for n, sid in enumerate(AWKWARD_IDS):
+        session = await api.store.get_session(sid)
+        assert session is not None
+        assert session.metadata == {"n": n, "seen": sid}
+        assert [b.name for b in await api.store.list_branches(sid)] == ["main"]
+        assert [m.content for m in await api.store.get_messages(sid)] == [f"gist{n}"]

@@ -24,18 +24,28 @@ from ..errors import ConvostoreError, SchemaNotReady
 from ..models import NewMessage
 from ..store import PostgresSessionStore
 from ..transfer import export_jsonl
+from ..windows import Window
 from .auth import TENANT_HEADER, Authenticator, Principal
 from .paging import CURSOR_PATTERN, decode_cursor, encode_cursor, parse_time
 from .problems import ApiProblem, api_responses, problem_response, responses, session_not_found
 from .schemas import (
     ID_PATTERN,
     MAX_ID,
+    MAX_SEQ,
+    MAX_WINDOW,
     NAME_PATTERN,
     NON_BLANK_PATTERN,
     AppendIn,
     AppendOut,
+    BranchDeletionOut,
+    BranchOut,
+    BranchPage,
+    CompactIn,
+    CompactOut,
     ErasureOut,
+    ForkIn,
     Health,
+    MessageIn,
     MessageOut,
     MessagePage,
     Readiness,
@@ -44,13 +54,13 @@ from .schemas import (
     SessionIn,
     SessionOut,
     SessionPage,
+    SessionPatch,
     UsageOut,
     UsagePage,
     json_too_deep,
     too_deep_issue,
 )
 
-MAX_SEQ = 2**63 - 1
 READY_TIMEOUT = 5.0  # seconds /readyz waits for the database before saying it is not ready
 
 bearer = HTTPBearer(
@@ -85,6 +95,7 @@ Auth = Annotated[Principal, Depends(authenticated)]
 
 # Query and path parameters, with the store's rules for ids (see .schemas).
 SessionId = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN, description="The session's id.")]
+BranchName = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN, description="The branch's name.")]
 UserFilter = Annotated[
     str | None, Query(min_length=1, max_length=MAX_ID, pattern=NAME_PATTERN, description="Only this user's.")
 ]
@@ -215,10 +226,37 @@ async def get_messages(
     ] = None,
     branch: Annotated[str, Query(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)] = "main",
     raw: Annotated[bool, Query(description="Include the messages compaction summaries replaced.")] = False,
+    turns: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_WINDOW, description="A window: the latest this many turns (each starts at a user message)."),
+    ] = None,
+    tokens: Annotated[
+        int | None, Query(ge=0, le=MAX_WINDOW, description="A window: the latest messages within this many tokens.")
+    ] = None,
+    pinned: Annotated[
+        bool,
+        Query(description="With a window: keep the view's system and developer messages before it (counted first)."),
+    ] = True,
 ) -> MessagePage:
     """Messages of a branch's view, oldest first: the latest `limit`, or the `limit` before
-    `before_seq`, or the first `limit` after `after_seq`."""
+    `before_seq`, or the first `limit` after `after_seq`.
+
+    With `turns` or `tokens`, a window instead: the latest turns, or tokens, or the latest
+    turns within the tokens (before `before_seq` if given, at most `limit` messages), started
+    where no tool call is parted from its output nor a reasoning item from what follows it.
+    A window is one answer, not a page: its `next_before` and `next_after` are null, and it
+    cannot page forwards (`after_seq` with a window is a 400).
+    """
     view = principal.view
+    window = None if turns is None and tokens is None else Window(turns=turns, tokens=tokens, pinned=pinned)
+    if window is not None:
+        # Exactly `limit`: the store cuts the window safely; trimming it here could not.
+        found = await view.get_messages(
+            session_id, limit=limit, before_seq=before_seq, after_seq=after_seq, branch=branch, raw=raw, window=window
+        )
+        if not found:
+            await view.list_branches(session_id)
+        return MessagePage(items=[MessageOut.of(m) for m in found], next_before=None, next_after=None)
     found = await view.get_messages(
         session_id, limit=limit + 1, before_seq=before_seq, after_seq=after_seq, branch=branch, raw=raw
     )
@@ -235,6 +273,26 @@ async def get_messages(
         next_before = items[0].seq if more else None
         next_after = (items[-1].seq if items else before_seq - 1) if before_seq else None
     return MessagePage(items=[MessageOut.of(m) for m in items], next_before=next_before, next_after=next_after)
+
+
+def _new_messages(sent: list[MessageIn]) -> list[NewMessage]:
+    """The store's messages for *sent* (a 409 if two of them share an id)."""
+    ids = [m.id for m in sent if m.id is not None]
+    if len(set(ids)) != len(ids):
+        raise ApiProblem(
+            409, "duplicate-message-id", "Message id already used", "message ids must be unique within a batch"
+        )
+    return [
+        NewMessage(
+            m.role,
+            m.content,
+            None if m.tool_calls is None else [c.model_dump() for c in m.tool_calls],
+            getattr(m, "tool_call_id", None),
+            m.id,
+            m.raw,
+        )
+        for m in sent
+    ]
 
 
 @router.post(
@@ -255,22 +313,7 @@ async def append_messages(principal: Auth, session_id: SessionId, body: AppendIn
     if body.user_id is not None and owner is not None and body.user_id != owner:
         # Refused whatever the session: answered here, before the session is looked at.
         raise ApiProblem(403, "forbidden", "Forbidden", f"this key acts for user {owner!r}, not {body.user_id!r}")
-    ids = [m.id for m in body.messages if m.id is not None]
-    if len(set(ids)) != len(ids):
-        raise ApiProblem(
-            409, "duplicate-message-id", "Message id already used", "message ids must be unique within a batch"
-        )
-    messages = [
-        NewMessage(
-            m.role,
-            m.content,
-            None if m.tool_calls is None else [c.model_dump() for c in m.tool_calls],
-            getattr(m, "tool_call_id", None),
-            m.id,
-            m.raw,
-        )
-        for m in body.messages
-    ]
+    messages = _new_messages(body.messages)
     stored = await principal.view.add_messages(
         session_id, messages, user_id=body.user_id, agent_name=body.agent_name or "agent", branch=body.branch
     )
@@ -286,6 +329,16 @@ async def get_session(principal: Auth, session_id: SessionId) -> SessionOut:
     return SessionOut.of(session)
 
 
+@router.patch("/sessions/{session_id:text}", response_model=SessionOut, responses=api_responses(400, 404, 413))
+async def update_session(principal: Auth, session_id: SessionId, body: SessionPatch) -> SessionOut:
+    """Merge `metadata`'s top-level keys into the session's metadata, and return the session."""
+    view = principal.view
+    session = await view.update_metadata(session_id, body.metadata)
+    # The store's answer counts no messages: `message_count` is main's, as GET reports it.
+    count = next((b.messages for b in await view.list_branches(session_id) if b.name == "main"), 0)
+    return SessionOut.of(session).model_copy(update={"message_count": count})
+
+
 @router.delete(
     "/sessions/{session_id:text}",
     status_code=204,
@@ -297,6 +350,69 @@ async def delete_session(principal: Auth, session_id: SessionId) -> Response:
     if not await principal.view.delete_session(session_id):
         raise session_not_found(session_id)
     return Response(status_code=204)
+
+
+# -- branches, compaction -----------------------------------------------------------------------
+
+
+@router.get("/sessions/{session_id:text}/branches", response_model=BranchPage, responses=api_responses(400, 404))
+async def list_branches(principal: Auth, session_id: SessionId) -> BranchPage:
+    """The session's branches, `main` first (unless deleted), each with its own message count."""
+    return BranchPage(items=[BranchOut.of(b) for b in await principal.view.list_branches(session_id)])
+
+
+@router.post(
+    "/sessions/{session_id:text}/branches",
+    status_code=201,
+    response_model=BranchOut,
+    responses=api_responses(400, 404, 409, 413),
+)
+async def fork_session(principal: Auth, session_id: SessionId, body: ForkIn) -> BranchOut:
+    """Fork branch `parent` at `at_seq` as branch `name` (nothing is copied: the branch shares
+    the parent's view up to there); append to it and read it with `branch=name`.
+
+    A name the session has is a 409 (`branch-exists`), an unknown parent a 404
+    (`branch-not-found`), an `at_seq` that is no message of the parent's view a 400.
+    """
+    branch = await principal.view.fork_session(session_id, body.name, at_seq=body.at_seq, parent=body.parent)
+    return BranchOut.of(branch)
+
+
+@router.delete(
+    "/sessions/{session_id:text}/branches/{name:text}",
+    response_model=BranchDeletionOut,
+    responses=api_responses(400, 404),
+)
+async def delete_branch(principal: Auth, session_id: SessionId, name: BranchName) -> BranchDeletionOut:
+    """Delete a branch (`main` too; audited). Other branches stay whole: what one shares with
+    it stays stored for that one."""
+    removed = await principal.view.delete_branch(session_id, name)
+    return BranchDeletionOut(session_id=session_id, branch=name, messages=removed)
+
+
+@router.post(
+    "/sessions/{session_id:text}/compact",
+    response_model=CompactOut,
+    responses=api_responses(400, 404, 409, 413),
+)
+async def compact(principal: Auth, session_id: SessionId, body: CompactIn) -> CompactOut:
+    """Replace, in the view of `branch`, its messages from `from_seq` on with `summary`, in
+    one transaction (appends made meanwhile land after it), and return the stored summary.
+
+    The replaced messages stay stored (`raw=true` reads them); each summary message `covers`
+    their seq range. With `expect`, nothing is written unless the view still holds exactly
+    those seqs (`items` is then null, as when there is nothing to replace). Retrying with
+    the same summary ids is safe: the summary stored the first time is returned.
+    """
+    summary = await principal.view.compact(
+        session_id,
+        _new_messages(body.summary),
+        from_seq=body.from_seq,
+        expect=body.expect,
+        prune_to=body.prune_to,
+        branch=body.branch,
+    )
+    return CompactOut(items=None if summary is None else [MessageOut.of(m) for m in summary])
 
 
 # -- search, export, erasure, usage -------------------------------------------------------------

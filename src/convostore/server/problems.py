@@ -247,7 +247,8 @@ _DESCRIPTIONS = {
     401: "No API key, or not a valid one (`unauthorized`); sent with `WWW-Authenticate: Bearer`.",
     403: "The key may not do this: another user's data or another tenant (`forbidden`).",
     404: "No such session, or another user's (`session-not-found`), or no such branch (`branch-not-found`).",
-    409: "The request conflicts with what is stored (`session-exists`, `duplicate-message-id`).",
+    409: "The request conflicts with what is stored (`session-exists`, `duplicate-message-id`, `branch-exists`, "
+    "`branch-conflict`).",
     413: "The request body is larger than the server accepts (`content-too-large`).",
     422: "The request does not match this API's schema (`validation-error`, with `errors`).",
     500: "An unexpected failure (`internal-error`); details are logged, never sent.",

@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..models import HIT_END, HIT_START, Message, SearchHit, Session, UsageTotal
+from ..models import HIT_END, HIT_START, Branch, Message, SearchHit, Session, UsageTotal
 
 # -- what ids may hold (convostore._validate, as regular expressions) ------------------------
 
@@ -36,6 +36,8 @@ NON_BLANK_PATTERN = rf"^[\s\S]*[^{_SPACE}][\s\S]*$"
 """Text with at least one character that is not whitespace (a tool call's id, a query)."""
 
 MAX_ID = 255
+MAX_SEQ = 2**63 - 1
+MAX_WINDOW = 2**62  # turns or tokens of a window (the store's limit)
 
 
 class _Segment(Convertor[str]):
@@ -92,9 +94,19 @@ MAX_MESSAGES = 1000  # messages in one append
 MAX_TOOL_CALLS = 128
 MAX_METADATA_KEYS = 64
 MAX_DURATION = 36_525 * 86_400.0  # the store's limit: 100 years, in seconds
+MAX_EXPECT = 100_000  # seqs a compaction may expect to find
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
 ScopeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=NAME_PATTERN)]
+
+
+def _integral(value: object) -> object:
+    # JSON Schema counts 5.0 as an integer, as JSON does; pydantic's strict mode would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ), BeforeValidator(_integral)]
+"""A message's seq in a body (0: before the first)."""
 Seconds = Annotated[
     float,
     # At least a millisecond: the store counts in microseconds and refuses a duration of zero.
@@ -183,6 +195,54 @@ class SessionIn(_Strict):
         return self
 
 
+class SessionPatch(_Strict):
+    """A change to a session's metadata: its top-level keys are merged into the stored
+    metadata (each given key replaces the stored one, a ``null`` included; the others stay)."""
+
+    metadata: Annotated[dict[str, JsonValue], Field(max_length=MAX_METADATA_KEYS)]
+
+
+class ForkIn(_Strict):
+    """A branch to fork: ``parent``'s view up to ``at_seq``, then messages of its own."""
+
+    name: Identifier = Field(
+        description="The new branch's name (not `.` or `..`, which no URL can carry as a path segment).",
+        json_schema_extra={"not": {"enum": [".", ".."]}},
+    )
+    parent: Identifier = Field(default="main", description="The branch forked.")
+    at_seq: Seq | None = Field(
+        default=None,
+        description="The last seq of the parent's view the branch shares (a message of that view): "
+        "by default its latest message; 0: none of them.",
+    )
+
+    @model_validator(mode="after")
+    def _addressable(self) -> ForkIn:
+        # A branch is deleted at /branches/{name}: a name that is a dot segment could not be.
+        if self.name in (".", ".."):
+            raise ValueError(f"a branch cannot be named {self.name!r}: no URL can carry it as a path segment")
+        return self
+
+
+class CompactIn(_Strict):
+    """A compaction: ``summary`` replaces, in the view of ``branch``, its messages from
+    ``from_seq`` on, which stay stored (read them with `raw=true`)."""
+
+    summary: Annotated[list[MessageIn], Field(max_length=MAX_MESSAGES)] = Field(
+        description="The summary's messages; none: the messages are replaced with nothing."
+    )
+    from_seq: Seq | None = Field(default=None, description="The first seq replaced (default: the whole view).")
+    expect: Annotated[list[Seq], Field(max_length=MAX_EXPECT)] | None = Field(
+        default=None,
+        description="The seqs of the view from `from_seq` on that the summary was made from: if the view "
+        "holds anything else by then, nothing is written.",
+    )
+    prune_to: Seq | None = Field(
+        default=None, description="Hide the view's messages before `from_seq` up to this seq too."
+    )
+    branch: Identifier = Field(default="main", description="The branch whose view is compacted.")
+
+
 # -- responses ------------------------------------------------------------------------------
 
 
@@ -258,6 +318,46 @@ class AppendOut(BaseModel):
     """The appended messages as stored (for a retried append: as stored the first time)."""
 
     items: list[MessageOut]
+
+
+class CompactOut(BaseModel):
+    """What a compaction stored."""
+
+    items: list[MessageOut] | None = Field(
+        description="The summary as stored (as stored the first time, for a retry with the same ids); "
+        "empty for a summary of nothing; null when nothing was written: the view no longer holds "
+        "what `expect` lists, or there was nothing to replace."
+    )
+
+
+class BranchOut(BaseModel):
+    """A line of a session's conversation: `main`, or a fork that shares its parent's
+    messages up to `fork_seq` and holds messages of its own."""
+
+    name: str
+    parent: str | None = Field(description="The branch it was forked from; null for `main`.")
+    fork_seq: int | None = Field(description="The last seq of the parent's view it shares; null for `main`.")
+    created_at: datetime | None = Field(description="When it was forked; null for `main`.")
+    messages: int = Field(description="Its own messages (not those it shares).")
+
+    @classmethod
+    def of(cls, b: Branch) -> BranchOut:
+        """The representation of *b* (its fields, by name)."""
+        return cls.model_validate(b, from_attributes=True)
+
+
+class BranchPage(BaseModel):
+    """A session's branches, `main` first (unless deleted), then by creation."""
+
+    items: list[BranchOut]
+
+
+class BranchDeletionOut(BaseModel):
+    """What deleting a branch removed."""
+
+    session_id: str
+    branch: str
+    messages: int = Field(description="Messages removed: its own, except those a branch forked from it still shares.")
 
 
 class SnippetPart(BaseModel):
