@@ -36,7 +36,10 @@ NON_BLANK_PATTERN = rf"^[\s\S]*[^{_SPACE}][\s\S]*$"
 """Text with at least one character that is not whitespace (a tool call's id, a query)."""
 
 MAX_ID = 255
-MAX_SEQ = 2**63 - 1
+# The highest seq a request names (a session holds fewer than 2**62, the import's bound): a
+# number a double holds exactly and writes out exactly (1e18), so that a client that sends
+# seqs as floats and the server agree on where the bound is.
+MAX_SEQ = 10**18
 MAX_WINDOW = 2**62  # turns or tokens of a window (the store's limit)
 
 
