@@ -430,3 +430,12 @@ async def test_a_run_for_another_user_cannot_use_a_users_session(store: Postgres
     with pytest.raises(SessionOwnershipError):
         await Runner.run(agent, "hi", session=session, context={"tenant_id": "other"})
     assert len(await session.get_items()) == 2
+
+
+@pytest.mark.parametrize("schema", ["convo\n", "public\n", "a\nb", "convo "])
+def test_a_schema_name_with_a_newline_or_space_is_refused(schema: str) -> None:
+    # `$` would match before a final newline: the name must end where the string ends.
+    from convostore import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        PostgresSessionStore("postgresql://nowhere/none", schema=schema)
