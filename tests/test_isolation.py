@@ -439,3 +439,62 @@ def test_a_schema_name_with_a_newline_or_space_is_refused(schema: str) -> None:
 
     with pytest.raises(ConfigurationError):
         PostgresSessionStore("postgresql://nowhere/none", schema=schema)
+
+
+async def _audit_rows(url: str, schema: str, action: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(f'SELECT db_role, actor FROM "{schema}".convostore_audit WHERE action = $1', action))
+    finally:
+        await conn.close()
+
+
+async def _the_runtime_role_cannot_forge_the_audit_trail(runtime_url: str, database_url: str, schema: str) -> None:
+    """As the application's role, with arbitrary SQL: an audit row cannot name its writer or time."""
+    runtime = urlsplit(runtime_url).username
+    audit = f'"{schema}".convostore_audit'
+    conn = await asyncpg.connect(runtime_url)
+    try:
+        for statement in (
+            f"INSERT INTO {audit} (db_role, action) VALUES ('postgres', 'forged')",
+            f"INSERT INTO {audit} (db_role, action) VALUES (DEFAULT, 'forged')",
+            f"INSERT INTO {audit} (at, action) VALUES ('2000-01-01', 'forged')",
+            f"INSERT INTO {audit} SELECT now(), 'postgres', 'x', 'forged'",
+            f"UPDATE {audit} SET db_role = 'postgres'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+        # What the application may say, it says: the actor is its word, the role is not.
+        await conn.execute(f"INSERT INTO {audit} (action, actor) VALUES ('claimed', 'postgres')")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in await _audit_rows(database_url, schema, "forged")] == []
+    assert [tuple(r) for r in await _audit_rows(database_url, schema, "claimed")] == [(runtime, "postgres")]
+
+
+async def test_the_runtime_role_cannot_choose_who_or_when_in_the_audit_trail(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    _, runtime_url = roles
+    await _the_runtime_role_cannot_forge_the_audit_trail(runtime_url, database_url, schema_name)
+
+
+async def test_migrating_narrows_the_audit_grants_of_roles_set_up_before(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    owner_url, runtime_url = roles
+    runtime = urlsplit(runtime_url).username
+    conn = await asyncpg.connect(database_url)
+    try:  # the schema and grants as an earlier convostore left them
+        s = f'"{schema_name}"'
+        await conn.execute(f"REVOKE ALL ON {s}.convostore_audit FROM \"{runtime}\"")
+        await conn.execute(f'SET ROLE "{urlsplit(owner_url).username}"')
+        await conn.execute(f'GRANT INSERT ON {s}.convostore_audit TO "{runtime}"')
+        await conn.execute(f"ALTER TABLE {s}.convostore_audit ALTER COLUMN db_role SET DEFAULT current_user")
+        await conn.execute(f"DELETE FROM {s}.convostore_migrations WHERE version = 15")
+        await conn.execute("RESET ROLE")
+    finally:
+        await conn.close()
+    async with PostgresSessionStore(database_url, schema=schema_name) as admin:
+        assert [s.version for s in await admin.migration_status() if s.applied_at is None] == []
+    await _the_runtime_role_cannot_forge_the_audit_trail(runtime_url, database_url, schema_name)

@@ -8,9 +8,12 @@ role for the application, which row-level security restricts.
   As the tables' owner it is not restricted by row-level security: keep its credentials
   for migrations and operators.
 * the **runtime** role can read and write sessions and messages, call the append and read
-  functions, read the migration ledger and insert into the audit trail, nothing more: it
-  cannot create or alter anything, cannot bypass row-level security, and cannot rewrite
-  or even read the audit trail.
+  functions, read the migration ledger and the API keys (hashes only), record that a key
+  signed out of the browser, and insert into the audit trail, nothing more: it cannot
+  create or alter anything, cannot bypass row-level security, and cannot rewrite or even
+  read the audit trail. In an audit row it names only what the application knows (the
+  actor, the action and its scope): ``db_role`` (the session's login role) and ``at`` are
+  filled in by the database, and an insert naming them is refused.
 
 Neither role gets a password here: set them with ``ALTER ROLE ... PASSWORD`` (or your
 secret manager), or use the server's other authentication methods.
@@ -36,6 +39,8 @@ _TABLES = (
     "convostore_api_keys",
     "convostore_state",
 )
+# What the application may say in an audit row; who (db_role) and when (at) it may not.
+_AUDIT_COLUMNS = "actor, action, tenant_id, user_id, session_id, rows, details"
 _FUNCTIONS = (
     "convostore_append",
     "convostore_append_sharded",
@@ -97,8 +102,11 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str)
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_migrations TO {runtime_q}")
             # The server checks keys (hashes only); creating and revoking them is the owner's.
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_api_keys TO {runtime_q}")
+            # Signing a browser out ends the key's sign-ins (convostore.keys.sign_out).
+            await conn.execute(f"GRANT UPDATE (sign_outs) ON {schema}.convostore_api_keys TO {runtime_q}")
+            # The application's columns only: db_role (session_user) and at are the database's.
             await conn.execute(f"REVOKE ALL ON {schema}.convostore_audit FROM {runtime_q}")
-            await conn.execute(f"GRANT INSERT ON {schema}.convostore_audit TO {runtime_q}")
+            await conn.execute(f"GRANT INSERT ({_AUDIT_COLUMNS}) ON {schema}.convostore_audit TO {runtime_q}")
             for function in _FUNCTIONS:
                 await conn.execute(f"REVOKE ALL ON FUNCTION {schema}.{function} FROM PUBLIC")
                 await conn.execute(f"GRANT EXECUTE ON FUNCTION {schema}.{function} TO {runtime_q}")
