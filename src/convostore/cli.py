@@ -405,12 +405,16 @@ def roles_create(
     runtime: Annotated[
         str, typer.Option("--runtime", help="The application's role: row-level security applies.")
     ] = "convostore_app",
+    force: Annotated[
+        bool, typer.Option("--force", help="Change roles that exist with other attributes or privileges.")
+    ] = False,
 ) -> None:
     """Create the owner and runtime roles and hand the schema to them (run after migrate,
-    as a role that may create roles; again after later migrations). Sets no passwords."""
+    as a role that may create roles; again after later migrations). Sets no passwords.
+    Refuses to change a role that already exists otherwise (a superuser, say) without --force."""
     from .roles import create_roles
 
-    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime))
+    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime, force=force))
     for name in (roles.owner, roles.runtime):
         out.print(f"{'created' if name in roles.created else 'updated'} role {safe(name, oneline=True)}")
     out.print("set their passwords with ALTER ROLE ... PASSWORD, or use your server's authentication")
