@@ -427,15 +427,27 @@ def keys_create(
     name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
     user: Annotated[str | None, typer.Option("--user", help="Act for this user only (a user's view).")] = None,
     operator: Annotated[bool, typer.Option("--operator", help="Act across every tenant (an operator's key).")] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in", metavar="DURATION", help="Refused after this long: 30d, 12h, 2w... (default: never)."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key for the tenant (--tenant), one of its users, or an operator. The key is
     printed once, on standard output; only its hash is stored. Applies pending migrations first."""
     from .keys import create_key
 
+    lifetime = None if expires_in is None else parse_duration(expires_in, "--expires-in")
     # migrations=True: the first key is often the first thing made in a new database.
-    token, key = _run(ctx, lambda s: create_key(s, name=name, user=user, operator=operator), migrations=True)
+    token, key = _run(
+        ctx,
+        lambda s: create_key(s, name=name, user=user, operator=operator, expires_in=lifetime),
+        migrations=True,
+    )
     scope = "every tenant" if key.operator else f"tenant {key.tenant}" + (f", user {key.user}" if key.user else "")
-    err.print(f"created key {key.id} for {safe(scope, oneline=True)}; it is shown once:")
+    until = f", valid until {_when(key.expires_at)}" if key.expires_at else ""
+    err.print(f"created key {key.id} for {safe(scope, oneline=True)}{until}; it is shown once:")
     out.print(token, markup=False)
 
 
@@ -453,7 +465,9 @@ def keys_list(
     if as_json:
         _print_json([asdict(k) for k in keys])
         return
-    table = _keep_whole(Table("id", "name", "tenant", "user", "created", "revoked"), "id", "created", "revoked")
+    table = _keep_whole(
+        Table("id", "name", "tenant", "user", "created", "expires", "revoked"), "id", "created", "expires", "revoked"
+    )
     for k in keys:
         table.add_row(
             k.id,
@@ -461,6 +475,7 @@ def keys_list(
             safe(k.tenant or "(operator)", oneline=True),
             safe(k.user or "(every user)", oneline=True),
             _when(k.created_at),
+            _when(k.expires_at) if k.expires_at else "",
             _when(k.revoked_at) if k.revoked_at else "",
         )
     out.print(table)
