@@ -153,18 +153,16 @@ async def key_by_id(store: PostgresSessionStore, key_id: str) -> ApiKey:
     return _key(row, key_id)
 
 
-async def sign_out(store: PostgresSessionStore, key_id: str) -> int:
+async def sign_out(store: PostgresSessionStore, key_id: str) -> int | None:
     """Count a sign-out of key *key_id*: every browser token issued under the previous count
-    stops working. Return the new count."""
+    stops working. Return the new count (``None``: there is no such key)."""
     sql = _sql(store, SIGN_OUT)
 
     async def update(conn: Connection) -> Any:
         return await conn.fetchval(sql, key_id)
 
     count = await store.runner.run("sign_out", update)
-    if count is None:
-        raise AccessDenied("unknown API key")
-    return int(count)
+    return None if count is None else int(count)
 
 
 async def _fetch_key(store: PostgresSessionStore, key_id: str) -> asyncpg.Record | None:
