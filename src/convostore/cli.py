@@ -465,17 +465,19 @@ def keys_list(
     if as_json:
         _print_json([asdict(k) for k in keys])
         return
-    table = _keep_whole(
-        Table("id", "name", "tenant", "user", "created", "expires", "revoked"), "id", "created", "expires", "revoked"
-    )
+    # An expiry column only when a key has one: narrow terminals keep room for the names.
+    expiring = any(k.expires_at for k in keys)
+    headers = ("id", "name", "tenant", "user", "created", *(("expires",) if expiring else ()), "revoked")
+    table = _keep_whole(Table(*headers), "id", "created", "expires", "revoked")
     for k in keys:
+        expires = (_when(k.expires_at) if k.expires_at else "",) if expiring else ()
         table.add_row(
             k.id,
             safe(k.name, oneline=True),
             safe(k.tenant or "(operator)", oneline=True),
             safe(k.user or "(every user)", oneline=True),
             _when(k.created_at),
-            _when(k.expires_at) if k.expires_at else "",
+            *expires,
             _when(k.revoked_at) if k.revoked_at else "",
         )
     out.print(table)
