@@ -231,7 +231,7 @@ def test_a_reader_browses_searches_and_deletes(server: tuple[str, Seeded], tmp_p
         page.fill("#key", seeded.token)
         page.click("button[type=submit]")
         expect(page).to_have_url(f"{base}/ui/sessions")
-        cookie = next(c for c in context.cookies() if c["name"] == "convostore_key")
+        cookie = next(c for c in context.cookies() if c["name"] == "convostore_session")
         assert cookie["httpOnly"]
         assert cookie["sameSite"] == "Strict"
 

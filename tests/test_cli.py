@@ -469,3 +469,45 @@ def test_the_demos_hint_runs_as_printed(database_url: str, schema_name: str, tmp
     shown = subprocess.run(shlex.split(hint), env=env, capture_output=True, text=True, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "My name is Alice" in shown.stdout
+
+
+def test_roles_create_changes_an_existing_role_only_with_force(
+    cli: tuple[CliRunner, dict[str, str]], database_url: str, schema_name: str
+) -> None:
+    import asyncpg
+
+    suffix = os.urandom(4).hex()
+    superuser, owner = f"cs_super_{suffix}", f"cs_owner_{suffix}"
+
+    async def sql(statement: str) -> object:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    def is_superuser() -> object:
+        return asyncio.run(sql(f"SELECT rolsuper FROM pg_roles WHERE rolname = '{superuser}'"))
+
+    asyncio.run(sql(f'CREATE ROLE "{superuser}" SUPERUSER LOGIN'))
+    try:
+        assert invoke(cli, "migrate").exit_code == 0
+        refused = invoke(cli, "roles", "create", "--owner", owner, "--runtime", superuser)
+        assert refused.exit_code == 1, refused.output
+        assert "SUPERUSER -> NOSUPERUSER" in refused.output
+        assert "--force" in refused.output
+        assert "Traceback" not in refused.output
+        assert is_superuser() is True
+        assert asyncio.run(sql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{owner}'")) == 0
+        forced = invoke(cli, "roles", "create", "--owner", owner, "--runtime", superuser, "--force")
+        assert forced.exit_code == 0, forced.output
+        assert is_superuser() is False
+    finally:
+        drop_schema(database_url, schema_name)
+        for role in (superuser, owner):
+            asyncio.run(
+                sql(
+                    f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
+                    f'DROP OWNED BY "{role}"; DROP ROLE "{role}"; END IF; END $$'
+                )
+            )

@@ -434,3 +434,120 @@ async def test_a_run_for_another_user_cannot_use_a_users_session(store: Postgres
     with pytest.raises(SessionOwnershipError):
         await Runner.run(agent, "hi", session=session, context={"tenant_id": "other"})
     assert len(await session.get_items()) == 2
+
+
+@pytest.mark.parametrize("schema", ["convo\n", "public\n", "a\nb", "convo "])
+def test_a_schema_name_with_a_newline_or_space_is_refused(schema: str) -> None:
+    # `$` would match before a final newline: the name must end where the string ends.
+    from convostore import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        PostgresSessionStore("postgresql://nowhere/none", schema=schema)
+
+
+async def _audit_rows(url: str, schema: str, action: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(
+            await conn.fetch(f'SELECT db_role, actor FROM "{schema}".convostore_audit WHERE action = $1', action)
+        )
+    finally:
+        await conn.close()
+
+
+async def _the_runtime_role_cannot_forge_the_audit_trail(runtime_url: str, database_url: str, schema: str) -> None:
+    """As the application's role, with arbitrary SQL: an audit row cannot name its writer or time."""
+    runtime = urlsplit(runtime_url).username
+    audit = f'"{schema}".convostore_audit'
+    conn = await asyncpg.connect(runtime_url)
+    try:
+        for statement in (
+            f"INSERT INTO {audit} (db_role, action) VALUES ('postgres', 'forged')",
+            f"INSERT INTO {audit} (db_role, action) VALUES (DEFAULT, 'forged')",
+            f"INSERT INTO {audit} (at, action) VALUES ('2000-01-01', 'forged')",
+            f"INSERT INTO {audit} SELECT now(), 'postgres', 'x', 'forged'",
+            f"UPDATE {audit} SET db_role = 'postgres'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+        # What the application may say, it says: the actor is its word, the role is not.
+        await conn.execute(f"INSERT INTO {audit} (action, actor) VALUES ('claimed', 'postgres')")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in await _audit_rows(database_url, schema, "forged")] == []
+    assert [tuple(r) for r in await _audit_rows(database_url, schema, "claimed")] == [(runtime, "postgres")]
+
+
+async def test_the_runtime_role_cannot_choose_who_or_when_in_the_audit_trail(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    _, runtime_url = roles
+    await _the_runtime_role_cannot_forge_the_audit_trail(runtime_url, database_url, schema_name)
+
+
+async def test_migrating_narrows_the_audit_grants_of_roles_set_up_before(
+    roles: tuple[str, str], database_url: str, schema_name: str
+) -> None:
+    owner_url, runtime_url = roles
+    runtime = urlsplit(runtime_url).username
+    conn = await asyncpg.connect(database_url)
+    try:  # the schema and grants as an earlier convostore left them
+        s = f'"{schema_name}"'
+        await conn.execute(f'REVOKE ALL ON {s}.convostore_audit FROM "{runtime}"')
+        await conn.execute(f'SET ROLE "{urlsplit(owner_url).username}"')
+        await conn.execute(f'GRANT INSERT ON {s}.convostore_audit TO "{runtime}"')
+        await conn.execute(f"ALTER TABLE {s}.convostore_audit ALTER COLUMN db_role SET DEFAULT current_user")
+        await conn.execute(f"DELETE FROM {s}.convostore_migrations WHERE version = 15")
+        await conn.execute("RESET ROLE")
+    finally:
+        await conn.close()
+    async with PostgresSessionStore(database_url, schema=schema_name) as admin:
+        assert [s.version for s in await admin.migration_status() if s.applied_at is None] == []
+    await _the_runtime_role_cannot_forge_the_audit_trail(runtime_url, database_url, schema_name)
+
+
+async def _role_flags(url: str, name: str) -> tuple[bool, bool, bool] | None:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT rolsuper, rolcreaterole, rolcanlogin FROM pg_roles WHERE rolname = $1", name)
+        return None if row is None else (row["rolsuper"], row["rolcreaterole"], row["rolcanlogin"])
+    finally:
+        await conn.close()
+
+
+async def test_create_roles_refuses_to_change_an_existing_superuser_or_role_admin(
+    database_url: str, schema_name: str
+) -> None:
+    from convostore.errors import RoleConflict
+
+    suffix = uuid.uuid4().hex[:8]
+    superuser, admin_role, owner = f"cs_super_{suffix}", f"cs_admin_{suffix}", f"cs_owner_{suffix}"
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(f'CREATE ROLE "{superuser}" SUPERUSER LOGIN')
+    await conn.execute(f'CREATE ROLE "{admin_role}" CREATEROLE LOGIN')
+    try:
+        async with PostgresSessionStore(database_url, schema=schema_name) as store:
+            for runtime in (superuser, admin_role):
+                with pytest.raises(RoleConflict) as refused:
+                    await create_roles(store, owner=owner, runtime=runtime)
+                assert any("NOSUPERUSER" in c or "NOCREATEROLE" in c for c in refused.value.changes)
+            with pytest.raises(RoleConflict, match="would own schema"):  # a superuser as the owner, too
+                await create_roles(store, owner=superuser, runtime=owner)
+            # Nothing changed, nothing created.
+            assert await _role_flags(database_url, superuser) == (True, False, True)
+            assert await _role_flags(database_url, admin_role) == (False, True, True)
+            assert await _role_flags(database_url, owner) is None
+            # Told to: changed.
+            made = await create_roles(store, owner=owner, runtime=admin_role, force=True)
+            assert made.created == (owner,)
+            assert await _role_flags(database_url, admin_role) == (False, False, True)
+            # Set up once, the same roles are set up again without force (after later migrations).
+            assert (await create_roles(store, owner=owner, runtime=admin_role)).created == ()
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
+        for role in (superuser, admin_role, owner):
+            await conn.execute(
+                f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
+                f'DROP OWNED BY "{role}"; DROP ROLE "{role}"; END IF; END $$'
+            )
+        await conn.close()

@@ -67,3 +67,56 @@ def test_the_cli_creates_lists_and_revokes_keys(database_url: str, schema_name: 
     assert token not in listed.output
     assert runner.invoke(app, ["keys", "revoke", key_id], env=env).exit_code == 0
     assert runner.invoke(app, ["keys", "revoke", key_id], env=env).exit_code == 1
+
+
+async def _expire(store: PostgresSessionStore, key_id: str) -> None:
+    """Move a key's expiry into the past, as time passing would (the database's clock judges)."""
+    await store.pool.execute(
+        f"UPDATE \"{store.schema}\".convostore_api_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
+        key_id,
+    )
+
+
+async def test_a_key_with_an_expiry_is_refused_once_it_passes(store: PostgresSessionStore) -> None:
+    from datetime import timedelta
+
+    from convostore import InvalidInput
+    from convostore.keys import key_by_id
+
+    token, key = await create_key(store, name="for a month", expires_in=timedelta(days=30))
+    assert key.expires_at is not None
+    assert timedelta(days=29) < key.expires_at - key.created_at <= timedelta(days=30)
+    assert (await verify_key(store, token)).expires_at == key.expires_at
+    assert (await key_by_id(store, key.id)).id == key.id
+    forever_token, forever = await create_key(store)
+    assert forever.expires_at is None
+    await _expire(store, key.id)
+    with pytest.raises(AccessDenied):
+        await verify_key(store, token)
+    with pytest.raises(AccessDenied):
+        await key_by_id(store, key.id)
+    await verify_key(store, forever_token)
+    listed = {k.id: k for k in await list_keys(store)}
+    assert listed[key.id].expires_at is not None
+    assert listed[forever.id].expires_at is None
+    for bad in (0, -1, timedelta(0), float("inf"), "30d"):
+        with pytest.raises(InvalidInput):
+            await create_key(store, expires_in=bad)  # type: ignore[arg-type]
+    assert len(await list_keys(store)) == 2  # refused before anything was written
+
+
+def test_the_cli_creates_a_key_that_expires(database_url: str, schema_name: str) -> None:
+    import json
+
+    runner, env = CliRunner(), {"DATABASE_URL": database_url, "CONVOSTORE_SCHEMA": schema_name}
+    created = runner.invoke(app, ["keys", "create", "--name", "temp", "--expires-in", "30d"], env=env)
+    assert created.exit_code == 0, created.output
+    assert "valid until" in created.output
+    [listed] = json.loads(runner.invoke(app, ["keys", "list", "--json"], env=env).output)
+    assert listed["name"] == "temp"
+    assert listed["expires_at"] is not None
+    table = runner.invoke(app, ["keys", "list"], env={**env, "COLUMNS": "200"})
+    assert "expires" in table.output
+    refused = runner.invoke(app, ["keys", "create", "--expires-in", "1m"], env=env)
+    assert refused.exit_code == 2  # "m" is ambiguous: a usage error, no key made
+    assert len(json.loads(runner.invoke(app, ["keys", "list", "--json"], env=env).output)) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from convostore import InvalidIdentifier, NewMessage, PostgresSessionStore, RetryPolicy, StoreClosed, TurnUsage, Window
 from convostore.keys import create_key, revoke_key
 from convostore.server import create_app
-from convostore.server.ui import csrf_token
 
 from .conftest import QueryCounter
 
@@ -58,6 +58,37 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     for secret in ("Traceback", "postgresql://", "asyncpg", "SELECT "):
         assert secret not in response.text
     return body
+
+
+def set_cookies(response: httpx.Response) -> dict[str, str]:
+    """The cookies *response* sets, by name, with their attributes as sent."""
+    return {line.split("=", 1)[0]: line for line in response.headers.get_list("set-cookie")}
+
+
+def cookie_value(response: httpx.Response, name: str) -> str:
+    return set_cookies(response)[name].split("=", 1)[1].split(";", 1)[0]
+
+
+async def sign_in(client: httpx.AsyncClient, token: str) -> tuple[str, str]:
+    """Sign in through the browser's form, as a browser would: the sign-in cookie's value and
+    the CSRF token of the forms it then sees. Cookies are sent by hand (the test's host is
+    not https, and the cookies are Secure)."""
+    form = await client.get("/ui/login")
+    match = re.search(r'name="nonce" value="([^"]+)"', form.text)
+    assert match is not None
+    nonce = cookie_value(form, "convostore_login")
+    done = await client.post(
+        "/ui/login",
+        data={"nonce": match.group(1), "key": token, "next": "/ui/sessions"},
+        headers={"Cookie": f"convostore_login={nonce}"},
+    )
+    assert done.status_code == 303, done.text
+    cookie = cookie_value(done, "convostore_session")
+    client.cookies.clear()
+    confirm = await client.get("/ui/logout", headers={"Cookie": f"convostore_session={cookie}"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', confirm.text)
+    assert csrf is not None, confirm.text
+    return cookie, csrf.group(1)
 
 
 @dataclass
@@ -267,8 +298,8 @@ async def test_another_users_session_answers_as_one_that_does_not_exist(api: Api
     _, bob_sid = await _two_users(api.store)
     await api.store.fork_session(bob_sid, "what-if")
     alice = await api.key(user="alice")
-    csrf = csrf_token(alice)
-    pages = {"Cookie": f"convostore_key={alice}"}  # signed in to the browser
+    cookie, csrf = await sign_in(api.client, alice)
+    pages = {"Cookie": f"convostore_session={cookie}"}  # signed in to the browser
 
     async def answers(sid: str) -> list[tuple[int, str]]:
         path, page = f"/v1/sessions/{quote(sid, safe='')}", f"/ui/sessions/{quote(sid, safe='')}"
@@ -1143,3 +1174,193 @@ async def test_every_id_names_its_own_session_through_the_new_routes(api: Api) -
         assert session.metadata == {"n": n, "seen": sid}
         assert [b.name for b in await api.store.list_branches(sid)] == ["main"]
         assert [m.content for m in await api.store.get_messages(sid)] == [f"gist{n}"]
+
+
+# -- the attacker at the door: stolen cookies, guessed keys, probes --------------------------------
+
+
+class FakeClock:
+    """Seconds since the epoch, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _page(client: httpx.AsyncClient, cookie: str) -> int:
+    """The status of the sessions page for a browser sending *cookie* (303: off to sign in)."""
+    client.cookies.clear()
+    return (await client.get("/ui/sessions", headers={"Cookie": f"convostore_session={cookie}"})).status_code
+
+
+async def test_the_browser_keeps_a_signed_expiring_token_that_signing_out_ends(store: PostgresSessionStore) -> None:
+    # The attacker holds a copy of a browser's cookie (or forges one), not the key.
+    clock = FakeClock()
+    async for api in _serve(store, clock=clock, session_secret="s" * 32):
+        alice, alice_key = await create_key(store, user="alice")
+        _, bob_key = await create_key(store, user="bob")
+        cookie, csrf = await sign_in(api.client, alice)
+        assert alice not in cookie
+        assert alice.rsplit("_", 1)[1] not in cookie  # not the key, nor its secret
+        assert await _page(api.client, cookie) == 200
+        # Forged: another key's id, a later expiry, another server's signature.
+        version, _key_id, count, expires, mac = cookie.split(".")
+        for forged in (
+            f"{version}.{bob_key.id}.{count}.{expires}.{mac}",
+            f"{version}.{alice_key.id}.{count}.{int(expires) + 86400}.{mac}",
+            f"{version}.{alice_key.id}.{int(count) + 1}.{expires}.{mac}",
+            alice,
+        ):
+            assert await _page(api.client, forged) == 303
+        async for other in _serve(store, clock=clock, session_secret="t" * 32):
+            theirs, _ = await sign_in(other.client, alice)
+        assert await _page(api.client, theirs) == 303
+        # Signing out ends every sign-in of the key: the copy, and another browser's.
+        copy, (second, _) = cookie, await sign_in(api.client, alice)
+        assert await _page(api.client, second) == 200
+        client = api.client
+        client.cookies.clear()
+        out = await client.post("/ui/logout", data={"csrf": csrf}, headers={"Cookie": f"convostore_session={cookie}"})
+        assert out.status_code == 303
+        assert "convostore_session" in set_cookies(out)  # and the browser forgets it
+        assert await _page(api.client, copy) == 303
+        assert await _page(api.client, second) == 303
+        again, _ = await sign_in(api.client, alice)  # signing in again works
+        assert await _page(api.client, again) == 200
+        # A sign-in lasts 8 hours, then it is refused without asking the database.
+        clock.now += 8 * 3600 + 1
+        assert await _page(api.client, again) == 303
+
+
+async def test_a_revoked_or_expired_key_ends_its_browser_sign_ins(store: PostgresSessionStore) -> None:
+    clock = FakeClock()
+    async for api in _serve(store, clock=clock, key_cache_ttl=0):
+        token, key = await create_key(store)
+        cookie, _ = await sign_in(api.client, token)
+        assert await _page(api.client, cookie) == 200
+        await revoke_key(store, key.id)
+        assert await _page(api.client, cookie) == 303
+        short, _ = await create_key(store, expires_in=60)
+        cookie, _ = await sign_in(api.client, short)
+        assert await _page(api.client, cookie) == 200
+        clock.now += 61  # the token never outlives its key
+        assert await _page(api.client, cookie) == 303
+
+
+async def test_the_cookies_are_secure_except_on_loopback_hosts(store: PostgresSessionStore) -> None:
+    admin, _ = await create_key(store)
+    app = create_app(store)
+    async with app.router.lifespan_context(app):
+        for base, secure in (
+            ("http://convostore.example", True),  # behind a TLS proxy elsewhere, the server sees http
+            ("https://convostore.example", True),
+            ("http://127.0.0.1:8080", False),
+            ("http://localhost:8080", False),
+            ("http://[::1]:8080", False),
+        ):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                form = await client.get("/ui/login")
+                login = set_cookies(form)["convostore_login"]
+                nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+                assert nonce is not None
+                client.cookies.clear()
+                done = await client.post(
+                    "/ui/login",
+                    data={"nonce": nonce.group(1), "key": admin},
+                    headers={"Cookie": f"convostore_login={cookie_value(form, 'convostore_login')}"},
+                )
+                assert done.status_code == 303, (base, done.text)
+                session = set_cookies(done)["convostore_session"]
+            for cookie in (login, session):
+                attributes = {a.strip().lower() for a in cookie.split(";")[1:]}
+                assert ("secure" in attributes) is secure, (base, cookie)
+                assert "httponly" in attributes
+                assert "samesite=strict" in attributes
+
+
+async def test_a_remembered_key_is_refused_once_it_expires(
+    store: PostgresSessionStore, query_counter: QueryCounter
+) -> None:
+    clock = FakeClock()
+    async for api in _serve(store, clock=clock, key_cache_ttl=7200):  # remembered past its expiry
+        token, _ = await create_key(store, expires_in=3600)
+        assert (await api.get("/v1/usage", token)).status_code == 200  # verified, remembered
+        clock.now += 3599
+        assert (await api.get("/v1/usage", token)).status_code == 200
+        clock.now += 2
+        before = query_counter.count
+        assert_problem(await api.get("/v1/sessions", token), 401)
+        assert query_counter.count == before  # refused from what it remembered
+
+
+async def test_a_bogus_token_costs_one_round_trip_and_failures_are_rate_limited_per_address(
+    store: PostgresSessionStore, query_counter: QueryCounter
+) -> None:
+    # The attacker sends well-formed tokens it made up, as fast as it likes, from one address.
+    clock = FakeClock()
+    async for api in _serve(store, clock=clock, failed_auth_burst=3, failed_auth_rate=0.5):
+        assert (await api.get("/v1/sessions")).status_code == 200  # the admin's key, now remembered
+        bogus = "csk_0123456789abcdef_" + "A" * 43
+        before = query_counter.count
+        assert_problem(await api.get("/v1/sessions", bogus), 401)
+        assert query_counter.count == before + 1
+        assert_problem(await api.get("/v1/sessions", bogus), 401)  # remembered as refused
+        assert query_counter.count == before + 1
+        assert_problem(await api.get("/v1/sessions", "csk_fedcba9876543210_" + "B" * 43), 401)
+        # Three failures: the fourth attempt is refused before the application runs.
+        before = query_counter.count
+        limited = await api.get("/v1/sessions", "csk_00000000000000aa_" + "C" * 43)
+        assert_problem(limited, 429, "too-many-requests")
+        assert limited.headers["retry-after"] == "2"  # one token every 2 seconds
+        assert query_counter.count == before
+        form = await api.client.post("/ui/login", data={"key": "x", "nonce": "n"})
+        assert form.status_code == 429  # the sign-in form too
+        # A key the server verified recently still works from there: it costs nothing.
+        assert (await api.get("/v1/sessions")).status_code == 200
+        # Another address is not held back.
+        other = httpx.AsyncClient(transport=httpx.ASGITransport(app=api.app, client=("10.0.0.2", 5000)), base_url=BASE)
+        async with other:
+            assert_problem(await other.get("/v1/sessions", headers=auth(bogus)), 401)
+        # Time refills the bucket, one token at a time.
+        clock.now += 2
+        assert_problem(await api.get("/v1/sessions", "csk_00000000000000bb_" + "D" * 43), 401)
+        assert_problem(await api.get("/v1/sessions", "csk_00000000000000cc_" + "E" * 43), 429)
+        assert (await api.client.get("/healthz")).status_code == 200  # no key sent: never limited
+
+
+async def test_readiness_is_asked_of_the_database_at_most_once_a_second(
+    store: PostgresSessionStore, query_counter: QueryCounter
+) -> None:
+    clock = FakeClock()
+    async for api in _serve(store, clock=clock):
+
+        async def cost(probes: int, client: httpx.AsyncClient = api.client) -> int:
+            before = query_counter.count
+            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(probes)))
+            assert {r.status_code for r in answers} == {200}
+            assert {r.json()["status"] for r in answers} == {"ready"}
+            return query_counter.count - before
+
+        first = await cost(10)
+        assert first >= 1
+        assert await cost(10) == 0  # the same second: the last answer
+        clock.now += 1.5
+        assert await cost(10) == first
+
+
+def test_the_session_secret_comes_from_the_environment(
+    store: PostgresSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convostore import ConfigurationError
+    from convostore.server.auth import session_secret
+
+    monkeypatch.setenv("CONVOSTORE_SESSION_SECRET", "short")
+    with pytest.raises(ConfigurationError):
+        create_app(store)
+    monkeypatch.setenv("CONVOSTORE_SESSION_SECRET", "x" * 32)
+    assert session_secret() == b"x" * 32
+    monkeypatch.delenv("CONVOSTORE_SESSION_SECRET")
+    assert session_secret() != session_secret()  # random, per process

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 
 from .errors import ConfigurationError
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def quote_ident(name: str) -> str:

@@ -405,12 +405,16 @@ def roles_create(
     runtime: Annotated[
         str, typer.Option("--runtime", help="The application's role: row-level security applies.")
     ] = "convostore_app",
+    force: Annotated[
+        bool, typer.Option("--force", help="Change roles that exist with other attributes or privileges.")
+    ] = False,
 ) -> None:
     """Create the owner and runtime roles and hand the schema to them (run after migrate,
-    as a role that may create roles; again after later migrations). Sets no passwords."""
+    as a role that may create roles; again after later migrations). Sets no passwords.
+    Refuses to change a role that already exists otherwise (a superuser, say) without --force."""
     from .roles import create_roles
 
-    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime))
+    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime, force=force))
     for name in (roles.owner, roles.runtime):
         out.print(f"{'created' if name in roles.created else 'updated'} role {safe(name, oneline=True)}")
     out.print("set their passwords with ALTER ROLE ... PASSWORD, or use your server's authentication")
@@ -423,15 +427,27 @@ def keys_create(
     name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
     user: Annotated[str | None, typer.Option("--user", help="Act for this user only (a user's view).")] = None,
     operator: Annotated[bool, typer.Option("--operator", help="Act across every tenant (an operator's key).")] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in", metavar="DURATION", help="Refused after this long: 30d, 12h, 2w... (default: never)."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key for the tenant (--tenant), one of its users, or an operator. The key is
     printed once, on standard output; only its hash is stored. Applies pending migrations first."""
     from .keys import create_key
 
+    lifetime = None if expires_in is None else parse_duration(expires_in, "--expires-in")
     # migrations=True: the first key is often the first thing made in a new database.
-    token, key = _run(ctx, lambda s: create_key(s, name=name, user=user, operator=operator), migrations=True)
+    token, key = _run(
+        ctx,
+        lambda s: create_key(s, name=name, user=user, operator=operator, expires_in=lifetime),
+        migrations=True,
+    )
     scope = "every tenant" if key.operator else f"tenant {key.tenant}" + (f", user {key.user}" if key.user else "")
-    err.print(f"created key {key.id} for {safe(scope, oneline=True)}; it is shown once:")
+    until = f", valid until {_when(key.expires_at)}" if key.expires_at else ""
+    err.print(f"created key {key.id} for {safe(scope, oneline=True)}{until}; it is shown once:")
     out.print(token, markup=False)
 
 
@@ -449,14 +465,19 @@ def keys_list(
     if as_json:
         _print_json([asdict(k) for k in keys])
         return
-    table = _keep_whole(Table("id", "name", "tenant", "user", "created", "revoked"), "id", "created", "revoked")
+    # An expiry column only when a key has one: narrow terminals keep room for the names.
+    expiring = any(k.expires_at for k in keys)
+    headers = ("id", "name", "tenant", "user", "created", *(("expires",) if expiring else ()), "revoked")
+    table = _keep_whole(Table(*headers), "id", "created", "expires", "revoked")
     for k in keys:
+        expires = (_when(k.expires_at) if k.expires_at else "",) if expiring else ()
         table.add_row(
             k.id,
             safe(k.name, oneline=True),
             safe(k.tenant or "(operator)", oneline=True),
             safe(k.user or "(every user)", oneline=True),
             _when(k.created_at),
+            *expires,
             _when(k.revoked_at) if k.revoked_at else "",
         )
     out.print(table)

@@ -151,6 +151,15 @@ class DatabaseError(ConvostoreError):
     """The database refused an operation for a reason that is not the caller's input."""
 
 
+class RoleConflict(ConvostoreError, ValueError):
+    """``create_roles`` would change a role that already exists (its attributes, or privileges
+    it does not hold yet); ``changes`` says how. Nothing was changed: pass ``force=True``."""
+
+    def __init__(self, message: str, changes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
 __all__ = [
     "AccessDenied",
     "ConfigurationError",
@@ -172,6 +181,7 @@ __all__ = [
     "InvalidType",
     "KeyUnavailable",
     "MigrationError",
+    "RoleConflict",
     "SchemaNotReady",
     "SessionExists",
     "SessionNotFound",

@@ -4,6 +4,11 @@ A key is ``csk_<id>_<secret>``: the id finds its row, the secret (256 random bit
 against its SHA-256, the only form stored, so the table leaks nothing usable. A key acts in
 one tenant, for one user of it (a user's view) or for every user; an operator's key (no
 tenant) may act across tenants. Keys are created and revoked with ``convostore keys``.
+
+A key may expire (``expires_in``): it is refused from then on, by the database's clock, on
+every verification. ``sign_outs`` counts the times a browser signed out with the key: the
+browser's sign-in tokens carry the count they were issued under, so one sign-out ends them
+all (see :mod:`convostore.server.ui`).
 """
 
 from __future__ import annotations
@@ -13,18 +18,44 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from . import _validate as check
+from ._sql import quote_ident
 from ._types import Connection
 from .errors import AccessDenied, ConfigurationError
 from .store import PostgresSessionStore
 
 PREFIX = "csk_"
-_TOKEN = re.compile(r"^csk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(r"csk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
+KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
+
+# The statements of this module ({s}: the quoted schema). A key's expiry is judged by the
+# database's clock (`expired`), the one every server shares.
+_COLUMNS = "name, tenant_id, user_id, created_at, revoked_at, expires_at, sign_outs"
+INSERT_KEY = f"""
+INSERT INTO {{s}}.convostore_api_keys (id, secret_hash, name, tenant_id, user_id, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
+RETURNING id, {_COLUMNS}
+"""
+KEY = f"""
+SELECT secret_hash, {_COLUMNS}, coalesce(expires_at <= now(), false) AS expired
+FROM {{s}}.convostore_api_keys WHERE id = $1
+"""
+KEYS = f"""
+SELECT id, {_COLUMNS} FROM {{s}}.convostore_api_keys
+WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, id
+"""
+SIGN_OUT = """
+UPDATE {s}.convostore_api_keys SET sign_outs = sign_outs + 1 WHERE id = $1 RETURNING sign_outs
+"""
+
+
+def _sql(store: PostgresSessionStore, template: str) -> str:
+    return template.replace("{s}", quote_ident(store.schema))
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +68,8 @@ class ApiKey:
     user: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None
+    sign_outs: int = 0
 
     @property
     def operator(self) -> bool:
@@ -56,7 +89,14 @@ def _digest(secret: str) -> bytes:
 
 def _key(row: Any, key_id: str | None = None) -> ApiKey:
     return ApiKey(
-        key_id or row["id"], row["name"], row["tenant_id"], row["user_id"], row["created_at"], row["revoked_at"]
+        key_id or row["id"],
+        row["name"],
+        row["tenant_id"],
+        row["user_id"],
+        row["created_at"],
+        row["revoked_at"],
+        row["expires_at"],
+        row["sign_outs"],
     )
 
 
@@ -66,9 +106,12 @@ async def create_key(
     name: str = "",
     user: str | None = None,
     operator: bool = False,
+    expires_in: timedelta | float | None = None,
 ) -> tuple[str, ApiKey]:
     """Create a key for the store's tenant (and *user*, if given), or with *operator* a key
-    across tenants; return the token (shown once: only its hash is kept) and the key."""
+    across tenants, valid for *expires_in* (a timedelta or seconds; ``None``: until revoked);
+    return the token (shown once: only its hash is kept) and the key."""
+    lifetime = check.duration(expires_in, "expires_in")
     if operator and user is not None:
         raise ConfigurationError("an operator's key acts for every user: give no user")
     if not isinstance(name, str) or len(name) > 200:
@@ -77,10 +120,10 @@ async def create_key(
     tenant = None if operator else store.tenant
     owner = None if user is None else check.scope_name(user, "user")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    q = store.queries
+    sql = _sql(store, INSERT_KEY)
 
     async def insert(conn: Any) -> Any:
-        return await conn.fetchrow(q.insert_key, key_id, _digest(secret), name, tenant, owner)
+        return await conn.fetchrow(sql, key_id, _digest(secret), name, tenant, owner, lifetime)
 
     row = await store.runner.run("create_key", insert)
     await store.audit("create_api_key", rows=1, all_tenants=operator, details={"key_id": key_id, "user": owner})
@@ -88,30 +131,60 @@ async def create_key(
 
 
 async def verify_key(store: PostgresSessionStore, token: str) -> ApiKey:
-    """The key *token* is, if it is valid and not revoked; else :class:`AccessDenied`."""
+    """The key *token* is, if it is valid, not revoked and not expired; else :class:`AccessDenied`."""
     match = _TOKEN.match(token) if isinstance(token, str) else None
     if match is None:
         raise AccessDenied("not a convostore API key")
     key_id, secret = match.groups()
-    q = store.queries
+    row = await _fetch_key(store, key_id)
+    # Compared in constant time, and the same refusal whatever failed.
+    if row is None or not hmac.compare_digest(row["secret_hash"], _digest(secret)) or not _usable(row):
+        raise AccessDenied("unknown, revoked or expired API key")
+    return _key(row, key_id)
+
+
+async def key_by_id(store: PostgresSessionStore, key_id: str) -> ApiKey:
+    """Key *key_id* as stored now, if it is neither revoked nor expired; else
+    :class:`AccessDenied`. For callers that proved otherwise that the key was presented (the
+    browser's signed sign-in token): the id alone is no credential."""
+    row = await _fetch_key(store, key_id) if isinstance(key_id, str) and KEY_ID.match(key_id) else None
+    if row is None or not _usable(row):
+        raise AccessDenied("unknown, revoked or expired API key")
+    return _key(row, key_id)
+
+
+async def sign_out(store: PostgresSessionStore, key_id: str) -> int | None:
+    """Count a sign-out of key *key_id*: every browser token issued under the previous count
+    stops working. Return the new count (``None``: there is no such key)."""
+    sql = _sql(store, SIGN_OUT)
+
+    async def update(conn: Connection) -> Any:
+        return await conn.fetchval(sql, key_id)
+
+    count = await store.runner.run("sign_out", update)
+    return None if count is None else int(count)
+
+
+async def _fetch_key(store: PostgresSessionStore, key_id: str) -> asyncpg.Record | None:
+    sql = _sql(store, KEY)
 
     async def fetch(conn: Connection) -> asyncpg.Record | None:
-        return await conn.fetchrow(q.key, key_id)
+        return await conn.fetchrow(sql, key_id)
 
-    row = await store.runner.run("verify_key", fetch)
-    # Compared in constant time, and the same refusal whatever failed.
-    if row is None or not hmac.compare_digest(row["secret_hash"], _digest(secret)) or row["revoked_at"] is not None:
-        raise AccessDenied("unknown or revoked API key")
-    return _key(row, key_id)
+    return await store.runner.run("verify_key", fetch)
+
+
+def _usable(row: asyncpg.Record) -> bool:
+    return row["revoked_at"] is None and not row["expired"]
 
 
 async def list_keys(store: PostgresSessionStore, *, all_tenants: bool = False) -> list[ApiKey]:
     """The keys of the store's tenant (every key, operators' too, with *all_tenants*)."""
-    q = store.queries
+    sql = _sql(store, KEYS)
     tenant = None if all_tenants else store.tenant
 
     async def fetch(conn: Connection) -> list[asyncpg.Record]:
-        return await conn.fetch(q.keys, tenant)
+        return await conn.fetch(sql, tenant)
 
     return [_key(r) for r in await store.runner.run("list_keys", fetch)]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,8 +16,17 @@ from .. import __version__
 from ..errors import ConvostoreError
 from ..store import PostgresSessionStore
 from . import api, problems, ui
-from .auth import Authenticator
-from .middleware import BodyLimit, RequestSpans, SecurityHeaders, SegmentPaths
+from .auth import Authenticator, SignIns
+from .auth import session_secret as _session_secret
+from .middleware import (
+    BodyLimit,
+    CachedReadiness,
+    FailedAuthLimit,
+    RequestSpans,
+    SecurityHeaders,
+    SegmentPaths,
+    TokenBuckets,
+)
 
 logger = logging.getLogger("convostore.server")
 
@@ -38,16 +48,27 @@ def create_app(
     key_cache_size: int = 4096,
     max_body: int = MAX_BODY,
     owns_store: bool = False,
+    session_secret: str | bytes | None = None,
+    failed_auth_burst: float = 10.0,
+    failed_auth_rate: float = 0.5,
+    ready_ttl: float = 1.0,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The ASGI application serving *store*: the API under ``/v1``, the browser under ``/ui``,
     ``/healthz``, ``/readyz`` and ``/openapi.json``.
 
     A verified key is remembered for *key_cache_ttl* seconds (0: every request is checked
-    against the database), at most *key_cache_size* of them. Request bodies are limited to
-    *max_body* bytes. Starting the application opens the store's pool in the server's event
-    loop (a store that is not ready yet only makes ``/readyz`` answer 503); with *owns_store*,
-    stopping it closes the store.
+    against the database), at most *key_cache_size* of them; a refused one for 10 seconds.
+    A client address may fail to authenticate *failed_auth_burst* times at once, then
+    *failed_auth_rate* times a second (429 otherwise). ``/readyz`` answers from its last
+    answer for *ready_ttl* seconds. The browser's sign-in tokens are signed with
+    *session_secret* (default ``$CONVOSTORE_SESSION_SECRET``, else random for this process).
+    *clock* (``time.time``) is what all of them count time with. Request bodies are limited
+    to *max_body* bytes. Starting the application opens the store's pool in the server's
+    event loop (a store that is not ready yet only makes ``/readyz`` answer 503); with
+    *owns_store*, stopping it closes the store.
     """
+    secret = _session_secret(session_secret)  # refused before anything starts
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,15 +101,21 @@ def create_app(
         **options,
     )
     app.state.store = store
-    app.state.auth = Authenticator(store, ttl=key_cache_ttl, size=key_cache_size)
+    auth = Authenticator(store, ttl=key_cache_ttl, size=key_cache_size, clock=clock)
+    app.state.auth = auth
+    app.state.sign_ins = SignIns(secret, lifetime=ui.SIGN_IN_LIFETIME, clock=clock)
     problems.install(app, html=ui.error_page)
     app.include_router(api.router)
     app.include_router(api.health)
     ui.mount(app)
-    # Outermost last: the span covers everything, then the headers, then the body limit,
-    # then the path routed on.
+    # Outermost last: the span covers everything, then the headers, then the cached
+    # readiness, the limit on failed authentications and the body limit, then the path
+    # routed on.
     app.add_middleware(SegmentPaths)
     app.add_middleware(BodyLimit, limit=max_body)
+    buckets = TokenBuckets(burst=failed_auth_burst, rate=failed_auth_rate, clock=clock)
+    app.add_middleware(FailedAuthLimit, buckets=buckets, remembers=auth.remembers)
+    app.add_middleware(CachedReadiness, ttl=ready_ttl, clock=clock)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestSpans)
 

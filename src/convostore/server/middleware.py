@@ -1,5 +1,6 @@
 """ASGI middleware of the server: routing on the path as sent, security headers, a bound on
-request bodies, and an OpenTelemetry span per request.
+request bodies, a limit on failed authentications, a cheap ``/readyz``, and an
+OpenTelemetry span per request.
 
 Written as plain ASGI (not Starlette's ``BaseHTTPMiddleware``) so that streamed responses
 (the export) pass through without being buffered.
@@ -7,8 +8,12 @@ Written as plain ASGI (not Starlette's ``BaseHTTPMiddleware``) so that streamed 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -162,11 +167,129 @@ async def _too_large(send: Send, limit: int) -> None:
     )
 
 
-async def _problem(send: Send, status: int, slug: str, title: str, detail: str) -> None:
+async def _problem(
+    send: Send, status: int, slug: str, title: str, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps({"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail}).encode()
-    headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class TokenBuckets:
+    """A token bucket per client address: *burst* tokens at most, *rate* more per second of
+    *clock*, for at most *size* addresses (the least recently seen are forgotten: a full
+    bucket again). In memory, per process."""
+
+    def __init__(
+        self, *, burst: float, rate: float, size: int = 10_000, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.burst = burst
+        self.rate = rate
+        self.size = size
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, as of when
+
+    def _level(self, address: str) -> float:
+        tokens, at = self._buckets.get(address, (self.burst, self.clock()))
+        # A clock stepping back refills nothing (and takes nothing away).
+        return min(self.burst, tokens + max(0.0, self.clock() - at) * self.rate)
+
+    def wait(self, address: str) -> float:
+        """Seconds until *address* has a token (0: it has one now)."""
+        missing = 1.0 - self._level(address)
+        return 0.0 if missing <= 0 else (math.inf if self.rate <= 0 else missing / self.rate)
+
+    def spend(self, address: str) -> None:
+        """Take a token from *address*'s bucket (down to none)."""
+        self._buckets[address] = (max(0.0, self._level(address) - 1.0), self.clock())
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self.size:
+            self._buckets.popitem(last=False)
+
+
+LOGIN_PATH = "/ui/login"
+
+
+class FailedAuthLimit:
+    """Limits failed authentications per client address (as the ASGI server saw it: behind a
+    proxy, have the server trust its forwarded headers). Each answer 401 to a request that
+    presented a key (``Authorization``, the sign-in form) spends a token of *buckets*; an
+    address without one is answered 429 with ``Retry-After`` before the application runs,
+    unless its key was verified recently (*remembers*: no round trip to spare)."""
+
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets, remembers: Callable[[str], bool]) -> None:
+        self.app = app
+        self.buckets = buckets
+        self.remembers = remembers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = _header(scope["headers"], b"authorization")
+        login = scope["method"] == "POST" and scope["path"] == LOGIN_PATH
+        if authorization is None and not login:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else ""
+        wait = self.buckets.wait(address)
+        if wait > 0:
+            scheme, _, token = (authorization or "").partition(" ")
+            if login or scheme.lower() != "bearer" or not self.remembers(token.strip()):
+                retry = str(min(math.ceil(wait), 3600)).encode()
+                detail = "too many failed authentications from this address; try again later"
+                await _problem(send, 429, "too-many-requests", "Too many requests", detail, [(b"retry-after", retry)])
+                return
+
+        async def count_failures(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.buckets.spend(address)
+            await send(message)
+
+        await self.app(scope, receive, count_failures)
+
+
+READY_PATH = "/readyz"
+
+
+class CachedReadiness:
+    """Answers ``/readyz`` from the last answer for *ttl* seconds of *clock*: a probe costs
+    at most one database round trip a second, however often (and by whom, it needs no key)
+    it is asked; concurrent probes wait for the one in flight."""
+
+    def __init__(self, app: ASGIApp, ttl: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.ttl = ttl
+        self.clock = clock
+        self._answer: tuple[float, list[Message]] | None = None
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> list[Message] | None:
+        if self._answer is not None and self._answer[0] <= self.clock() < self._answer[0] + self.ttl:
+            return self._answer[1]
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != READY_PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        answer = self._fresh()
+        if answer is None:
+            async with self._lock:
+                answer = self._fresh()
+                if answer is None:
+                    messages: list[Message] = []
+
+                    async def keep(message: Message) -> None:
+                        messages.append(message)
+
+                    await self.app(scope, receive, keep)
+                    self._answer = (self.clock(), messages)
+                    answer = messages
+        for message in answer:
+            await send(message)
 
 
 def route_template(scope: Scope) -> str | None:

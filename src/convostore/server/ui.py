@@ -4,16 +4,21 @@ Pages are Jinja2 templates with autoescaping on; stored text is only ever passed
 text (nothing is marked safe), and the Content-Security-Policy allows no inline script or
 style, so a message holding markup shows as the characters it is.
 
-Signing in stores the pasted API key in an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure``
-over https). State-changing actions (deleting a session, signing out) are POST forms behind
-a confirmation page, carrying a CSRF token derived from the key (an HMAC keyed with it), so
-that no other site can make a signed-in browser submit them.
+Signing in checks the pasted API key and keeps a sign-in token (never the key) in an
+``HttpOnly``, ``SameSite=Strict`` cookie, ``Secure`` unless the host is a loopback one (so a
+server behind a TLS proxy elsewhere, which sees plain http, still marks it): signed by the
+server, it names the key and expires after 8 hours (or with the key), and signing out ends
+every sign-in of the key (see :mod:`.auth`). State-changing actions (deleting a session,
+signing out) are POST forms behind a confirmation page, carrying a CSRF token derived from
+the sign-in token (an HMAC under the server's secret), so that no other site can make a
+signed-in browser submit them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -32,20 +37,20 @@ from starlette.responses import StreamingResponse
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvostoreError
-from ..keys import ApiKey
+from ..keys import ApiKey, sign_out
 from ..models import Message
 from ..store import PostgresSessionStore
 from .api import jsonl_export
-from .auth import Authenticator, view_for
+from .auth import Authenticator, SignIns, view_for
 from .conversation import entries, title_of, utc_text
 from .paging import decode_cursor, encode_cursor
 from .problems import ApiProblem, session_not_found
 from .schemas import snippet_parts
 
 HERE = Path(__file__).parent
-COOKIE = "convostore_key"
+COOKIE = "convostore_session"
 LOGIN_COOKIE = "convostore_login"
-COOKIE_AGE = 8 * 3600  # seconds a sign-in lasts
+SIGN_IN_LIFETIME = 8 * 3600.0  # seconds a sign-in lasts
 SESSIONS_PAGE = 25
 MESSAGES_PAGE = 200
 HITS_PAGE = 20
@@ -87,11 +92,6 @@ class _Redirect(Exception):
         self.url = url
 
 
-def csrf_token(token: str) -> str:
-    """The CSRF token of a signed-in browser: only who holds the key can compute it."""
-    return hmac.new(token.encode("utf-8", "surrogatepass"), b"convostore ui csrf v1", hashlib.sha256).hexdigest()
-
-
 def _safe_next(target: str | None) -> str:
     # Only a path of the browser itself: never another site (open redirects).
     if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
@@ -101,14 +101,15 @@ def _safe_next(target: str | None) -> str:
 
 async def _find_viewer(request: Request) -> Viewer | None:
     token = request.cookies.get(COOKIE)
-    if not token:
+    sign_ins: SignIns = request.app.state.sign_ins
+    signed = sign_ins.read(token)  # no round trip for a token the server did not sign
+    if token is None or signed is None:
         return None
     auth: Authenticator = request.app.state.auth
-    try:
-        key = await auth.key(token)
-    except ApiProblem:
+    key = await auth.key_by_id(signed.key_id)
+    if key is None or key.sign_outs != signed.sign_outs:  # revoked, expired, or signed out
         return None
-    return Viewer(key, view_for(auth.store, key, None), csrf_token(token))
+    return Viewer(key, view_for(auth.store, key, None), sign_ins.csrf(token))
 
 
 async def signed_in(request: Request) -> Viewer:
@@ -199,8 +200,20 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, *, 
         path="/ui",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=not _loopback(request.url.hostname),
     )
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether *host* names this machine: the only place a cookie may go without TLS."""
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @router.get("/login")
@@ -222,12 +235,15 @@ async def login(request: Request) -> Response:
     token = token.strip() if isinstance(token, str) else ""
     auth: Authenticator = request.app.state.auth
     try:
-        await auth.key(token)
+        key = await auth.key(token, fresh=True)
     except ApiProblem:
-        return _login_page(request, error="That key is not valid: it is unknown, mistyped or revoked.", status=401)
+        return _login_page(
+            request, error="That key is not valid: it is unknown, mistyped, revoked or expired.", status=401
+        )
     next_url = form.get("next")
     response = RedirectResponse(_safe_next(next_url if isinstance(next_url, str) else None), status_code=303)
-    _set_cookie(request, response, COOKIE, token, max_age=COOKIE_AGE)
+    sign_ins: SignIns = request.app.state.sign_ins
+    _set_cookie(request, response, COOKIE, sign_ins.issue(key), max_age=int(sign_ins.lifetime))
     response.delete_cookie(LOGIN_COOKIE, path="/ui")
     return response
 
@@ -240,7 +256,7 @@ async def logout_confirm(viewer: SignedIn) -> Response:
         viewer=viewer,
         title="Sign out?",
         heading="Sign out of convostore?",
-        lines=["The key is forgotten by this browser; paste it again to come back."],
+        lines=["Every browser signed in with this key is signed out; paste the key again to come back."],
         action="/ui/logout",
         button="Sign out",
         danger=False,
@@ -250,8 +266,11 @@ async def logout_confirm(viewer: SignedIn) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, viewer: SignedIn) -> Response:
-    """Forget the key."""
+    """End the key's sign-ins (this browser's and any other's), and forget the token."""
     _check_csrf(viewer, await request.form(max_files=0, max_fields=5))
+    auth: Authenticator = request.app.state.auth
+    await sign_out(auth.store, viewer.key.id)  # None: the key is gone, and its sign-ins with it
+    auth.forget(viewer.key.id)
     response = RedirectResponse("/ui/login?bye=1", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response
