@@ -32,6 +32,7 @@ _TABLES = (
     "conversation_branches",
     "conversation_usage",
     "convostore_migrations",
+    "convostore_functions",
     "convostore_audit",
     "convostore_api_keys",
     "convostore_state",
