@@ -10,6 +10,8 @@ import asyncpg
 import pytest
 
 from convostore import MIGRATIONS, MigrationError, PostgresSessionStore, Window
+from convostore._sql import FUNCTIONS
+from convostore.migrations import install_functions
 
 
 async def test_migrations_are_recorded_and_rerun_is_a_no_op(store: PostgresSessionStore) -> None:
@@ -35,10 +37,10 @@ async def test_the_functions_are_planned_as_their_tables_need(store: PostgresSes
     """On one node the read function's statements are planned once per connection. On
     distributed tables the three functions that calls are delegated to plan each statement with
     the call's values (Citus plans a distributed statement from them, and a reused generic
-    plan grew the node's process on every run): distributing sets that, and so does migrating
-    (a migration may create a function again, with its one-node settings). The append function
-    of distributed tables keeps one plan per statement on both (its statements name a shard's
-    own tables, which Citus does not plan)."""
+    plan grew the node's process on every run): distributing sets that, and so does installing
+    a function again (which resets its settings to the one-node ones of its text). The append
+    function of distributed tables keeps one plan per statement on both (its statements name a
+    shard's own tables, which Citus does not plan)."""
     plans = (
         "SELECT p.proname, s.setting FROM pg_proc p "
         "LEFT JOIN LATERAL (SELECT c FROM unnest(p.proconfig) c WHERE c LIKE 'plan_cache_mode=%') s(setting) ON true "
@@ -58,15 +60,33 @@ async def test_the_functions_are_planned_as_their_tables_need(store: PostgresSes
     expected = distributed if store.runner.distributed else one_node
     async with store.pool.acquire() as conn:
         assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
-        recreating = [m.version for m in MIGRATIONS if m.name in ("window_pinned_shapes", "citus_custom_plans")]
-        await conn.execute(f"DELETE FROM {quoted}.convostore_migrations WHERE version = ANY ($1)", recreating)
-    assert [m.version for m in await store.migrate()] == recreating
+        # As if another release had changed these two functions' texts.
+        await conn.execute(
+            f"UPDATE {quoted}.convostore_functions SET hash = 'older' WHERE name = ANY ($1)",
+            ["convostore_read", "convostore_compact"],
+        )
+        assert await install_functions(conn, store.schema) == ["convostore_read", "convostore_compact"]
+        assert await install_functions(conn, store.schema) == []
+        assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
+        await conn.execute(f"DELETE FROM {quoted}.convostore_functions WHERE name = 'convostore_append'")
+    assert await store.migrate() == []  # no migration pending, and yet the function is installed
     async with store.pool.acquire() as conn:
         assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
+        installed = await conn.fetch(f"SELECT name FROM {quoted}.convostore_functions ORDER BY name")
+    assert [r["name"] for r in installed] == sorted(FUNCTIONS)
     session = await store.create_session("u", "a")
     await store.add_messages(session.id, [{"role": "user", "content": f"q{i}"} for i in range(30)])
     assert [m.content for m in await store.get_messages(session.id, window=Window(turns=2))] == ["q28", "q29"]
     assert len(await store.get_messages(session.id, window=Window(tokens=2))) == 2  # a token each
+
+
+def test_no_migration_creates_a_function() -> None:
+    # The function registry installs functions; a migration's text never changes once
+    # released, so none may carry a function's live text.
+    for migration in MIGRATIONS:
+        sql = "\n".join(line for line in migration.sql.upper().splitlines() if not line.lstrip().startswith("--"))
+        assert "CREATE OR REPLACE FUNCTION" not in sql, migration.name
+        assert "CREATE FUNCTION" not in sql, migration.name
 
 
 def test_migrations_split_into_whole_statements() -> None:

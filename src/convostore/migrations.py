@@ -5,10 +5,16 @@ lock keyed by the schema name, then re-reads what is applied. Processes that sta
 together therefore queue on the lock and the later ones find nothing left to do; the lock
 is released with the transaction, so this also works behind a transaction-pooling
 pgbouncer. Applied versions are recorded with their name and time.
+
+A migration's text never changes once released, and none creates a function: after the
+migrations, the function registry (:func:`install_functions`, under the same lock) installs
+every function whose text differs from the one it recorded as installed, so a function is
+created once per change, from the one text in ``convostore/sql/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +23,7 @@ from datetime import datetime
 import asyncpg
 
 from ._runner import Failure, classify
-from ._sql import APPEND_FUNCTION, APPEND_SHARDED_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
+from ._sql import FIT_TO_CITUS, FUNCTIONS, in_schema, quote_ident
 from ._types import Connection
 from .errors import MigrationError
 
@@ -36,7 +42,7 @@ class Migration:
         """The migration's statements, one by one: Citus propagates a DDL statement on a
         distributed table to every node, which it cannot do for one of several commands
         sent in a single query string."""
-        return split_statements(self.sql.replace("{s}", quoted_schema))
+        return split_statements(in_schema(self.sql, quoted_schema))
 
 
 _DOLLAR_TAG = re.compile(r"\$[A-Za-z_]*\$")
@@ -193,7 +199,15 @@ ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS key_id varchar(64
 ALTER TABLE {s}.conversation_messages ADD COLUMN IF NOT EXISTS sealed bytea;
 """,
     ),
-    Migration(4, "append_and_read_functions", APPEND_FUNCTION + READ_FUNCTION),
+    # Migrations 4, 6, 8, 9, 10 and 12 created functions, which the function registry
+    # installs since (see install_functions); their texts here no longer do.
+    Migration(
+        4,
+        "append_and_read_functions",
+        """
+-- Created convostore_append and convostore_read; the function registry installs them since.
+""",
+    ),
     Migration(
         5,
         "row_level_security_and_audit",
@@ -317,10 +331,9 @@ CREATE POLICY convostore_scope ON {s}.conversation_usage
 DROP FUNCTION IF EXISTS {s}.convostore_append(text, text, text, boolean, boolean, int[], text[], text[], text[],
     text[], text[], text[], text[], text[], text[], text[], bytea[]);
 DROP FUNCTION IF EXISTS {s}.convostore_read(text, text, text, bigint, bigint);
-"""
-        + APPEND_FUNCTION
-        + READ_FUNCTION
-        + COMPACT_FUNCTION,
+-- (And created convostore_append, convostore_read and convostore_compact, which the function
+-- registry installs since.)
+""",
     ),
     Migration(
         7,
@@ -367,27 +380,47 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
 );
 """,
     ),
-    # The append function with its path for one request (statements keyed by one session
-    # id, which a sharded database runs on one shard without distributed planning); same
-    # signature, same results.
-    Migration(8, "lone_append_path", APPEND_FUNCTION),
-    # The read function finding a turns window's start by reading back to its user message,
-    # any other window's start by reading newest first just as far as it reaches (no chunks),
-    # with its statements planned once per connection and no digest sent for a sealed row;
-    # same signature, same results.
-    Migration(9, "window_start_reads", READ_FUNCTION),
-    # The read function's window statements in two shapes, chosen by one probe: with the
-    # pinned messages, or without them for a session that holds none; same signature, same
-    # results.
-    Migration(10, "window_pinned_shapes", READ_FUNCTION),
-    # On distributed tables, the delegated functions plan each statement with the call's
-    # values: a schema distributed before this migration gets what distributing now sets
-    # (see _sql.FIT_TO_CITUS); elsewhere nothing changes.
-    Migration(11, "citus_custom_plans", FIT_TO_CITUS),
-    # On distributed tables, appends call a function that writes the shards' own tables
-    # where the node it runs on holds them (see _sql.APPEND_SHARDED_FUNCTION); elsewhere it
-    # is never called.
-    Migration(12, "shard_appends", APPEND_SHARDED_FUNCTION),
+    Migration(
+        8,
+        "lone_append_path",
+        """
+-- Created convostore_append again (its path for one request); the function registry installs
+-- it since.
+""",
+    ),
+    Migration(
+        9,
+        "window_start_reads",
+        """
+-- Created convostore_read again (how a window's start is found); the function registry
+-- installs it since.
+""",
+    ),
+    Migration(
+        10,
+        "window_pinned_shapes",
+        """
+-- Created convostore_read again (its window statements in two shapes); the function registry
+-- installs it since.
+""",
+    ),
+    Migration(
+        11,
+        "citus_custom_plans",
+        """
+-- Fitted the functions of a schema distributed before it to Citus (sql/fit_to_citus.sql),
+-- which runs since whenever the function registry installs a function, and after
+-- distributing.
+""",
+    ),
+    Migration(
+        12,
+        "shard_appends",
+        """
+-- Created convostore_append_sharded and convostore_hold_shards; the function registry installs
+-- them since.
+""",
+    ),
     Migration(
         13,
         "search_index_opt_in",
@@ -397,6 +430,36 @@ CREATE TABLE IF NOT EXISTS {s}.convostore_api_keys (
 -- expression that `convostore search-index create` indexes (_sql.SEARCH_INDEX_CREATE).
 DROP INDEX IF EXISTS {s}.idx_messages_search;
 ALTER TABLE {s}.conversation_messages DROP COLUMN IF EXISTS search;
+""",
+    ),
+    Migration(
+        14,
+        "function_registry",
+        """
+-- The function registry: each function convostore installed in the schema, with the SHA-256
+-- of the text it ran (CREATE OR REPLACE FUNCTION, the schema substituted). After migrating,
+-- every function whose text differs from the one recorded is installed again.
+CREATE TABLE IF NOT EXISTS {s}.convostore_functions (
+    name text PRIMARY KEY,
+    hash text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+-- Roles that read the ledger (a runtime role set up before this migration) read the registry
+-- too: a store checks both before its first call.
+DO $$
+DECLARE
+    reader text;
+BEGIN
+    FOR reader IN
+        SELECT DISTINCT a.grantee::regrole::text
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = '{s}.convostore_migrations'::regclass AND a.privilege_type = 'SELECT'
+          AND a.grantee <> c.relowner AND a.grantee <> 0
+    LOOP
+        EXECUTE format('GRANT SELECT ON {s}.convostore_functions TO %s', reader);
+    END LOOP;
+END
+$$;
 """,
     ),
     Migration(
@@ -477,13 +540,15 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
     try:
         applied = await _applied(conn, quoted)
         _check_known(applied)
-        if all(m.version in applied for m in MIGRATIONS):
+        if all(m.version in applied for m in MIGRATIONS) and not _changed(
+            await _installed(conn, quoted), _rendered(quoted)
+        ):
             return done
         for migration in MIGRATIONS:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(schema))
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-                await conn.execute(_LEDGER.replace("{s}", quoted))
+                await conn.execute(in_schema(_LEDGER, quoted))
                 applied = await _applied(conn, quoted)
                 _check_known(applied)
                 if migration.version in applied:
@@ -497,8 +562,7 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
                 )
             logger.info("applied migration %04d_%s to schema %s", migration.version, migration.name, schema)
             done.append(migration)
-        if done:
-            await _fit_to_citus(conn, quoted)  # a migration may have created a function again
+        await _install_functions(conn, schema, quoted)
     except asyncpg.PostgresError as exc:
         if classify(exc, conn) is not Failure.STATEMENT:
             # The connection or the server failed, not the migration: the runner retries it
@@ -506,6 +570,61 @@ async def apply_migrations(conn: Connection, schema: str) -> list[Migration]:
             raise
         raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
     return done
+
+
+def _rendered(quoted: str) -> dict[str, str]:
+    return {name: in_schema(text, quoted) for name, text in FUNCTIONS.items()}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def _installed(conn: Connection, quoted: str) -> dict[str, str]:
+    """The registry: each function installed and the digest of the text it ran."""
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{quoted}.convostore_functions"):
+        return {}
+    rows = await conn.fetch(f"SELECT name, hash FROM {quoted}.convostore_functions")
+    return {r["name"]: r["hash"] for r in rows}
+
+
+def _changed(installed: dict[str, str], rendered: dict[str, str]) -> list[str]:
+    return [name for name, text in rendered.items() if installed.get(name) != _digest(text)]
+
+
+async def _install_functions(conn: Connection, schema: str, quoted: str) -> list[str]:
+    rendered = _rendered(quoted)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(schema))
+        # Read under the lock: a process that held it before may have installed them.
+        changed = _changed(await _installed(conn, quoted), rendered)
+        for name in changed:
+            await conn.execute(rendered[name])
+            await conn.execute(
+                f"INSERT INTO {quoted}.convostore_functions AS f (name, hash) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, installed_at = now()",
+                name,
+                _digest(rendered[name]),
+            )
+        if changed:
+            await _fit_to_citus(conn, quoted)  # CREATE OR REPLACE reset the functions' settings
+    if changed:
+        logger.info("installed functions %s in schema %s", ", ".join(changed), schema)
+    return changed
+
+
+async def install_functions(conn: Connection, schema: str) -> list[str]:
+    """Install (``CREATE OR REPLACE``) every function of a migrated *schema* whose text differs
+    from the one the function registry recorded, under the migrations' lock and in one
+    transaction, then fit them to Citus if the tables are distributed; return the names of
+    those installed. :func:`apply_migrations` calls it after the migrations."""
+    quoted = quote_ident(schema)
+    try:
+        return await _install_functions(conn, schema, quoted)
+    except asyncpg.PostgresError as exc:
+        if classify(exc, conn) is not Failure.STATEMENT:
+            raise
+        raise MigrationError(f"installing the functions of schema {schema!r} failed: {exc}") from exc
 
 
 async def migration_status(conn: Connection, schema: str) -> list[MigrationStatus]:
@@ -600,4 +719,4 @@ async def _fit_to_citus(conn: Connection, quoted: str) -> None:
     """On distributed tables, the delegated functions plan each statement with the call's
     values (see ``_sql.FIT_TO_CITUS``); a schema that is not distributed is left as it is.
     Idempotent."""
-    await conn.execute(FIT_TO_CITUS.replace("{s}", quoted))
+    await conn.execute(in_schema(FIT_TO_CITUS, quoted))

@@ -42,6 +42,7 @@ _TABLES = (
     "conversation_branches",
     "conversation_usage",
     "convostore_migrations",
+    "convostore_functions",
     "convostore_audit",
     "convostore_api_keys",
     "convostore_state",
@@ -163,7 +164,8 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str,
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.agent_sessions, {schema}.conversation_messages, "
                 f"{schema}.conversation_branches, {schema}.conversation_usage, {schema}.convostore_state TO {runtime_q}"
             )
-            await conn.execute(f"GRANT SELECT ON {schema}.convostore_migrations TO {runtime_q}")
+            ledgers = f"{schema}.convostore_migrations, {schema}.convostore_functions"
+            await conn.execute(f"GRANT SELECT ON {ledgers} TO {runtime_q}")  # a store checks both
             # The server checks keys (hashes only); creating and revoking them is the owner's.
             await conn.execute(f"GRANT SELECT ON {schema}.convostore_api_keys TO {runtime_q}")
             # Signing a browser out ends the key's sign-ins (convostore.keys.sign_out).

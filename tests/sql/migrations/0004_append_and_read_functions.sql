@@ -1,0 +1,2 @@
+
+-- Created convostore_append and convostore_read; the function registry installs them since.

@@ -1,0 +1,1 @@
+DELETE FROM "s".conversation_branches WHERE session_id = $2 AND tenant_id = $1 AND name = ANY($3::text[])

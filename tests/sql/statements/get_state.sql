@@ -1,0 +1,1 @@
+SELECT state FROM "s".convostore_state WHERE tenant_id = $1 AND agent_name = $2 AND user_id = $3

@@ -1,0 +1,3 @@
+
+INSERT INTO "s".convostore_api_keys (id, secret_hash, name, tenant_id, user_id) VALUES ($1, $2, $3, $4, $5)
+RETURNING id, name, tenant_id, user_id, created_at, revoked_at

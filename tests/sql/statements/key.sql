@@ -1,0 +1,1 @@
+SELECT secret_hash, name, tenant_id, user_id, created_at, revoked_at FROM "s".convostore_api_keys WHERE id = $1

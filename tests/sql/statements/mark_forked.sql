@@ -1,0 +1,1 @@
+UPDATE "s".agent_sessions SET forked = true, updated_at = now() WHERE tenant_id = $1 AND id = $2

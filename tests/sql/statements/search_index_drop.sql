@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS "s".idx_messages_search

@@ -1,0 +1,1 @@
+SELECT user_id, forked FROM "s".agent_sessions WHERE tenant_id = $1 AND id = $2
