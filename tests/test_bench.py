@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.single_node
 def test_benchmark_suite_runs_at_tiny_size(database_url: str, tmp_path: Path) -> None:
-    env = dict(os.environ, DATABASE_URL=database_url)
+    env = dict(os.environ, DATABASE_URL=database_url, COLUMNS="300")  # every system's column, headers whole
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "tiny", "--runs", "2", "--out", str(tmp_path), "--no-pgbench"],
         env=env,
