@@ -352,7 +352,9 @@ class ConvostoreSealed(Convostore):
         for start in range(0, n, 50_000):
             count = min(50_000, n - start)
             rows = [
-                self.store.seal_row(sid, (str(uuid.uuid4()), "user", f"message number {start + g}", *[None] * 5))
+                self.store.seal_row(
+                    sid, (str(uuid.uuid4()), "user", f"message number {start + g}", *[None] * 5, 0, None)
+                )
                 for g in range(1, count + 1)
             ]
             await self.admin.execute(

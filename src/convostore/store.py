@@ -24,7 +24,7 @@ import asyncpg
 
 from . import _branches
 from . import _validate as check
-from ._appends import Appender, AppendRequest
+from ._appends import Appender, AppendRequest, Outcome
 from ._coalesce import AppendWriter
 from ._codec import load_json
 from ._crypto import Keyring, SealedTenants, parse_keys, same_message
@@ -32,6 +32,7 @@ from ._rows import Opener, messages_from_rows, no_key, session_from_row, session
 from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
 from ._sql import HAS_CITUS, IS_DISTRIBUTED, MARKER_KIND, Queries, quote_ident, render
 from ._types import Connection
+from ._validate import Row
 from .errors import (
     ConfigurationError,
     DuplicateMessageId,
@@ -665,9 +666,9 @@ class PostgresSessionStore:
         if not rows:
             return []
         if self._count_tokens is not None:
-            rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
+            rows = [row._replace(tokens=self._tokens(row)) for row in rows]
         plain, rows = rows, await self.sealed_rows(sid, rows, line)
-        ids = [r[0] for r in rows]
+        ids = [r.id for r in rows]
         if len(set(ids)) != len(ids):
             raise InvalidMessage("message ids must be unique within a batch")
         supplied = any((m.id if isinstance(m, NewMessage) else m.get("id")) is not None for m in messages)
@@ -679,7 +680,7 @@ class PostgresSessionStore:
         else:
             stored = await settle_despite_cancel(self._appender.one(request, deadline=deadline))
         if len(stored) != len(rows) or (
-            any(r["outcome"] == "c" for r in stored) and not await self._same_after_all(sid, stored, plain)
+            any(r["outcome"] == Outcome.CONFLICT for r in stored) and not await self._same_after_all(sid, stored, plain)
         ):
             raise DuplicateMessageId(
                 f"session {sid!r} already holds different messages with some of these ids: "
@@ -688,7 +689,7 @@ class PostgresSessionStore:
         by_id = {r["id"]: r for r in stored}
         result = []
         for row, original in zip(rows, messages, strict=True):
-            rec = by_id[row[0]]
+            rec = by_id[row.id]
             if isinstance(original, NewMessage):
                 role, content, tool_calls = original.role, original.content, original.tool_calls
                 tool_call_id, raw = original.tool_call_id, original.raw
@@ -697,24 +698,24 @@ class PostgresSessionStore:
                 tool_call_id, raw = original.get("tool_call_id"), original.get("raw")
             result.append(
                 new_message(
-                    row[0], sid, rec["seq"], role, content, tool_calls, tool_call_id, raw, rec["created_at"], line, None
+                    row.id, sid, rec["seq"], role, content, tool_calls, tool_call_id, raw, rec["created_at"], line, None
                 )
             )
         result.sort(key=lambda m: m.seq)
         return result
 
     async def _same_after_all(self, sid: str, stored: Sequence[Any], sent: Sequence[Any]) -> bool:
-        """Whether the stored rows the append function found holding other messages ('c')
+        """Whether the stored rows the append function found holding other messages (CONFLICT)
         hold the same ones after all: the digest it compares is keyed, so a row sealed under
         another key (rotation since), or stored before encryption, never matches it. Read
-        and opened here, off the normal path (a replay under the current key is 'r')."""
+        and opened here, off the normal path (a replay under the current key is REPLAYED)."""
         if self._keyring is None:
             return False
-        conflicting = [r["id"] for r in stored if r["outcome"] == "c"]
+        conflicting = [r["id"] for r in stored if r["outcome"] == Outcome.CONFLICT]
         args: tuple[Any, ...] = (self._tenant, [sid] * len(conflicting), conflicting, [])
         found = await self._run("add_messages", partial(_fetch, self._q.import_stored_messages, args), session_id=sid)
         by_id = {r["id"]: r for r in found}
-        sent_by_id = {row[0]: row for row in sent}
+        sent_by_id = {row.id: row for row in sent}
         for mid in conflicting:
             row = by_id.get(mid)
             if row is None:
@@ -729,10 +730,10 @@ class PostgresSessionStore:
                 return False
         return True
 
-    def _tokens(self, row: tuple[Any, ...]) -> int:
+    def _tokens(self, row: Row) -> int:
         """A validated row's token count by the store's counter (its raw item, else its text)."""
         assert self._count_tokens is not None
-        count = self._count_tokens(check.token_text(row[2], row[3], row[5]))
+        count = self._count_tokens(check.token_text(row.content, row.tool_calls, row.raw))
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ConfigurationError(f"token_counter returned {count!r}, not a non-negative int")
         return count
@@ -956,19 +957,19 @@ class PostgresSessionStore:
         empty = not summary
         rows = [check.message_row(m, i) for i, m in enumerate(summary or [EMPTY_SUMMARY])]
         if self._count_tokens is not None:
-            rows = [(*row[:8], self._tokens(row), row[9]) for row in rows]
+            rows = [row._replace(tokens=self._tokens(row)) for row in rows]
         rows = await self.sealed_rows(sid, rows, line)
-        if len({r[0] for r in rows}) != len(rows):
+        if len({r.id for r in rows}) != len(rows):
             raise InvalidMessage("message ids must be unique within a batch")
         columns = [list(c) for c in zip(*rows, strict=True)]
         args = (self._tenant, sid, uid, line, start, expected, *columns, prune)
         records = await self._write("compact", lambda c: c.fetch(self._q.compact, *args), session_id=sid)
-        outcome = records[0]["outcome"] if records else "n"
-        if outcome == "n":
+        outcome = records[0]["outcome"] if records else Outcome.NO_SESSION
+        if outcome == Outcome.NO_SESSION:
             raise SessionNotFound(f"session {sid!r} does not exist")
-        if outcome == "o":
+        if outcome == Outcome.OTHER_OWNER:
             raise SessionOwnershipError(f"session {sid!r} belongs to another user")
-        if outcome in ("s", "e"):
+        if outcome in (Outcome.STALE, Outcome.NOTHING):
             return None
         if empty:
             return []
@@ -1015,7 +1016,21 @@ class PostgresSessionStore:
         rows = await self._run(
             "search", lambda c: c.fetch(self._q.search, *args), session_id=sid, all_tenants=all_tenants
         )
-        return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[6], float(r[8]), r[9]) for r in rows]
+        return [
+            SearchHit(
+                tenant=r["tenant_id"],
+                session_id=r["session_id"],
+                seq=r["seq"],
+                message_id=r["id"],
+                role=r["role"],
+                branch=r["branch"],
+                user_id=r["user_id"],
+                created_at=r["created_at"],
+                rank=float(r["rank"]),
+                snippet=r["snippet"],
+            )
+            for r in rows
+        ]
 
     async def search_index(self) -> bool:
         """Whether the full-text index :meth:`search` reads is built (and valid) in this schema."""
