@@ -17,7 +17,7 @@ from convostore import (
     StoreTimeout,
     StoreUnavailable,
 )
-from convostore._runner import Failure, classify
+from convostore._failures import Failure, classify
 
 from ._chaos import TcpProxy
 from .conftest import assert_no_idle_in_transaction

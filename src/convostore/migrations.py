@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._runner import Failure, classify
+from ._failures import Failure, classify
 from ._sql import APPEND_FUNCTION, APPEND_SHARDED_FUNCTION, COMPACT_FUNCTION, FIT_TO_CITUS, READ_FUNCTION, quote_ident
 from ._types import Connection
 from .errors import MigrationError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 
@@ -28,8 +28,10 @@ from ._appends import Appender, AppendRequest, Outcome
 from ._coalesce import AppendWriter
 from ._codec import load_json
 from ._crypto import Keyring, SealedTenants, parse_keys, same_message
+from ._failures import redact
+from ._retention import Sweeper
 from ._rows import Opener, messages_from_rows, no_key, session_from_row, sessions_from_joined_rows
-from ._runner import PoolOptions, Runner, redact, settle_despite_cancel
+from ._runner import PoolOptions, Runner, settle_despite_cancel
 from ._sql import HAS_CITUS, IS_DISTRIBUTED, MARKER_KIND, Queries, quote_ident, render
 from ._types import Connection
 from ._validate import Row
@@ -65,9 +67,6 @@ from .models import (
 )
 from .retry import RetryPolicy
 from .windows import TokenCounter, Window, fit
-
-if TYPE_CHECKING:
-    from .cleanup import Sweeper
 
 logger = logging.getLogger("convostore")
 
@@ -1335,10 +1334,8 @@ class PostgresSessionStore:
         Returns the running :class:`~convostore.cleanup.Sweeper`; :meth:`stop_sweeper` (or
         :meth:`close`) stops it. Safe with other processes sweeping the same database.
         """
-        from .cleanup import Sweeper
-
         if self._sweeper is None or not self._sweeper.running:
-            self._sweeper = Sweeper(self, interval, batch_size=batch_size)
+            self._sweeper = Sweeper(self.delete_expired_sessions, interval, batch_size=batch_size)
             self._sweeper.start()
         return self._sweeper
 

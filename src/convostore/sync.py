@@ -22,14 +22,12 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+from ._retention import Sweeper
 from .errors import StoreClosed
 from .store import PostgresSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
-
-if TYPE_CHECKING:
-    from .cleanup import Sweeper
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -168,6 +166,9 @@ class SyncSessionStore:
     delete_branch = _blocking(PostgresSessionStore.delete_branch)
     compact = _blocking(PostgresSessionStore.compact)
     search = _blocking(PostgresSessionStore.search)
+    search_index = _blocking(PostgresSessionStore.search_index)
+    create_search_index = _blocking(PostgresSessionStore.create_search_index)
+    drop_search_index = _blocking(PostgresSessionStore.drop_search_index)
     get_state = _blocking(PostgresSessionStore.get_state)
     update_state = _blocking(PostgresSessionStore.update_state)
     record_usage = _blocking(PostgresSessionStore.record_usage)
