@@ -160,7 +160,6 @@ WALK: dict[str, Call] = {
     "audit": lambda s: s.audit("probe", rows=0),
     "migrate": lambda s: s.migrate(),
     "migration_status": lambda s: s.migration_status(),
-    "tenant_for": lambda s: s.tenant_for(),
     "export_jsonl": _export,
     "import_jsonl": _import,
     "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
@@ -183,12 +182,12 @@ NO_DATA = {
     "scoped",
     "acting_user",
     "scope",
-    "audit_args",
     "start_sweeper",
     "stop_sweeper",
     "distribute",
-    "opener_for",
-    "seal_row",
+    "search_index",  # the index is the schema's: it holds no tenant's rows apart
+    "create_search_index",
+    "drop_search_index",
 }
 # Operators' calls across tenants: a role under row-level security is refused them outright.
 ACROSS_TENANTS: dict[str, Call] = {

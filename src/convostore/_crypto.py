@@ -320,6 +320,10 @@ class SealedTenants:
     def __init__(self) -> None:
         self._sealed: dict[str, bool] = {}
 
+    def known(self, tenant: str) -> bool | None:
+        """Whether *tenant* is known to be sealed (``None``: not known yet in this loop)."""
+        return self._sealed.get(tenant)
+
     async def mark(self, runner: _Runs, get_state: str, update_state: str, tenant: str, scope: Any) -> None:
         """Record that *tenant* is sealed (once per loop)."""
         if self._sealed.get(tenant):

@@ -96,6 +96,14 @@ def limit(value: object, what: str = "limit") -> int | None:
     return value
 
 
+def batch_size(value: object) -> int:
+    """The size of a batch of a job that works in batches: a positive int."""
+    n = limit(value, "batch_size")
+    if not n:
+        raise InvalidInput("batch_size must be a positive int")
+    return n
+
+
 def duration(value: object, what: str) -> timedelta | None:
     """A positive duration of at most :data:`MAX_DURATION` (a timedelta, or seconds)."""
     if value is None:

@@ -77,12 +77,12 @@ async def create_key(
     tenant = None if operator else store.tenant
     owner = None if user is None else check.scope_name(user, "user")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    q = store.queries
+    q = store._scope.queries
 
     async def insert(conn: Any) -> Any:
         return await conn.fetchrow(q.insert_key, key_id, _digest(secret), name, tenant, owner)
 
-    row = await store.runner.run("create_key", insert)
+    row = await store._scope.runner.run("create_key", insert)
     await store.audit("create_api_key", rows=1, all_tenants=operator, details={"key_id": key_id, "user": owner})
     return f"{PREFIX}{key_id}_{secret}", _key(row)
 
@@ -93,12 +93,12 @@ async def verify_key(store: PostgresSessionStore, token: str) -> ApiKey:
     if match is None:
         raise AccessDenied("not a convostore API key")
     key_id, secret = match.groups()
-    q = store.queries
+    q = store._scope.queries
 
     async def fetch(conn: Connection) -> asyncpg.Record | None:
         return await conn.fetchrow(q.key, key_id)
 
-    row = await store.runner.run("verify_key", fetch)
+    row = await store._scope.runner.run("verify_key", fetch)
     # Compared in constant time, and the same refusal whatever failed.
     if row is None or not hmac.compare_digest(row["secret_hash"], _digest(secret)) or row["revoked_at"] is not None:
         raise AccessDenied("unknown or revoked API key")
@@ -107,25 +107,25 @@ async def verify_key(store: PostgresSessionStore, token: str) -> ApiKey:
 
 async def list_keys(store: PostgresSessionStore, *, all_tenants: bool = False) -> list[ApiKey]:
     """The keys of the store's tenant (every key, operators' too, with *all_tenants*)."""
-    q = store.queries
+    q = store._scope.queries
     tenant = None if all_tenants else store.tenant
 
     async def fetch(conn: Connection) -> list[asyncpg.Record]:
         return await conn.fetch(q.keys, tenant)
 
-    return [_key(r) for r in await store.runner.run("list_keys", fetch)]
+    return [_key(r) for r in await store._scope.runner.run("list_keys", fetch)]
 
 
 async def revoke_key(store: PostgresSessionStore, key_id: str, *, all_tenants: bool = False) -> bool:
     """Revoke key *key_id* of the store's tenant (any key with *all_tenants*); ``False`` if
     there is no such key still valid."""
-    q = store.queries
+    q = store._scope.queries
     tenant = None if all_tenants else store.tenant
 
     async def revoke(conn: Any) -> Any:
         return await conn.fetchval(q.revoke_key, key_id, tenant)
 
-    done = await store.runner.run("revoke_key", revoke) is not None
+    done = await store._scope.runner.run("revoke_key", revoke) is not None
     if done:
         await store.audit("revoke_api_key", rows=1, all_tenants=all_tenants, details={"key_id": key_id})
     return done

@@ -178,7 +178,6 @@ class SyncSessionStore:
     count_idle_sessions = _blocking(PostgresSessionStore.count_idle_sessions)
     delete_expired_sessions = _blocking(PostgresSessionStore.delete_expired_sessions)
     delete_user = _blocking(PostgresSessionStore.delete_user)
-    tenant_for = _blocking(PostgresSessionStore.tenant_for)
     stop_sweeper = _blocking(PostgresSessionStore.stop_sweeper)
     stats = _blocking(PostgresSessionStore.stats)
     audit = _blocking(PostgresSessionStore.audit)
