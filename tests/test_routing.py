@@ -106,13 +106,13 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
         nodes = sorted({n for n in routes.nodes if n is not None})
         swapped = {n: nodes[(i + 1) % len(nodes)] for i, n in enumerate(nodes)}
         routes = ShardMap(routes.lows, routes.highs, tuple(None if n is None else swapped[n] for n in routes.nodes))
-    runner._routes = routes
+    runner.nodes.routes = routes
     await routed.add_message(sid, "assistant", "second")
     assert routes.node_for(sid) in runner.node_pools()
     assert [m.content for m in await routed.get_messages(sid)] == ["first", "second"]
     # Unreachable: nothing listens there. The attempt fails before sending, the node is left
     # out for a while and the call is retried through the main pool (the coordinator), once.
-    runner._routes = ShardMap(routes.lows, routes.highs, tuple(("127.0.0.1", 1) for _ in routes.nodes))
+    runner.nodes.routes = ShardMap(routes.lows, routes.highs, tuple(("127.0.0.1", 1) for _ in routes.nodes))
     await routed.add_message(sid, "user", "third")
     assert [m.content for m in await routed.get_messages(sid)] == ["first", "second", "third"]
     assert runner.shunned(("127.0.0.1", 1))
@@ -306,7 +306,7 @@ def test_routed_pools_close_with_their_event_loops(database_url: str, schema_nam
         if text == "first":
             await store.create_session("u", "a", session_id=sid)
         if store._scope.runner.routes is None:
-            store._scope.runner._routes = await _the_server_as_the_only_node(store, database_url)
+            store._scope.runner.nodes.routes = await _the_server_as_the_only_node(store, database_url)
         await store.add_message(sid, "user", text)
         assert [m.content for m in await store.get_messages(sid)][-1] == text
         return len(store._scope.runner.node_pools())

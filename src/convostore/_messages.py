@@ -17,10 +17,10 @@ from typing import Any
 from . import _branches
 from . import _validate as check
 from ._appends import AppendRequest, Outcome
+from ._attempts import settle_despite_cancel
 from ._coalesce import AppendWriter
 from ._crypto import same_message
 from ._rows import messages_from_rows
-from ._runner import settle_despite_cancel
 from ._scope import Scope, fetch
 from ._validate import Row
 from .errors import (

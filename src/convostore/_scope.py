@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 from . import _validate as check
 from ._appends import Appender
+from ._attempts import settle_despite_cancel
 from ._crypto import Keyring, SealedTenants
 from ._rows import Opener, no_key
-from ._runner import Runner, settle_despite_cancel
+from ._runner import Runner
 from ._sql import Queries
 from ._types import Connection
 from ._validate import Row

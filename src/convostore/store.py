@@ -41,9 +41,10 @@ from ._appends import Appender
 from ._coalesce import AppendWriter
 from ._crypto import Keyring, parse_keys
 from ._failures import redact
+from ._pools import PoolOptions
 from ._retention import ErasureReport, Sweeper
 from ._rows import no_key
-from ._runner import PoolOptions, Runner
+from ._runner import Runner
 from ._scope import Scope, nothing
 from ._sql import render
 from .errors import ConfigurationError, StoreClosed
