@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from convostore import PostgresSessionStore
-from convostore._routing import ShardMap, hashtext
+from convostore.citus._shards import ShardMap, hashtext
 from convostore.openai_agents import PostgresSession
 
 from . import workloads as w

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from convostore import DuplicateMessageId, NewMessage, PostgresSessionStore
-from convostore._routing import ShardMap, hashtext
+from convostore.citus._shards import ShardMap, hashtext
 
 
 async def test_the_hash_is_postgresqls_hashtext(store: PostgresSessionStore) -> None:

@@ -4,7 +4,7 @@ asyncpg connections belong to the loop that opened them, so a store shared by
 ``Runner.run_sync`` calls or by worker threads gets a pool in each loop instead of failing
 (or worse, committing a write on a connection another loop is using). A pool closes when its
 loop shuts down, with the other pools of that loop (the Citus nodes', see
-:mod:`convostore._nodes`).
+``convostore.citus``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncpg
 from ._attempts import milliseconds
 from ._failures import redact, secrets_of
 from ._types import Connection
+from .citus._setup import connection_init
 from .errors import StoreClosed
 
 logger = logging.getLogger("convostore")
@@ -32,48 +33,9 @@ T = TypeVar("T")
 async def keep_session_state(conn: Connection) -> None:
     """Pool ``reset`` hook. asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL`` on every release: a second round trip per call. convostore's only
-    session state is the settings made once per connection on Citus (``_CITUS_SESSION``);
+    session state is the settings made once per connection on Citus (``citus._setup.CITUS_SESSION``);
     its advisory locks and other settings are transaction-scoped, and asyncpg still rolls back
     an open transaction before calling this hook, so there is nothing to reset."""
-
-
-# On a Citus node, catalog queries get a filter that hides shards, costly per row: asyncpg's
-# type introspection (once per connection, for the array parameters of the append) then takes
-# 0.5-1.5 s instead of 10 ms. convostore's statements never list the catalog, so its sessions
-# see shards as they are. On a node that holds shards itself (a single-node cluster, or a
-# connection straight to a worker), statements are planned with each call's values: there
-# Citus adds a copy of a reused generic plan's local plan to it on every run (see
-# _sql.FIT_TO_CITUS), about 46 KB per read of a session row measured on 13.2.2. Elsewhere
-# the block sets nothing.
-_CITUS_SESSION = """
-DO $citus$
-BEGIN
-    IF current_setting('citus.version', true) IS NULL OR to_regclass('pg_catalog.pg_dist_placement') IS NULL THEN
-        RETURN;
-    END IF;
-    PERFORM set_config('citus.show_shards_for_app_name_prefixes', '*', false);
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement
-                WHERE groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)) THEN
-        PERFORM set_config('plan_cache_mode', 'force_custom_plan', false);
-    END IF;
-END
-$citus$
-"""
-
-
-def connection_init(user_init: Any, *, citus: bool) -> Any:
-    """The pool's ``init`` hook, run once on each new connection: the Citus settings (not
-    through pgbouncer, whose server connections are shared: there it would not stay with the
-    session), then the caller's own ``init`` from ``connect_kwargs``, if any."""
-    if not citus:
-        return user_init
-
-    async def init(conn: Connection) -> None:
-        await conn.execute(_CITUS_SESSION)
-        if user_init is not None:
-            await user_init(conn)
-
-    return init
 
 
 @dataclass
@@ -83,7 +45,7 @@ class LoopState:
     opening: asyncio.Future[asyncpg.Pool] | None = None
     pool: asyncpg.Pool | None = None
     locals: dict[str, Any] = field(default_factory=dict)
-    # Pools straight to the nodes holding sessions (``route_to_nodes``, see convostore._nodes),
+    # Pools straight to the nodes holding sessions (``route_to_nodes``, see convostore.citus),
     # opened on first use, closed with the loop's pool.
     nodes: dict[Any, asyncpg.Pool] = field(default_factory=dict)
     # An async generator the loop closes in shutdown_asyncgens(): our hook to close the pool

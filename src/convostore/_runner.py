@@ -9,7 +9,7 @@ coalescer, export and import, the framework adapters. Its parts:
 * :mod:`convostore._failures`: **the classification of driver errors**, once, on asyncpg's
   exception classes, and their translation into convostore's hierarchy;
 * :mod:`convostore._rls`: the row-level security scope a call's transaction sets;
-* :mod:`convostore._nodes`: on Citus, calls sent straight to the node holding their session.
+* :mod:`convostore.citus`: on Citus, calls sent straight to the node holding their session.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from ._attempts import (
     within,
 )
 from ._failures import Failure, classify, describe, translate
-from ._nodes import Nodes
 from ._pools import PoolOptions, Pools
 from ._rls import in_scope, scope_settings
-from ._routing import Node, ShardMap
 from ._types import Connection
+from .citus._nodes import Nodes
+from .citus._shards import Node, ShardMap
 from .errors import ConvostoreError, StoreTimeout
 from .retry import RetryPolicy
 
@@ -195,7 +195,7 @@ class Runner:
         row-level security: when the role is subject to it, *fn* runs in a transaction that
         sets it first. With *route* (a call of one of the functions Citus delegates, for
         *session_id*), the call may go straight to the node holding the session (see
-        :mod:`convostore._routing`); a node that fails an attempt is left out for a while and
+        ``convostore.citus``); a node that fails an attempt is left out for a while and
         the retry goes through the main pool. Raises only :class:`ConvostoreError`. Measured
         with OpenTelemetry when it is installed (see :mod:`convostore._telemetry`).
         """

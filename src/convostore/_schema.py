@@ -4,8 +4,9 @@ Citus when asked, and finding out how the tables and the role are set up."""
 from __future__ import annotations
 
 from ._runner import Runner
-from ._sql import HAS_CITUS, IS_DISTRIBUTED, quote_ident
+from ._sql import quote_ident
 from ._types import Connection
+from .citus._setup import is_distributed
 from .errors import SchemaNotReady
 from .migrations import apply_migrations, distribute, migration_status
 
@@ -26,8 +27,7 @@ async def prepare(conn: Connection, runner: Runner, schema: str, migrate: bool |
     sessions = f"{quote_ident(schema)}.agent_sessions"
     if distributed and migrate:
         await distribute(conn, schema)
-    citus = await conn.fetchval(HAS_CITUS)
-    runner.distributed = bool(citus and await conn.fetchval(IS_DISTRIBUTED, sessions))
+    runner.distributed = await is_distributed(conn, sessions)
     runner.route_table = sessions if runner.distributed else None
     runner.row_security = bool(await conn.fetchval(_ROW_SECURITY, sessions))
 

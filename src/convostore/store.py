@@ -98,7 +98,7 @@ class PostgresSessionStore:
     * ``route_to_nodes``: on distributed tables, send appends and history reads straight to
       the Citus node holding the session, through a pool per node (same credentials, the host
       and port the cluster's metadata names), instead of through the coordinator (default
-      ``$CONVOSTORE_ROUTE_TO_NODES``); see :mod:`convostore._routing`.
+      ``$CONVOSTORE_ROUTE_TO_NODES``); see ``convostore.citus``.
     * ``apply_migrations``: migrate on first use (default); ``False`` instead checks that the
       schema exists and is up to date, raising :class:`~convostore.errors.SchemaNotReady`;
       ``None`` does neither (for tools that manage the schema, like ``convostore migrate``).

@@ -1,5 +1,5 @@
 """Sending a session's calls straight to the Citus node holding it (``route_to_nodes``), and
-keeping the shard map that says which node that is (see :mod:`convostore._routing`)."""
+keeping the shard map that says which node that is (see :mod:`convostore.citus`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ._failures import describe, redact
-from ._pools import Pools
-from ._routing import REFRESH, Node, ShardMap
-from ._sql import SHARD_MAP
-from ._types import Connection
+from .._failures import describe, redact
+from .._pools import Pools
+from .._sql import SHARD_MAP
+from .._types import Connection
+from ._shards import REFRESH, Node, ShardMap
 
 logger = logging.getLogger("convostore")
 
