@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from . import _validate as check
 from ._appends import Outcome
-from ._messages import Messages, checked, get_messages, rows_to_write
+from ._messages import Messages, get_messages, rows_to_write
 from ._scope import Scope
 from ._sql import MARKER_KIND
 from .errors import SessionNotFound, SessionOwnershipError
@@ -33,8 +33,8 @@ async def compact(
     start = check.limit(from_seq, "from_seq")
     prune = check.limit(prune_to, "prune_to")
     expected = None if expect is None else [check.limit(e, "expect") for e in expect]
-    empty = not checked(summary, "summary")
-    _, rows = await rows_to_write(s, sid, summary or [EMPTY_SUMMARY], line)
+    _, rows = await rows_to_write(s, sid, summary, line, "summary", if_none=EMPTY_SUMMARY)
+    empty = not summary
     columns = [list(c) for c in zip(*rows, strict=True)]
     args = (s.tenant, sid, uid, line, start, expected, *columns, prune)
     records = await s.write("compact", lambda c: c.fetch(s.queries.compact, *args), session_id=sid)

@@ -36,13 +36,6 @@ from .windows import Window, fit
 Messages = Sequence[NewMessage | Mapping[str, Any]]
 
 
-def checked(messages: object, what: str) -> Messages:
-    """*messages* if it is a sequence of messages (not one message, nor a string)."""
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise InvalidMessage(f"{what} must be a sequence of NewMessage or mappings")
-    return messages
-
-
 def _tokens(s: Scope, row: Row) -> int:
     """A validated row's token count by the store's counter (its raw item, else its text)."""
     assert s.count_tokens is not None
@@ -52,10 +45,19 @@ def _tokens(s: Scope, row: Row) -> int:
     return count
 
 
-async def rows_to_write(s: Scope, sid: str, messages: Messages, branch: str) -> tuple[list[Row], list[Row]]:
-    """Validate *messages*, count their tokens, check their ids are unique and seal them:
-    ``(the validated rows, the rows as written)``, the same rows without keys."""
+async def rows_to_write(
+    s: Scope, sid: str, messages: Messages, branch: str, what: str = "messages", if_none: NewMessage | None = None
+) -> tuple[list[Row], list[Row]]:
+    """Validate *messages* (*what* they are, for errors; *if_none* stands for an empty
+    sequence), count their tokens, check their ids are unique and seal them: ``(the validated
+    rows, the rows as written)``, the same rows without keys, ``([], [])`` for no messages."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise InvalidMessage(f"{what} must be a sequence of NewMessage or mappings")
+    if not messages and if_none is not None:
+        messages = (if_none,)
     rows = [check.message_row(m, i) for i, m in enumerate(messages)]
+    if not rows:
+        return rows, rows
     if s.count_tokens is not None:
         rows = [row._replace(tokens=_tokens(s, row)) for row in rows]
     if len({row.id for row in rows}) != len(rows):
@@ -75,9 +77,9 @@ async def add_messages(
     line = check.identifier(branch, "branch")
     owner = s.acting_user(user_id)
     agent = check.identifier(agent_name, "agent_name") if user_id is not None else None
-    if not checked(messages, "messages"):
-        return []
     plain, rows = await rows_to_write(s, sid, messages, line)
+    if not rows:
+        return []
     supplied = any((m.id if isinstance(m, NewMessage) else m.get("id")) is not None for m in messages)
     request = AppendRequest(s.tenant, sid, rows, owner, agent, probe=supplied, branch=line)
     runner = s.runner

@@ -145,6 +145,11 @@ class Row(NamedTuple):
     """Its raw item's type: ``'reasoning'``, ``'function_call'``, ..."""
 
 
+# Builds a Row from a tuple of its columns without the Python-level __new__ a NamedTuple
+# calls: the append path builds one per message.
+_new_row = tuple.__new__
+
+
 def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
     """Validate one message and return its column values (id generated when absent)."""
     where = f"message {index}"
@@ -185,17 +190,20 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         raise InvalidMessage(f"{where}: only a tool message has a tool_call_id (role is {role!r})")
     calls_text = None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS)
     raw_text = None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS)
-    return Row(
-        identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
-        role,
-        encode_text(content),
-        calls_text,
-        answered,
-        raw_text,
-        None,
-        None,
-        estimate_tokens(token_text(content, calls_text, raw_text)),  # a store with a counter counts again
-        kind_of(raw),
+    return _new_row(
+        Row,
+        (
+            identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
+            role,
+            encode_text(content),
+            calls_text,
+            answered,
+            raw_text,
+            None,
+            None,
+            estimate_tokens(token_text(content, calls_text, raw_text)),  # a store with a counter counts again
+            kind_of(raw),
+        ),
     )
 
 
