@@ -190,6 +190,8 @@ class PostgresSessionStore:
         """What convostore's own modules use (export and import, keys, roles, adapters)."""
         self._sweeper: Sweeper | None = None
 
+    # -- lifecycle ----------------------------------------------------------------------------
+
     @property
     def schema(self) -> str:
         """The PostgreSQL schema holding the tables."""
@@ -284,6 +286,8 @@ class PostgresSessionStore:
         """Every known migration with the time it was applied, or ``None`` if pending."""
         return await self._scope.run("migration status", lambda conn: migration_status(conn, self.schema))
 
+    # -- sessions -----------------------------------------------------------------------------
+
     async def create_session(
         self,
         user_id: str | None,
@@ -360,6 +364,8 @@ class PostgresSessionStore:
         each with its message count: of one user, of one agent, updated since a time, whose
         metadata contains *metadata* (JSON containment); keyset-paginated with *before*."""
         return await _sessions.list_sessions(self._scope, user_id, agent_name, updated_since, metadata, limit, before)
+
+    # -- messages -----------------------------------------------------------------------------
 
     async def add_message(
         self,
@@ -452,6 +458,8 @@ class PostgresSessionStore:
         """
         return await _messages.clear_session(self._scope, session_id, user_id, branch)
 
+    # -- branches -----------------------------------------------------------------------------
+
     async def fork_session(
         self,
         session_id: str,
@@ -485,6 +493,8 @@ class PostgresSessionStore:
         """
         return await _branches.delete_branch(self._scope, session_id, name, user_id)
 
+    # -- compaction ---------------------------------------------------------------------------
+
     async def compact(
         self,
         session_id: str,
@@ -511,6 +521,8 @@ class PostgresSessionStore:
         hidden too, in the same transaction (a marker records their range).
         """
         return await _compaction.compact(self._scope, session_id, summary, from_seq, expect, prune_to, branch, user_id)
+
+    # -- search -------------------------------------------------------------------------------
 
     async def search(
         self,
@@ -552,6 +564,8 @@ class PostgresSessionStore:
         and :meth:`search` reads every message of its scope. ``False`` if there was none."""
         return await _search.drop_search_index(self._scope)
 
+    # -- state beside conversations -----------------------------------------------------------
+
     async def get_state(self, agent_name: str, *, user_id: str | None = None) -> dict[str, Any]:
         """The state an agent keeps beside its conversations: shared by all its users, or with
         *user_id*, that user's (``{}`` if none). Frameworks' app and user state live here."""
@@ -563,6 +577,8 @@ class PostgresSessionStore:
         """Merge *patch* into the agent's state (its users' shared state, or with *user_id*
         that user's): top-level keys replaced, atomically; return the new state."""
         return await _state.update_state(self._scope, agent_name, patch, user_id)
+
+    # -- usage --------------------------------------------------------------------------------
 
     async def record_usage(
         self,
@@ -593,6 +609,8 @@ class PostgresSessionStore:
         of the store's scope (a user view: that user's), optionally narrowed to a session, a
         user, an agent and a time range [*since*, *until*)."""
         return await _usage.usage(self._scope, by, session_id, user_id, agent_name, since, until, all_tenants)
+
+    # -- retention ----------------------------------------------------------------------------
 
     async def idle_cutoff(self, older_than: timedelta | float) -> datetime:
         """The server's time now minus *older_than*: sessions last updated before it are idle.
@@ -676,6 +694,8 @@ class PostgresSessionStore:
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             await sweeper.stop()
+
+    # -- operators: statistics, the audit trail, key rotation ---------------------------------
 
     async def stats(self, *, all_tenants: bool = False) -> StoreStats:
         """Counts, per-agent totals, table and index sizes, oldest and newest activity of this
