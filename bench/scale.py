@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from convostore import PostgresSessionStore
-from convostore._routing import ShardMap, hashtext
+from convostore.citus._shards import ShardMap, hashtext
 from convostore.openai_agents import PostgresSession
 
 from . import workloads as w
@@ -57,9 +57,9 @@ class CitusConvostore(Convostore):
 
     async def open(self) -> None:
         await super().open()
-        if self.store.runner.distributed != self.distributed:
+        if self.store._scope.runner.distributed != self.distributed:
             raise AssertionError(f"{self.schema}: expected distributed={self.distributed}")
-        routes = self.store.runner.routes
+        routes = self.store._scope.runner.routes
         if routes is None:
             sessions = [await self.new_session("warm") for _ in range(WARM_SESSIONS)]
         else:  # a session on every shard: a connection prepares its statements per shard
@@ -127,13 +127,13 @@ async def capture(store: PostgresSessionStore, call: Callable[[], Awaitable[Any]
     async def run(what: str, fn: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
         return await fn(_Recorder())
 
-    setattr(store.runner, "run", run)  # noqa: B010 (shadows the method on this instance only)
+    setattr(store._scope.runner, "run", run)  # noqa: B010 (shadows the method on this instance only)
     try:
         await call()
     except _Captured as captured:
         return captured.sql, captured.args
     finally:
-        delattr(store.runner, "run")
+        delattr(store._scope.runner, "run")
     raise AssertionError("the call sent no statement")
 
 

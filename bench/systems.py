@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from convostore import NewMessage, PostgresSessionStore
+from convostore._validate import Row
 
 # The master key of ``convostore-sealed`` (a fixed, benchmark-only key).
 BENCH_KEY = base64.b64encode(b"convostore bench key, 32 bytes!!").decode()
@@ -328,7 +329,7 @@ class ConvostoreRLS(Convostore):
             max_size=self.pool_size,
         )
         await self.store.connect()
-        if not self.store.runner.row_security:
+        if not self.store._scope.runner.row_security:
             raise AssertionError("the runtime role is not subject to row-level security")
 
     async def stop(self) -> None:
@@ -352,7 +353,12 @@ class ConvostoreSealed(Convostore):
         for start in range(0, n, 50_000):
             count = min(50_000, n - start)
             rows = [
-                self.store.seal_row(sid, (str(uuid.uuid4()), "user", f"message number {start + g}", *[None] * 5))
+                self.store._scope.seal_row(
+                    sid,
+                    Row(
+                        str(uuid.uuid4()), "user", f"message number {start + g}", None, None, None, None, None, 0, None
+                    ),
+                )
                 for g in range(1, count + 1)
             ]
             await self.admin.execute(

@@ -121,7 +121,7 @@ async def test_cancelled_appends_are_whole_or_absent_and_leak_nothing(store: Pos
             await asyncio.sleep(0)
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    writer = store.runner.find_local("appends")
+    writer = store._scope.runner.find_local("appends")
     assert writer is not None
     await writer.drain()
     stored: dict[str, list[str]] = {}

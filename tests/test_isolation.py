@@ -160,7 +160,6 @@ WALK: dict[str, Call] = {
     "audit": lambda s: s.audit("probe", rows=0),
     "migrate": lambda s: s.migrate(),
     "migration_status": lambda s: s.migration_status(),
-    "tenant_for": lambda s: s.tenant_for(),
     "export_jsonl": _export,
     "import_jsonl": _import,
     "cleanup_old_sessions": lambda s: convostore.cleanup_old_sessions(s, days_old=1),
@@ -183,14 +182,10 @@ NO_DATA = {
     "scoped",
     "acting_user",
     "scope",
-    "audit_args",
     "start_sweeper",
     "stop_sweeper",
     "distribute",
-    "opener_for",
-    "seal_row",
-    "sealed_rows",  # seals a call's rows (its marker read is walked through add_messages)
-    "search_index",  # the schema's index: no tenant's data
+    "search_index",  # the index is the schema's: it holds no tenant's rows apart
     "create_search_index",
     "drop_search_index",
 }

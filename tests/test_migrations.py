@@ -57,7 +57,7 @@ async def test_the_functions_are_planned_as_their_tables_need(store: PostgresSes
     ]
     delegated = ("convostore_append", "convostore_compact", "convostore_read")
     distributed = [(name, custom if name in delegated else setting) for name, setting in one_node]
-    expected = distributed if store.runner.distributed else one_node
+    expected = distributed if store._scope.runner.distributed else one_node
     async with store.pool.acquire() as conn:
         assert [tuple(r) for r in await conn.fetch(plans, quoted)] == expected
         # As if another release had changed these two functions' texts.

@@ -41,6 +41,7 @@ from convostore import (
     StoreClosed,
     StoreTimeout,
     StoreUnavailable,
+    _schema,
     export_jsonl,
     import_jsonl,
 )
@@ -254,7 +255,7 @@ async def test_a_timed_out_batch_is_not_run_again_alone(database_url: str, schem
 async def test_waiting_for_room_in_the_queue_is_bounded(database_url: str, schema_name: str) -> None:
     async with _store(database_url, schema_name) as store:
         s = await store.create_session("u", "a")
-        writer = AppendWriter(Appender(store.runner, store.queries), max_in_flight=1, max_pending=1)
+        writer = AppendWriter(Appender(store._scope.runner, store._scope.queries), max_in_flight=1, max_pending=1)
         blocker = await _lock_session(database_url, schema_name, s.id)
         try:
             from convostore._appends import AppendRequest
@@ -697,10 +698,10 @@ async def test_smaller_library_findings(store: PostgresSessionStore) -> None:
 async def test_a_statement_error_while_opening_fails_at_once(
     database_url: str, schema_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: PostgresSessionStore, conn: Any) -> None:
+    async def broken(conn: Any, *args: Any) -> None:
         await conn.execute("SELECT * FROM no_such_table_anywhere")
 
-    monkeypatch.setattr(PostgresSessionStore, "_prepare", broken)
+    monkeypatch.setattr(_schema, "prepare", broken)
     store = _store(database_url, schema_name)
     start = time.monotonic()
     with pytest.raises(SchemaNotReady):

@@ -17,7 +17,7 @@ from convostore import (
     StoreTimeout,
     StoreUnavailable,
 )
-from convostore._runner import Failure, classify
+from convostore._failures import Failure, classify
 
 from ._chaos import TcpProxy
 from .conftest import assert_no_idle_in_transaction
@@ -165,7 +165,7 @@ async def test_a_created_session_whose_acknowledgement_was_lost_is_returned_on_t
     proxy = TcpProxy.to(url)
     try:
         async with PostgresSessionStore(proxy.url, schema=schema_name, tenant="A") as store:
-            assert store.runner.row_security is as_role
+            assert store._scope.runner.row_security is as_role
             proxy.lose_reply_to(marker)
             session = await store.create_session("alice", "agent-whose-reply-is-lost", {"k": 1})
             assert proxy.replies_lost == 1, "the fault was not injected"
@@ -219,7 +219,7 @@ async def test_a_pooled_connection_keeps_its_memory_over_many_calls(
     node."""
     session = await store.create_session("u", "a")
     url = database_url
-    if store.runner.distributed:
+    if store._scope.runner.distributed:
         async with store.pool.acquire() as conn:
             node = await conn.fetchrow(
                 "SELECT nodename, nodeport FROM pg_dist_shard_placement "

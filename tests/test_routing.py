@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from convostore import DuplicateMessageId, NewMessage, PostgresSessionStore
-from convostore._routing import ShardMap, hashtext
+from convostore.citus._shards import ShardMap, hashtext
 
 
 async def test_the_hash_is_postgresqls_hashtext(store: PostgresSessionStore) -> None:
@@ -67,8 +67,8 @@ async def test_routed_calls_reach_the_node_holding_the_session(
         got = [m.content for m in await routed.get_messages(sid)]
         assert got == [f"{sid}-{r}-{k}" for r in range(3) for k in range(2)]
         assert [m.content for m in await store.get_messages(sid)] == got
-    runner = routed.runner
-    if not store.runner.distributed:
+    runner = routed._scope.runner
+    if not store._scope.runner.distributed:
         assert runner.route_table is None  # nothing to route on one node
         assert runner.routes is None
         return
@@ -96,7 +96,7 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
 ) -> None:
     sid = (await routed.create_session("u", "a")).id
     await routed.add_message(sid, "user", "first")
-    runner = routed.runner
+    runner = routed._scope.runner
     routes = runner.routes
     if routes is None:
         routes = await _the_server_as_the_only_node(store, database_url)
@@ -106,13 +106,13 @@ async def test_a_stale_map_or_an_unreachable_node_still_serves_every_call(
         nodes = sorted({n for n in routes.nodes if n is not None})
         swapped = {n: nodes[(i + 1) % len(nodes)] for i, n in enumerate(nodes)}
         routes = ShardMap(routes.lows, routes.highs, tuple(None if n is None else swapped[n] for n in routes.nodes))
-    runner._routes = routes
+    runner.nodes.routes = routes
     await routed.add_message(sid, "assistant", "second")
     assert routes.node_for(sid) in runner.node_pools()
     assert [m.content for m in await routed.get_messages(sid)] == ["first", "second"]
     # Unreachable: nothing listens there. The attempt fails before sending, the node is left
     # out for a while and the call is retried through the main pool (the coordinator), once.
-    runner._routes = ShardMap(routes.lows, routes.highs, tuple(("127.0.0.1", 1) for _ in routes.nodes))
+    runner.nodes.routes = ShardMap(routes.lows, routes.highs, tuple(("127.0.0.1", 1) for _ in routes.nodes))
     await routed.add_message(sid, "user", "third")
     assert [m.content for m in await routed.get_messages(sid)] == ["first", "second", "third"]
     assert runner.shunned(("127.0.0.1", 1))
@@ -126,7 +126,7 @@ async def test_appends_while_their_shard_moves_are_kept_once_and_in_order(
     going to the other node, while appends to its sessions go on, through the coordinator and
     routed by a map that the moves make stale: every acknowledged message is stored once, in
     the order it was acknowledged, and no call fails."""
-    if not store.runner.distributed:
+    if not store._scope.runner.distributed:
         pytest.skip("moving a shard needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
     table = f'"{store.schema}".agent_sessions'
     first = str(uuid.uuid4())
@@ -215,7 +215,7 @@ async def test_appends_of_one_nodes_sessions_share_a_call_that_writes_the_shards
     """On distributed tables, concurrent appends to sessions held by one node leave in one
     call (delegated to that node, or sent straight there), which writes the shards' own
     tables there; each session keeps its order and every message is stored once."""
-    if not store.runner.distributed:
+    if not store._scope.runner.distributed:
         pytest.skip("needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
     calls: list[list[str]] = []
 
@@ -253,7 +253,7 @@ async def test_appends_of_one_nodes_sessions_share_a_call_that_writes_the_shards
         # The writes went to the shards' tables: their statements are prepared on the node.
         if route:
             prepared: list[str] = []
-            for pool in writer.runner.node_pools().values():
+            for pool in writer._scope.runner.node_pools().values():
                 held = [await pool.acquire() for _ in range(pool.get_size())]  # every connection it has
                 for conn in held:
                     prepared += await conn.fetchval("SELECT array_agg(name) FROM pg_prepared_statements") or []
@@ -265,7 +265,7 @@ async def test_caller_chosen_ids_are_stored_once_in_calls_by_node(store: Postgre
     """On distributed tables, appends with ids the caller chose (as the Agents SDK session
     sends) share calls by node too: sent again, concurrently, they return the rows stored the
     first time and store nothing; an id sent again with another message is refused."""
-    if not store.runner.distributed:
+    if not store._scope.runner.distributed:
         pytest.skip("needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
     sessions = [str(uuid.uuid4()) for _ in range(24)]
 
@@ -305,11 +305,11 @@ def test_routed_pools_close_with_their_event_loops(database_url: str, schema_nam
         await store.connect()
         if text == "first":
             await store.create_session("u", "a", session_id=sid)
-        if store.runner.routes is None:
-            store.runner._routes = await _the_server_as_the_only_node(store, database_url)
+        if store._scope.runner.routes is None:
+            store._scope.runner.nodes.routes = await _the_server_as_the_only_node(store, database_url)
         await store.add_message(sid, "user", text)
         assert [m.content for m in await store.get_messages(sid)][-1] == text
-        return len(store.runner.node_pools())
+        return len(store._scope.runner.node_pools())
 
     async def connections() -> int:
         async with PostgresSessionStore(database_url, schema=schema_name) as other:

@@ -114,7 +114,7 @@ async def _plan(store: PostgresSessionStore, database_url: str) -> str:
     try:
         await conn.execute("SET enable_seqscan = off")
         args = (store.tenant, None, None, None, "refund", 20, 0, 30, HIT_START, HIT_END)
-        rows = await conn.fetch("EXPLAIN " + store.queries.search, *args)
+        rows = await conn.fetch("EXPLAIN " + store._scope.queries.search, *args)
     finally:
         await conn.close()
     return "\n".join(r[0] for r in rows)
@@ -144,7 +144,7 @@ async def test_the_search_index_is_opt_in_and_used_once_built(store: PostgresSes
 async def test_an_interrupted_build_is_replaced(store: PostgresSessionStore) -> None:
     await _seed(store)
     # What a failed CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
-    await store.pool.execute(store.queries.search_index_create)
+    await store.pool.execute(store._scope.queries.search_index_create)
     await store.pool.execute(
         "UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass",
         f'"{store.schema}".idx_messages_search',

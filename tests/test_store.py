@@ -441,16 +441,16 @@ async def test_hot_statements_read_only_what_they_need_as_sessions_grow(store: P
             [None] * n, ["main"] * n, *rows)  # fmt: skip
     plain = (t, session.id, None, None, 20, "main", False, None, None, False, None)
     cases = [
-        (store.queries.append, single, n),
-        (store.queries.append, retried, n),
-        (store.queries.append, many, n),
-        (store.queries.read, plain, 20),
-        (store.queries.read, (t, session.id, "u", *plain[3:]), 20),
+        (store._scope.queries.append, single, n),
+        (store._scope.queries.append, retried, n),
+        (store._scope.queries.append, many, n),
+        (store._scope.queries.read, plain, 20),
+        (store._scope.queries.read, (t, session.id, "u", *plain[3:]), 20),
         # Windows (the last 20 turns of one message each, the last 20 messages' tokens): the
         # rows back to the window's start (and the one before it), then the window.
-        (store.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True, None), 42),
-        (store.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True, None), 42),
-        (store.queries.read, (t, session.id, None, None, 20, "main", False, None, None, False, 2500), 20),
+        (store._scope.queries.read, (t, session.id, None, None, None, "main", False, 20, None, True, None), 42),
+        (store._scope.queries.read, (t, session.id, None, None, None, "main", False, None, 20 * 13, True, None), 42),
+        (store._scope.queries.read, (t, session.id, None, None, 20, "main", False, None, None, False, 2500), 20),
     ]
     counters = (
         "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"

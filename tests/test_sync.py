@@ -95,7 +95,6 @@ def _public(cls: type, *, coroutines: bool) -> dict[str, Callable[..., Any]]:
 
 def test_every_async_method_of_the_store_has_a_blocking_twin_with_its_signature() -> None:
     store_methods = _public(PostgresSessionStore, coroutines=True)
-    store_methods.pop("sealed_rows")  # for the package's own modules (sealing a call's rows)
     sync_methods = _public(SyncSessionStore, coroutines=False)
     assert set(store_methods) - set(sync_methods) == set()
     for name, method in store_methods.items():

@@ -112,8 +112,8 @@ def as_messages(items: list[dict[str, Any]]) -> tuple[list[Message], dict[int, i
     for seq, item in enumerate(items, start=1):
         new = to_message(item)
         row = check.message_row(new)
-        messages.append(Message(row[0], "s", seq, new.role, new.content, new.tool_calls, new.tool_call_id, item, now))
-        tokens[seq] = row[8]
+        messages.append(Message(row.id, "s", seq, new.role, new.content, new.tool_calls, new.tool_call_id, item, now))
+        tokens[seq] = row.tokens
     return messages, tokens
 
 

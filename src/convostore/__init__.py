@@ -3,7 +3,9 @@
 The public surface is re-exported here; see the README for a tour.
 """
 
-from .cleanup import Sweeper, cleanup_old_sessions
+from ._retention import Sweeper
+from ._version import __version__
+from .cleanup import cleanup_old_sessions
 from .errors import (
     AccessDenied,
     BranchConflict,
@@ -57,8 +59,6 @@ from .store import ErasureReport, PostgresSessionStore
 from .sync import SyncSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
 from .windows import Window, estimate_tokens, tiktoken_counter
-
-__version__ = "0.1.0"
 
 __all__ = [
     "HIT_END",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,21 @@ from .errors import SessionNotFound, SessionOwnershipError
 
 Stored = list[Any]
 """The stored rows of a request: records with ``id``, ``seq``, ``created_at``, ``outcome``."""
+
+
+class Outcome(StrEnum):
+    """What the append (and compaction) functions say of a row or a request, in their
+    ``outcome`` column. A ``StrEnum``: it compares equal to the letter the SQL returns."""
+
+    INSERTED = "i"
+    REPLAYED = "r"  # already stored, identical (a retry)
+    CONFLICT = "c"  # the id is stored, holding another message
+    NO_SESSION = "n"
+    OTHER_OWNER = "o"  # the session belongs to another user
+    BUSY = "b"  # the session's row is held by another transaction (not waited for)
+    STALE = "s"  # compaction: the view changed since the summary was made
+    NOTHING = "e"  # compaction: nothing to replace
+
 
 Owner = tuple[str, str] | None
 """``(user_id, agent_name)`` to create the session on first write, or ``None``."""
@@ -59,7 +75,7 @@ class ManyOutcome:
 
 
 def _refusal(outcome: str, sid: str) -> Exception:
-    if outcome == "o":
+    if outcome == Outcome.OTHER_OWNER:
         return SessionOwnershipError(f"session {sid!r} belongs to another user")
     return SessionNotFound(f"session {sid!r} does not exist")
 
@@ -140,7 +156,7 @@ class Appender:
                 return await conn.fetch(sql, *self._args(batch, probe, wait))
             except asyncpg.UniqueViolationError:
                 # Rolled back whole. An identical batch committed just before us (run again:
-                # it now reads as a replay), or an id is reused (flagged 'c' this time).
+                # it now reads as a replay), or an id is reused (flagged CONFLICT this time).
                 return await conn.fetch(sql, *self._args(batch, True, wait))
 
         return await self._runner.run(
@@ -170,12 +186,12 @@ class Appender:
                 inserted[(r["session_id"], r["id"])] = r
             elif r["id"] is not None:
                 outcome.stored.setdefault(r["req"] - 1, []).append(r)
-            elif r["outcome"] == "b":
+            elif r["outcome"] == Outcome.BUSY:
                 outcome.busy.append(r["req"] - 1)
             else:
                 outcome.refused[r["req"] - 1] = _refusal(r["outcome"], r["session_id"])
         for index, request in enumerate(batch):
-            stored = [inserted[key] for row in request.rows if (key := (request.session_id, row[0])) in inserted]
+            stored = [inserted[key] for row in request.rows if (key := (request.session_id, row.id)) in inserted]
             if stored:
                 outcome.stored[index] = stored
         return outcome

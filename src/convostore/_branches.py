@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import _validate as check
 from ._rows import Opener, messages_from_rows
+from ._scope import Scope
 from ._sql import Queries
 from ._types import Connection
 from .errors import BranchConflict, BranchExists, BranchNotFound, InvalidInput, SessionNotFound, SessionOwnershipError
@@ -227,3 +229,37 @@ async def pop(
             return messages_from_rows([row], sid, opener)[0]
         # Deleted since it was read, by a statement that does not take the session's lock
         # (a retention job's): read the view again.
+
+
+# -- the store's calls (each one transaction, through the view's scope) -------------------------
+
+
+async def fork_session(
+    s: Scope, session_id: str, name: str, at_seq: int | None, parent: str, user_id: str | None
+) -> Branch:
+    """The store's ``fork_session`` (documented there)."""
+    sid = check.identifier(session_id, "session_id")
+    line = check.identifier(name, "name")
+    origin = check.identifier(parent, "parent")
+    at = check.limit(at_seq, "at_seq")
+    uid = s.acting_user(user_id)
+    return await s.write(
+        "fork_session", s.in_transaction(fork, sid, uid, line, origin, at), session_id=sid, idempotent=False
+    )
+
+
+async def list_branches(s: Scope, session_id: str, user_id: str | None) -> list[Branch]:
+    """The store's ``list_branches`` (documented there)."""
+    sid = check.identifier(session_id, "session_id")
+    uid = s.acting_user(user_id)
+    return await s.run("list_branches", s.in_transaction(branches, sid, uid), session_id=sid)
+
+
+async def delete_branch(s: Scope, session_id: str, name: str, user_id: str | None) -> int:
+    """The store's ``delete_branch`` (documented there)."""
+    sid = check.identifier(session_id, "session_id")
+    line = check.identifier(name, "name")
+    uid = s.acting_user(user_id)
+    removed = await s.write("delete_branch", s.in_transaction(delete, sid, uid, line), session_id=sid)
+    await s.audit("delete_branch", rows=removed, details={"session_id": sid, "branch": line})
+    return removed

@@ -38,7 +38,7 @@ from typing import Any
 
 from . import _telemetry as telemetry
 from ._appends import Appender, AppendRequest, Stored
-from ._runner import settle_despite_cancel
+from ._attempts import settle_despite_cancel
 from .errors import ConvostoreError, DatabaseError, StoreTimeout, StoreUnavailable
 
 logger = logging.getLogger("convostore.coalesce")

@@ -62,6 +62,7 @@ from typing import Any, Protocol
 
 from ._codec import load_json
 from ._rows import Opener
+from ._validate import Row
 from .errors import ConfigurationError, EncryptionRequired, KeyUnavailable, TamperedMessage
 
 NONCE_BYTES = 12
@@ -238,9 +239,10 @@ class Keyring:
         self._openers[tenant] = open_row
         return open_row
 
-    def seal_row(self, tenant: str, session_id: str, row: tuple[Any, ...], branch: str) -> tuple[Any, ...]:
-        """A validated message row (``_validate.Row``) of *branch* with its content sealed."""
-        message_id, role, content, tool_calls, tool_call_id, raw, _, _, *counted = row
+    def seal_row(self, tenant: str, session_id: str, row: Sequence[Any], branch: str) -> Row:
+        """A validated message row (a :class:`~convostore._validate.Row`, or a tuple of its
+        columns) of *branch* with its content sealed."""
+        message_id, role, content, tool_calls, tool_call_id, raw, _, _, tokens, kind = row
         sealed = self.seal(
             tenant,
             session_id,
@@ -252,7 +254,9 @@ class Keyring:
             tool_call_id=tool_call_id,
             branch=branch,
         )
-        return (message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed, *counted)
+        return Row(
+            message_id, role, sealed.digest, None, tool_call_id, None, sealed.key_id, sealed.sealed, tokens, kind
+        )
 
 
 # What a sealed row opens to is JSON this module wrote (and AES-GCM authenticated): parsed
@@ -276,17 +280,16 @@ def _aad_v2(tenant: str, session_id: str, message_id: str, role: str, tool_call_
     ).encode()
 
 
-def same_message(stored: Any, opened: tuple[str, str | None, str | None], sent: Sequence[Any]) -> bool:
+def same_message(stored: Any, opened: tuple[str, str | None, str | None], sent: Row) -> bool:
     """Whether a stored row (``role``, ``tool_call_id`` and what *opened* it to: its content,
     tool calls and raw item) holds the message of the validated row *sent* (``_validate.Row``,
     before sealing): the append function's replay test, for rows whose digest it could not
     compare (sealed under another key, or stored in plaintext)."""
     content, tool_calls, raw = opened
-    _, role, sent_content, sent_calls, sent_call_id, sent_raw, *_ = sent
     return (
-        (stored["role"], stored["tool_call_id"], content) == (role, sent_call_id, sent_content)
-        and load_json(tool_calls) == load_json(sent_calls)
-        and load_json(raw) == load_json(sent_raw)
+        (stored["role"], stored["tool_call_id"], content) == (sent.role, sent.tool_call_id, sent.content)
+        and load_json(tool_calls) == load_json(sent.tool_calls)
+        and load_json(raw) == load_json(sent.raw)
     )
 
 
@@ -316,6 +319,10 @@ class SealedTenants:
 
     def __init__(self) -> None:
         self._sealed: dict[str, bool] = {}
+
+    def known(self, tenant: str) -> bool | None:
+        """Whether *tenant* is known to be sealed (``None``: not known yet in this loop)."""
+        return self._sealed.get(tenant)
 
     async def mark(self, runner: _Runs, get_state: str, update_state: str, tenant: str, scope: Any) -> None:
         """Record that *tenant* is sealed (once per loop)."""

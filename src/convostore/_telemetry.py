@@ -72,7 +72,7 @@ def _tracer() -> Any:
     # OpenTelemetry's proxies: an application that sets its providers after the first call
     # is still heard.
     if "tracer" not in _cache:
-        from . import __version__
+        from ._version import __version__
 
         _cache["tracer"] = trace.get_tracer("convostore", __version__)
     return _cache["tracer"]

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._codec import check_utf8, dump_json, encode_text
 from .errors import (
@@ -96,6 +96,14 @@ def limit(value: object, what: str = "limit") -> int | None:
     return value
 
 
+def batch_size(value: object) -> int:
+    """The size of a batch of a job that works in batches: a positive int."""
+    n = limit(value, "batch_size")
+    if not n:
+        raise InvalidInput("batch_size must be a positive int")
+    return n
+
+
 def duration(value: object, what: str) -> timedelta | None:
     """A positive duration of at most :data:`MAX_DURATION` (a timedelta, or seconds)."""
     if value is None:
@@ -118,11 +126,28 @@ def duration(value: object, what: str) -> timedelta | None:
 _MESSAGE_ERRORS = (InvalidMessage, InvalidMessageType)
 _FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "id", "raw"})
 
-# The columns of one message as sent in the append statement's arrays.
-# id, role, content, tool_calls, tool_call_id, raw, key_id, sealed (the two set when the
-# content is sealed: see convostore._crypto), tokens (its token count), kind (its raw item's
-# type: 'reasoning', 'function_call', ...).
-Row = tuple[str, str, str, str | None, str | None, str | None, str | None, bytes | None, int, str | None]
+
+class Row(NamedTuple):
+    """The columns of one validated message, as sent in the append statement's arrays."""
+
+    id: str
+    role: str
+    content: str
+    tool_calls: str | None
+    tool_call_id: str | None
+    raw: str | None
+    key_id: str | None
+    """Set, with *sealed*, when the content is sealed (see :mod:`convostore._crypto`)."""
+    sealed: bytes | None
+    tokens: int
+    """Its token count."""
+    kind: str | None
+    """Its raw item's type: ``'reasoning'``, ``'function_call'``, ..."""
+
+
+# Builds a Row from a tuple of its columns without the Python-level __new__ a NamedTuple
+# calls: the append path builds one per message.
+_new_row = tuple.__new__
 
 
 def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
@@ -165,17 +190,20 @@ def message_row(message: NewMessage | Mapping[str, Any], index: int = 0) -> Row:
         raise InvalidMessage(f"{where}: only a tool message has a tool_call_id (role is {role!r})")
     calls_text = None if tool_calls is None else dump_json(tool_calls, f"{where} tool_calls", *_MESSAGE_ERRORS)
     raw_text = None if raw is None else dump_json(raw, f"{where} raw", *_MESSAGE_ERRORS)
-    return (
-        identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
-        role,
-        encode_text(content),
-        calls_text,
-        answered,
-        raw_text,
-        None,
-        None,
-        estimate_tokens(token_text(content, calls_text, raw_text)),  # a store with a counter counts again
-        kind_of(raw),
+    return _new_row(
+        Row,
+        (
+            identifier(message_id, f"{where} id") if message_id is not None else secrets.token_hex(16),
+            role,
+            encode_text(content),
+            calls_text,
+            answered,
+            raw_text,
+            None,
+            None,
+            estimate_tokens(token_text(content, calls_text, raw_text)),  # a store with a counter counts again
+            kind_of(raw),
+        ),
     )
 
 

@@ -265,7 +265,7 @@ class PostgresSessionService(BaseSessionService):
         async def merge(conn: Any) -> Any:
             return await conn.fetchval(sql, *args)
 
-        if await view.runner.run("append_event", merge, session_id=key, scope=view.scope()) is not None:
+        if await view._scope.runner.run("append_event", merge, session_id=key, scope=view.scope()) is not None:
             return
         try:
             stored = await view.get_session(key)

@@ -125,7 +125,7 @@ AllTenants = Annotated[bool, typer.Option("--all-tenants", help="Every tenant (a
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         out.print(f"convostore {__version__}")
         raise typer.Exit()

@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import PostgresSessionStore, Session
 from .embedded import describe_database
+from .models import Session
+from .store import PostgresSessionStore
 
 console = Console()
 err = Console(stderr=True, highlight=False)

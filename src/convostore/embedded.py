@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._runner import redact
+from ._failures import redact
 from .errors import ConfigurationError, StoreUnavailable
 
 logger = logging.getLogger("convostore.embedded")

@@ -125,7 +125,7 @@ async def create_key(
     async def insert(conn: Any) -> Any:
         return await conn.fetchrow(sql, key_id, _digest(secret), name, tenant, owner, lifetime)
 
-    row = await store.runner.run("create_key", insert)
+    row = await store._scope.runner.run("create_key", insert)
     await store.audit("create_api_key", rows=1, all_tenants=operator, details={"key_id": key_id, "user": owner})
     return f"{PREFIX}{key_id}_{secret}", _key(row)
 
@@ -161,7 +161,7 @@ async def sign_out(store: PostgresSessionStore, key_id: str) -> int | None:
     async def update(conn: Connection) -> Any:
         return await conn.fetchval(sql, key_id)
 
-    count = await store.runner.run("sign_out", update)
+    count = await store._scope.runner.run("sign_out", update)
     return None if count is None else int(count)
 
 
@@ -171,7 +171,7 @@ async def _fetch_key(store: PostgresSessionStore, key_id: str) -> asyncpg.Record
     async def fetch(conn: Connection) -> asyncpg.Record | None:
         return await conn.fetchrow(sql, key_id)
 
-    return await store.runner.run("verify_key", fetch)
+    return await store._scope.runner.run("verify_key", fetch)
 
 
 def _usable(row: asyncpg.Record) -> bool:
@@ -186,19 +186,19 @@ async def list_keys(store: PostgresSessionStore, *, all_tenants: bool = False) -
     async def fetch(conn: Connection) -> list[asyncpg.Record]:
         return await conn.fetch(sql, tenant)
 
-    return [_key(r) for r in await store.runner.run("list_keys", fetch)]
+    return [_key(r) for r in await store._scope.runner.run("list_keys", fetch)]
 
 
 async def revoke_key(store: PostgresSessionStore, key_id: str, *, all_tenants: bool = False) -> bool:
     """Revoke key *key_id* of the store's tenant (any key with *all_tenants*); ``False`` if
     there is no such key still valid."""
-    q = store.queries
+    q = store._scope.queries
     tenant = None if all_tenants else store.tenant
 
     async def revoke(conn: Any) -> Any:
         return await conn.fetchval(q.revoke_key, key_id, tenant)
 
-    done = await store.runner.run("revoke_key", revoke) is not None
+    done = await store._scope.runner.run("revoke_key", revoke) is not None
     if done:
         await store.audit("revoke_api_key", rows=1, all_tenants=all_tenants, details={"key_id": key_id})
     return done

@@ -22,7 +22,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ._runner import Failure, classify
+from ._failures import Failure, classify
 from ._sql import FIT_TO_CITUS, FUNCTIONS, in_schema, quote_ident
 from ._types import Connection
 from .errors import MigrationError

@@ -178,5 +178,5 @@ async def create_roles(store: PostgresSessionStore, *, owner: str, runtime: str,
                 await conn.execute(f"GRANT EXECUTE ON FUNCTION {schema}.{function} TO {runtime_q}")
         return tuple(created)
 
-    created = await store.runner.run("roles create", setup)
+    created = await store._scope.runner.run("roles create", setup)
     return Roles(owner, runtime, created)

@@ -22,14 +22,12 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+from ._retention import Sweeper
 from .errors import StoreClosed
 from .store import PostgresSessionStore
 from .transfer import ImportReport, export_jsonl, import_jsonl
-
-if TYPE_CHECKING:
-    from .cleanup import Sweeper
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -180,7 +178,6 @@ class SyncSessionStore:
     count_idle_sessions = _blocking(PostgresSessionStore.count_idle_sessions)
     delete_expired_sessions = _blocking(PostgresSessionStore.delete_expired_sessions)
     delete_user = _blocking(PostgresSessionStore.delete_user)
-    tenant_for = _blocking(PostgresSessionStore.tenant_for)
     stop_sweeper = _blocking(PostgresSessionStore.stop_sweeper)
     stats = _blocking(PostgresSessionStore.stats)
     audit = _blocking(PostgresSessionStore.audit)

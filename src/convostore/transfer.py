@@ -165,9 +165,9 @@ async def _export_lines(
     """The export's lines but the end line, each with its type."""
     uid = store.acting_user(user_id)
     sid = check.optional_identifier(session_id, "session_id")
-    tenant = await store.tenant_for(all_tenants)
+    tenant = await store._scope.tenant_for(all_tenants)
     scope = store.scope(all_tenants)
-    runner, q = store.runner, store.queries
+    runner, q = store._scope.runner, store._scope.queries
     after: tuple[str | None, str | None] = (None, None)
     exported = 0
     while True:
@@ -221,7 +221,9 @@ async def _export_lines(
                     session_id=s["id"],
                     scope=scope,
                 )
-                opened = messages_from_rows([r[:13] for r in messages], s["id"], store.opener_for(s["tenant_id"]))
+                opened = messages_from_rows(
+                    [r[:13] for r in messages], s["id"], store._scope.opener_for(s["tenant_id"])
+                )
                 for m, r in zip(opened, messages, strict=True):
                     yield (
                         "message",
@@ -637,15 +639,15 @@ async def import_jsonl(
     """
     if on_conflict not in ("error", "skip"):
         raise InvalidInput(f"on_conflict must be 'error' or 'skip', not {on_conflict!r}")
-    q = store.queries
+    q = store._scope.queries
     state = _Import(
         strict=on_conflict == "error",
         tenant=store.tenant,
         user=store.user,
-        opener=store.opener_for(store.tenant),
-        seal=store.seal_row,
+        opener=store._scope.opener_for(store.tenant),
+        seal=store._scope.seal_row,
     )
-    async with store.runner.transaction("import", scope=store.scope()) as conn:
+    async with store._scope.runner.transaction("import", scope=store.scope()) as conn:
         verified = await _read(state, lines, on_line, conn, q, allow_partial)
         if state.strict and state.conflicts_seen:
             raise ImportConflict(state.conflicts)
@@ -655,7 +657,7 @@ async def import_jsonl(
             "messages": report.messages_added,
             "conflicts": len(report.conflicts),
         }
-        await conn.execute(q.audit, *store.audit_args("import", rows=report.messages_added, details=details))
+        await conn.execute(q.audit, *store._scope.audit_args("import", rows=report.messages_added, details=details))
     return report
 
 

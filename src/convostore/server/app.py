@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConvostoreError
 from ..store import PostgresSessionStore
 from . import api, problems, ui

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
+from .._version import __version__
 from .problems import MEDIA_TYPE, TYPE_BASE
 
 try:  # an optional dependency, as for the store's own spans (convostore._telemetry)

@@ -1,21 +1,5 @@
-"""Sending a session's appends and reads straight to the Citus node that holds it.
-
-Citus places a session by the hash of its id (PostgreSQL's ``hashtext``, 32 bits): the shard
-of ``agent_sessions`` whose hash range holds it, with the session's messages, branches and
-usage co-located on the same node. The append and read functions are distributed by their
-session argument, so a call that reaches that node runs there whole; through the coordinator
-it costs a second hop and the coordinator's own work (1.2-1.4x the appends per second straight
-to the nodes, measured on a 3-node cluster on loopback).
-
-The map of hash ranges to nodes is read from the coordinator's metadata when a pool opens and
-again every :data:`REFRESH` seconds, on any distributed tables: appends to sessions on one
-node share a call (:mod:`convostore._coalesce`), routed or not. A call sent by a stale map (a
-shard moved meanwhile) is still right: the node it reaches finds the shard is not there and
-runs the function's statements through the distributed tables, or, for appends of several
-sessions, reports them busy and they are sent again one session at a time. Only the append
-and read functions are routed: every other statement may touch tables that stay on the
-coordinator (the audit trail, the migration ledger).
-"""
+"""The shard map: which Citus node holds a session, by PostgreSQL's ``hashtext`` of its id and
+the hash ranges of the sessions table's shards (see :mod:`convostore.citus`)."""
 
 from __future__ import annotations
 
