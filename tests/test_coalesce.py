@@ -21,7 +21,10 @@ class StatementLog(QueryCounter):
     def __call__(self, record: Any) -> None:
         super().__call__(record)
         self.queries.append(record.query)
-        if "convostore_append(" in record.query and len(record.args) == 20:
+        # convostore_append, or convostore_append_sharded on distributed tables.
+        if ("convostore_append(" in record.query or "convostore_append_sharded(" in record.query) and len(
+            record.args
+        ) == 20:
             self.requests.append(len(set(record.args[5])))  # p_reqs: one number per request
         elif record.query.lstrip().startswith("WITH b AS") and "INSERT INTO" in record.query:
             self.requests.append(1)  # the one-statement append of one request (_sql.APPEND_ONE, APPEND_ROWS)

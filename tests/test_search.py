@@ -112,9 +112,16 @@ async def _plan(store: PostgresSessionStore, database_url: str) -> str:
     table would be scanned anyway), so that the index shows whenever it can serve."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SET enable_seqscan = off")
         args = (store.tenant, None, None, None, "refund", 20, 0, 30, HIT_START, HIT_END)
-        rows = await conn.fetch("EXPLAIN " + store._scope.queries.search, *args)
+        async with conn.transaction():
+            if store._scope.runner.distributed:
+                # The setting must reach the shards' plans, and every shard's plan is shown (one
+                # of them alone may be of an empty shard).
+                await conn.execute(
+                    "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL citus.explain_all_tasks = on"
+                )
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            rows = await conn.fetch("EXPLAIN " + store._scope.queries.search, *args)
     finally:
         await conn.close()
     return "\n".join(r[0] for r in rows)
