@@ -797,16 +797,27 @@ RETURNING state
 
 # -- API keys (convostore.keys) ----------------------------------------------------------------
 
+# A key's expiry is judged by the database's clock (`expired`), the one every server shares;
+# sign_outs counts the sign-outs that ended the browser tokens issued before them.
 INSERT_KEY = """
-INSERT INTO {s}.convostore_api_keys (id, secret_hash, name, tenant_id, user_id) VALUES ($1, $2, $3, $4, $5)
-RETURNING id, name, tenant_id, user_id, created_at, revoked_at
+INSERT INTO {s}.convostore_api_keys (id, secret_hash, name, tenant_id, user_id, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
+RETURNING id, name, tenant_id, user_id, created_at, revoked_at, expires_at, sign_outs
 """
 
-KEY = "SELECT secret_hash, name, tenant_id, user_id, created_at, revoked_at FROM {s}.convostore_api_keys WHERE id = $1"
+KEY = """
+SELECT secret_hash, name, tenant_id, user_id, created_at, revoked_at, expires_at, sign_outs,
+       coalesce(expires_at <= now(), false) AS expired
+FROM {s}.convostore_api_keys WHERE id = $1
+"""
 
 KEYS = """
-SELECT id, name, tenant_id, user_id, created_at, revoked_at FROM {s}.convostore_api_keys
+SELECT id, name, tenant_id, user_id, created_at, revoked_at, expires_at, sign_outs FROM {s}.convostore_api_keys
 WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, id
+"""
+
+SIGN_OUT = """
+UPDATE {s}.convostore_api_keys SET sign_outs = sign_outs + 1 WHERE id = $1 RETURNING sign_outs
 """
 
 REVOKE_KEY = """
@@ -944,6 +955,7 @@ class Queries:
     key: str
     keys: str
     revoke_key: str
+    sign_out: str
     usage_totals: str
 
 
@@ -1009,6 +1021,7 @@ STATEMENTS: dict[str, str] = {
     "key": KEY,
     "keys": KEYS,
     "revoke_key": REVOKE_KEY,
+    "sign_out": SIGN_OUT,
     "usage_totals": USAGE_TOTALS,
 }
 

@@ -42,7 +42,7 @@ from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 
 from . import _validate as check
-from ._sql import quote_ident
+from ._sql import in_schema, quote_ident
 from .errors import DuplicateMessageId, InvalidInput, SessionExists, SessionNotFound, SessionOwnershipError
 from .models import Message, NewMessage
 from .models import Session as StoredSession
@@ -258,7 +258,7 @@ class PostgresSessionService(BaseSessionService):
         self, view: PostgresSessionStore, key: str, session: Session, delta: dict[str, Any], event: Event
     ) -> None:
         """Merge *delta* (of *event*) into the stored session state, unless *session* is stale."""
-        sql = _MERGE_STATE.replace("{s}", quote_ident(view.schema))
+        sql = in_schema(_MERGE_STATE, quote_ident(view.schema))
         stamp = (float(event.timestamp), event.id)
         args = (view.tenant, key, view.user, float(session.last_update_time), check.metadata(delta), *stamp)
 

@@ -24,7 +24,6 @@ from typing import Any
 import asyncpg
 
 from . import _validate as check
-from ._sql import quote_ident
 from ._types import Connection
 from .errors import AccessDenied, ConfigurationError
 from .store import PostgresSessionStore
@@ -32,30 +31,6 @@ from .store import PostgresSessionStore
 PREFIX = "csk_"
 _TOKEN = re.compile(r"csk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
-
-# The statements of this module ({s}: the quoted schema). A key's expiry is judged by the
-# database's clock (`expired`), the one every server shares.
-_COLUMNS = "name, tenant_id, user_id, created_at, revoked_at, expires_at, sign_outs"
-INSERT_KEY = f"""
-INSERT INTO {{s}}.convostore_api_keys (id, secret_hash, name, tenant_id, user_id, expires_at)
-VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
-RETURNING id, {_COLUMNS}
-"""
-KEY = f"""
-SELECT secret_hash, {_COLUMNS}, coalesce(expires_at <= now(), false) AS expired
-FROM {{s}}.convostore_api_keys WHERE id = $1
-"""
-KEYS = f"""
-SELECT id, {_COLUMNS} FROM {{s}}.convostore_api_keys
-WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, id
-"""
-SIGN_OUT = """
-UPDATE {s}.convostore_api_keys SET sign_outs = sign_outs + 1 WHERE id = $1 RETURNING sign_outs
-"""
-
-
-def _sql(store: PostgresSessionStore, template: str) -> str:
-    return template.replace("{s}", quote_ident(store.schema))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +95,7 @@ async def create_key(
     tenant = None if operator else store.tenant
     owner = None if user is None else check.scope_name(user, "user")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    sql = _sql(store, INSERT_KEY)
+    sql = store._scope.queries.insert_key
 
     async def insert(conn: Any) -> Any:
         return await conn.fetchrow(sql, key_id, _digest(secret), name, tenant, owner, lifetime)
@@ -156,7 +131,7 @@ async def key_by_id(store: PostgresSessionStore, key_id: str) -> ApiKey:
 async def sign_out(store: PostgresSessionStore, key_id: str) -> int | None:
     """Count a sign-out of key *key_id*: every browser token issued under the previous count
     stops working. Return the new count (``None``: there is no such key)."""
-    sql = _sql(store, SIGN_OUT)
+    sql = store._scope.queries.sign_out
 
     async def update(conn: Connection) -> Any:
         return await conn.fetchval(sql, key_id)
@@ -166,7 +141,7 @@ async def sign_out(store: PostgresSessionStore, key_id: str) -> int | None:
 
 
 async def _fetch_key(store: PostgresSessionStore, key_id: str) -> asyncpg.Record | None:
-    sql = _sql(store, KEY)
+    sql = store._scope.queries.key
 
     async def fetch(conn: Connection) -> asyncpg.Record | None:
         return await conn.fetchrow(sql, key_id)
@@ -180,7 +155,7 @@ def _usable(row: asyncpg.Record) -> bool:
 
 async def list_keys(store: PostgresSessionStore, *, all_tenants: bool = False) -> list[ApiKey]:
     """The keys of the store's tenant (every key, operators' too, with *all_tenants*)."""
-    sql = _sql(store, KEYS)
+    sql = store._scope.queries.keys
     tenant = None if all_tenants else store.tenant
 
     async def fetch(conn: Connection) -> list[asyncpg.Record]:

@@ -1,0 +1,2 @@
+
+UPDATE "s".convostore_api_keys SET sign_outs = sign_outs + 1 WHERE id = $1 RETURNING sign_outs
