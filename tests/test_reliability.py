@@ -17,6 +17,7 @@ from convostore import (
     StoreTimeout,
     StoreUnavailable,
 )
+from convostore._crypto import SealedTenants
 from convostore._failures import Failure, classify
 
 from ._chaos import TcpProxy
@@ -235,6 +236,9 @@ async def test_a_pooled_connection_keeps_its_memory_over_many_calls(
     async with PostgresSessionStore(
         url, schema=store.schema, min_size=1, max_size=1, apply_migrations=None, coalesce_appends=False
     ) as on_node:
+        # A node holds none of the coordinator's own tables (the sealed-tenant marker among
+        # them): this store is told that the tenant is not sealed, as the coordinator knows.
+        on_node._scope.runner.loop_local("sealed_tenants", SealedTenants)._sealed[on_node.tenant] = False
 
         async def calls(n: int) -> None:
             for i in range(n):

@@ -101,6 +101,7 @@ async def test_an_append_that_times_out_is_stopped_by_the_server_not_stored_late
         assert [m.id for m in await store.get_messages(session.id)] == ["m-1"]
 
 
+@pytest.mark.single_node  # the blocked statement is watched with pg_blocking_pids, which sees one node
 async def test_a_failure_while_releasing_a_connection_is_a_convostore_error(
     database_url: str, schema_name: str, proxy: TcpProxy, blocker: Blocker
 ) -> None:
