@@ -343,6 +343,12 @@ async def _wait_for_lock_wait(conn: asyncpg.Connection, proc: asyncio.subprocess
         await asyncio.sleep(0.05)
 
 
+def _default_signals() -> None:
+    """In the child, before it runs: SIGINT and SIGTERM do what they do by default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("sig", "where"),
     [(signal.SIGINT, "file"), (signal.SIGTERM, "file"), (signal.SIGINT, "existing file"), (signal.SIGINT, "stdout")],
@@ -371,9 +377,12 @@ async def test_an_interrupted_export_leaves_no_file_that_looks_complete(
             f'BEGIN; LOCK TABLE "{store.schema}".conversation_messages IN ACCESS EXCLUSIVE MODE'
         )
         args = ["export"] if where == "stdout" else ["export", "-o", str(output)]
+        # As a terminal would start it: a runner that started the tests in the background
+        # (SIGINT ignored, which children inherit) must not make the CLI deaf to Ctrl-C.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "convostore", *args, env=env, stdout=PIPE, stderr=PIPE
-        )
+            sys.executable, "-m", "convostore", *args, env=env, stdout=PIPE, stderr=PIPE,
+            preexec_fn=_default_signals,
+        )  # fmt: skip
         assert proc.stdout is not None
         assert proc.stderr is not None
         # Read as it comes: a full pipe would hold the export in its writes instead.
