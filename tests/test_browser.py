@@ -375,7 +375,8 @@ def test_every_id_opens_and_deletes_its_own_session(
         links: dict[str, str] = {}
         script = "[...document.querySelectorAll('a.session-link')].map(a => [a.textContent, a.href])"
         links.update(page.evaluate(script))
-        page.get_by_role("link", name="Older →").click()
+        with page.expect_navigation():  # the next page, not the one the click leaves (a busy machine)
+            page.get_by_role("link", name="Older →").click()
         links.update(page.evaluate(script))
         assert set(links) == set(AWKWARD_IDS)
         for sid in AWKWARD_IDS:
