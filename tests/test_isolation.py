@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import convostore
 from convostore import ConvostoreError, NewMessage, PostgresSessionStore, TurnUsage
 from convostore.cli import app
+from convostore.keys import create_key
 from convostore.openai_agents import PostgresSession
 from convostore.roles import create_roles
 
@@ -38,15 +39,17 @@ def _as_user(url: str, user: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
-@pytest.fixture
-def roles(database_url: str, schema_name: str) -> Iterator[tuple[str, str]]:
-    """The schema migrated, tenant A and B seeded, and (owner URL, runtime URL)."""
+def _set_up_roles(
+    database_url: str, schema_name: str, tenant: str | None = None, user: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """The schema migrated, tenant A and B seeded, and (owner URL, runtime URL), the runtime
+    role bound to *tenant* (and *user*) if given."""
     suffix = uuid.uuid4().hex[:8]
     owner, runtime = f"cs_owner_{suffix}", f"cs_app_{suffix}"
 
     async def setup() -> None:
         async with PostgresSessionStore(database_url, schema=schema_name) as admin:
-            await create_roles(admin, owner=owner, runtime=runtime)
+            await create_roles(admin, owner=owner, runtime=runtime, tenant=tenant, user=user)
             await _seed(admin)
 
     async def teardown() -> None:
@@ -64,6 +67,21 @@ def roles(database_url: str, schema_name: str) -> Iterator[tuple[str, str]]:
         yield _as_user(database_url, owner), _as_user(database_url, runtime)
     finally:
         asyncio.run(teardown())
+
+
+@pytest.fixture
+def roles(database_url: str, schema_name: str) -> Iterator[tuple[str, str]]:
+    """The schema migrated, tenant A and B seeded, and (owner URL, runtime URL)."""
+    yield from _set_up_roles(database_url, schema_name)
+
+
+@pytest.fixture(params=[None, "alice"], ids=["tenant", "tenant-and-user"])
+def bound(request: pytest.FixtureRequest, database_url: str, schema_name: str) -> Iterator[tuple[str, str | None]]:
+    """As :func:`roles`, the runtime role bound to tenant A (and to its user alice): (runtime
+    URL, the user it is bound to)."""
+    user: str | None = request.param
+    for _, runtime_url in _set_up_roles(database_url, schema_name, tenant="A", user=user):
+        yield runtime_url, user
 
 
 B_SESSIONS = ("b-shared", "b-own")
@@ -545,4 +563,222 @@ async def test_create_roles_refuses_to_change_an_existing_superuser_or_role_admi
                 f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
                 f'DROP OWNED BY "{role}"; DROP ROLE "{role}"; END IF; END $$'
             )
+        await conn.close()
+
+
+# -- a runtime role bound to tenant A, sending any SQL it likes --------------------------------
+
+
+async def _b_extras(url: str, schema: str) -> list[Any]:
+    """Tenant B's API keys and audit rows, as a superuser sees them."""
+    conn = await asyncpg.connect(url)
+    try:
+        s = f'"{schema}"'
+        keys = await conn.fetch(
+            f"SELECT id, name, sign_outs, revoked_at FROM {s}.convostore_api_keys WHERE tenant_id = 'B'"
+        )
+        audit = await conn.fetch(f"SELECT action, actor FROM {s}.convostore_audit WHERE tenant_id = 'B' ORDER BY 1, 2")
+        return [tuple(r) for r in (*keys, *audit)]
+    finally:
+        await conn.close()
+
+
+def _append_call(s: str, tenant: str, owner: str, message_id: str) -> str:
+    """convostore_append called directly, naming *tenant* and one message of session b-own."""
+    return (
+        f"SELECT * FROM {s}.convostore_append('{tenant}', 'b-own', NULL, false, true, '{{1}}', '{{b-own}}', "
+        f"'{{{owner}}}', '{{agent}}', '{{main}}', '{{{message_id}}}', '{{user}}', '{{planted}}', '{{NULL}}', "
+        "'{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}')"
+    )
+
+
+async def test_a_bound_role_reaches_nothing_of_another_tenant_whatever_sql_it_sends(
+    bound: tuple[str, str | None], database_url: str, schema_name: str
+) -> None:
+    """The application is compromised: it sends SQL of its own as the bound runtime role. It
+    sets the scope settings to B, sets them inside a SELECT, names B in the functions, and
+    writes B's rows, keys and audit trail directly: 0 rows of B come back or change."""
+    runtime_url, user = bound
+    async with PostgresSessionStore(database_url, schema=schema_name, tenant="B") as admin:
+        await create_key(admin, name="b-key")
+    before, extras = await _snapshot(database_url, schema_name), await _b_extras(database_url, schema_name)
+    s = f'"{schema_name}"'
+    tables = ("agent_sessions", "conversation_messages", "conversation_branches", "conversation_usage",
+              "convostore_state", "convostore_api_keys")  # fmt: skip
+    conn = await asyncpg.connect(runtime_url)
+    try:
+        citus = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        if citus:  # a SET reaches the worker nodes only when asked to
+            await conn.execute("SET citus.propagate_set_commands = 'local'")
+        # Not vacuous: the role does reach its own tenant's rows, through the same settings.
+        async with conn.transaction():
+            await conn.execute("SET LOCAL convostore.tenant_id = 'A'; SET LOCAL convostore.user_id = '*'")
+            assert await conn.fetchval(f"SELECT count(*) FROM {s}.conversation_messages") == 1
+        mine = user or "alice"
+        stored = await conn.fetch(_append_call(s, "A", mine, "a-planted"))
+        assert [r["id"] for r in stored] == ["a-planted"]
+
+        for setting in ("SET", "SET LOCAL"):
+            async with conn.transaction():
+                await conn.execute(f"{setting} convostore.tenant_id = 'B'; {setting} convostore.user_id = '*'")
+                for table in tables:
+                    assert await conn.fetch(f"SELECT * FROM {s}.{table} WHERE tenant_id = 'B'") == [], table
+                    if table != "convostore_api_keys":  # which it may not delete from at all
+                        assert await conn.execute(f"DELETE FROM {s}.{table} WHERE tenant_id = 'B'") == "DELETE 0"
+                assert await conn.execute(f"UPDATE {s}.agent_sessions SET metadata = '{{}}'") == "UPDATE 0"
+                assert await conn.execute(f"UPDATE {s}.convostore_api_keys SET sign_outs = 99") == "UPDATE 0"
+        # The settings made inside the statement that reads.
+        rows = await conn.fetch(
+            f"SELECT m.* FROM set_config('convostore.tenant_id', 'B', false) t, "
+            f"set_config('convostore.user_id', '*', false) u, {s}.conversation_messages m"
+        )
+        assert rows == []
+        # The functions, naming B: they act as the role, so they find and write nothing of B.
+        read = await conn.fetch(
+            f"SELECT * FROM {s}.convostore_read('B', 'b-own', NULL, NULL, 100, 'main', true, NULL, NULL, false, NULL)"
+        )
+        assert [r for r in read if r["id"] is not None] == []
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # creating b-own's row in B is refused
+            await conn.fetch(_append_call(s, "B", "bob", "planted"))
+        # Writing B's rows, keys and audit trail straight, or widening the role: refused.
+        policy = await conn.fetchval(
+            "SELECT polname FROM pg_policy WHERE polrelid = $1::regclass AND polname LIKE 'convostore_bound_%'",
+            f"{s}.conversation_messages",
+        )
+        assert policy is not None
+        for statement in (
+            f"INSERT INTO {s}.agent_sessions (tenant_id, id, user_id, agent_name) VALUES ('B', 'x', 'bob', 'a')",
+            f"INSERT INTO {s}.convostore_state (tenant_id, agent_name, user_id, state) VALUES ('B', 'a', '', '{{}}')",
+            f"INSERT INTO {s}.convostore_audit (action, tenant_id) VALUES ('forged', 'B')",
+            f"INSERT INTO {s}.convostore_bound_roles (role_name, tenant_id) VALUES (current_user, 'B')",
+            f"UPDATE {s}.convostore_bound_roles SET tenant_id = 'B'",
+            f"DELETE FROM {s}.convostore_bound_roles",
+            f"ALTER TABLE {s}.conversation_messages NO FORCE ROW LEVEL SECURITY",
+            f"DROP POLICY {policy} ON {s}.conversation_messages",
+            "SET ROLE postgres",
+        ):
+            with pytest.raises(asyncpg.PostgresError) as refused:
+                await conn.execute(statement)
+            assert isinstance(refused.value, asyncpg.InsufficientPrivilegeError | asyncpg.UndefinedObjectError), (
+                statement,
+                refused.value,
+            )
+        # It reads its own binding, nobody else's.
+        bindings = await conn.fetch(f"SELECT tenant_id, user_id FROM {s}.convostore_bound_roles")
+        assert [tuple(r) for r in bindings] == [("A", user)]
+    finally:
+        await conn.close()
+    assert await _snapshot(database_url, schema_name) == before
+    assert await _b_extras(database_url, schema_name) == extras
+
+
+@pytest.mark.parametrize("how", ["the role's own tenant", "scoped to tenant B"])
+async def test_a_store_on_a_bound_role_reaches_nothing_of_another_tenant(
+    bound: tuple[str, str | None], database_url: str, schema_name: str, how: str
+) -> None:
+    """Every public method, from a store in tenant B (refused before anything is sent, once
+    the store knows the binding) and from one in A reaching for B, on the bound role."""
+    runtime_url, user = bound
+    before = await _snapshot(database_url, schema_name)
+    store = PostgresSessionStore(runtime_url, schema=schema_name, tenant="A", encryption_keys=[KEY])
+    await store.connect()
+    view = store.scoped(tenant="B") if how == "scoped to tenant B" else store.scoped(user=user) if user else store
+    try:
+        for name, call in WALK.items():
+            if name in ("migrate", "migration_status"):
+                continue  # the schema's, not a tenant's
+            if how == "scoped to tenant B":
+                with pytest.raises(convostore.AccessDenied):
+                    await call(view)
+                continue
+            try:
+                result = await call(view)
+            except ConvostoreError:
+                continue  # refused is fine; what matters is B below
+            assert not _leaks(result), f"{name} returned tenant B's data: {result!r}"
+    finally:
+        await store.close()
+    assert await _snapshot(database_url, schema_name) == before
+
+
+@pytest.fixture
+def bound_to_alice(database_url: str, schema_name: str) -> Iterator[str]:
+    """As :func:`bound`, bound to tenant A's user alice: the runtime URL."""
+    for _, runtime_url in _set_up_roles(database_url, schema_name, tenant="A", user="alice"):
+        yield runtime_url
+
+
+async def test_a_role_bound_to_a_user_sees_and_acts_for_that_user_only(
+    bound_to_alice: str, database_url: str, schema_name: str
+) -> None:
+    runtime_url = bound_to_alice
+    async with PostgresSessionStore(database_url, schema=schema_name, tenant="A") as admin:
+        await admin.create_session("carol", "agent", session_id="carol-own")
+        await admin.add_message("carol-own", "user", "carol's secret")
+    async with PostgresSessionStore(runtime_url, schema=schema_name, tenant="A") as store:
+        assert [m.content for m in await store.get_messages("b-shared")] == ["alice's own"]
+        assert [s.id for s in await store.list_sessions()] == ["b-shared"]
+        assert await store.get_messages("carol-own") == []
+        with pytest.raises(convostore.AccessDenied, match="user 'alice'"):
+            await store.scoped(user="carol").get_messages("carol-own")
+        with pytest.raises(convostore.AccessDenied, match="user 'alice'"):
+            await store.add_messages("carol-2", [NewMessage("user", "hello")], user_id="carol")
+    async with PostgresSessionStore(database_url, schema=schema_name, tenant="A") as admin:
+        assert [m.content for m in await admin.get_messages("carol-own")] == ["carol's secret"]
+        assert await admin.get_session("carol-2") is None
+
+
+def test_the_cli_binds_a_role_and_refuses_to_rebind_it_without_force(database_url: str, schema_name: str) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    owner, runtime = f"cs_owner_{suffix}", f"cs_app_{suffix}"
+    env = {"DATABASE_URL": database_url, "CONVOSTORE_SCHEMA": schema_name}
+    runner = CliRunner()
+    create = ["roles", "create", "--owner", owner, "--runtime", runtime]
+    try:
+        assert runner.invoke(app, ["migrate"], env=env).exit_code == 0
+        made = runner.invoke(app, [*create, "--tenant", "A", "--bind", "--user", "alice"], env=env)
+        assert made.exit_code == 0, made.output
+        assert f"role {runtime} is bound to tenant A, user alice" in made.output
+        assert runner.invoke(app, [*create, "--tenant", "A", "--bind", "--user", "alice"], env=env).exit_code == 0
+        for other in ([*create, "--tenant", "B", "--bind"], create, [*create, "--tenant", "A", "--bind"]):
+            refused = runner.invoke(app, other, env=env)
+            assert refused.exit_code == 1, (other, refused.output)
+            assert "bound to tenant 'A', user 'alice' ->" in refused.output
+        assert runner.invoke(app, [*create, "--user", "alice"], env=env).exit_code == 2  # --user needs --bind
+        rebound = runner.invoke(app, [*create, "--tenant", "B", "--bind", "--force"], env=env)
+        assert rebound.exit_code == 0, rebound.output
+        assert f"role {runtime} is bound to tenant B" in rebound.output
+        policies = asyncio.run(_policies_of(database_url, schema_name, runtime))
+        assert policies
+        assert all("'B'" in qual and "alice" not in qual for qual in policies)
+        unbound = runner.invoke(app, [*create, "--force"], env=env)
+        assert unbound.exit_code == 0, unbound.output
+        assert asyncio.run(_policies_of(database_url, schema_name, runtime)) == []
+    finally:
+        asyncio.run(_drop(database_url, schema_name, (runtime, owner)))
+
+
+async def _policies_of(url: str, schema: str, role: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT coalesce(qual, '') || coalesce(with_check, '') AS q FROM pg_policies "
+            "WHERE schemaname = $1 AND $2 = ANY (roles)",
+            schema,
+            role,
+        )
+        return [r["q"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def _drop(url: str, schema: str, roles: tuple[str, ...]) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for role in roles:
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await conn.execute(f'DROP OWNED BY "{role}"')
+                await conn.execute(f'DROP ROLE "{role}"')
+    finally:
         await conn.close()

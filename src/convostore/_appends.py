@@ -137,6 +137,8 @@ class Appender:
     ) -> list[Any]:
         # On distributed tables, the function that writes the shards' own tables where it can.
         sql = self._q.append_sharded if self._runner.distributed else self._q.append
+        for request in batch:
+            self._runner.check_bound(request.tenant, request.owner)
         first_attempt = [any(r.probe for r in batch)]
         lean = self._lean(batch) if alone else None
 

@@ -166,6 +166,7 @@ async def get_messages(
         raise InvalidInput(f"raw must be a bool, not {type(raw).__name__}")
     turns, budget, pinned = (window.turns, window.tokens, window.pinned) if window else (None, None, False)
     args = (s.tenant, sid, uid, below, n, line, raw, turns, budget, pinned, above)
+    s.runner.check_bound(s.tenant, uid)
     # No scope transaction around it: the read function sets its scope itself (as the
     # append function does), which saves the round trips of one under row-level security.
     rows = await s.runner.run("get_messages", lambda c: c.fetch(s.queries.read, *args), session_id=sid, route=True)

@@ -38,7 +38,7 @@ from ._rls import in_scope, scope_settings
 from ._types import Connection
 from .citus._nodes import Nodes
 from .citus._shards import Node, ShardMap
-from .errors import ConvostoreError, StoreTimeout
+from .errors import AccessDenied, ConvostoreError, StoreTimeout
 from .retry import RetryPolicy
 
 logger = logging.getLogger("convostore")
@@ -69,6 +69,9 @@ class Runner:
         # pool opens): then every statement that is not one of the scope-setting functions runs
         # in a transaction that first sets its scope.
         self.row_security = False
+        # The tenant (and user, or None) the connecting role is bound to (convostore.roles),
+        # set by the store when a pool opens; None if it is not bound.
+        self.bound: tuple[str, str | None] | None = None
         # Whether the tables are distributed (Citus): set by the store when a pool opens.
         self.distributed = False
         self.options = options
@@ -263,6 +266,18 @@ class Runner:
                 self.nodes.shun(node, lost.__cause__ or lost)
             retry = lost.failure is Failure.ROLLED_BACK or (lost.failure is Failure.CONNECTION_LOST and idempotent)
             await attempts.failed(lost, retry=retry)
+
+    def check_bound(self, tenant: str, user: str | None) -> None:
+        """Refuse (:class:`~convostore.errors.AccessDenied`) a call for *tenant* (and *user*,
+        ``None``: any) when the connecting role is bound to another (known once a pool has
+        opened; the database refuses it anyway)."""
+        bound = self.bound
+        if bound is not None and (tenant != bound[0] or (bound[1] is not None and user not in (None, bound[1]))):
+            what = f"tenant {bound[0]!r}" + ("" if bound[1] is None else f" and user {bound[1]!r}")
+            raise AccessDenied(
+                f"the database role is bound to {what}: it cannot act for tenant {tenant!r}"
+                + ("" if user is None else f", user {user!r}")
+            )
 
     async def _acquire(
         self, budget: float | None, node_pool: asyncpg.Pool | None = None

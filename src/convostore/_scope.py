@@ -93,6 +93,7 @@ class Scope:
         """The row-level security scope of a call; ``None`` for an operator's call across
         tenants, which a role subject to row-level security cannot make."""
         if not all_tenants:
+            self.runner.check_bound(self.tenant, self.user)
             return (self.tenant, self.user or "*")
         if self.user is not None:
             raise SessionOwnershipError(f"this view acts for user {self.user!r}; it cannot act across tenants")

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -37,6 +37,9 @@ from ._validate import MAX_DURATION
 from .errors import ConvostoreError, ImportFileError
 from .models import HIT_END, HIT_START, Message, Session, SessionCursor
 from .store import PostgresSessionStore
+
+if TYPE_CHECKING:
+    from .roles import Roles
 
 T = TypeVar("T")
 logger = logging.getLogger("convostore.cli")
@@ -405,6 +408,13 @@ def roles_create(
     runtime: Annotated[
         str, typer.Option("--runtime", help="The application's role: row-level security applies.")
     ] = "convostore_app",
+    bind: Annotated[
+        bool,
+        typer.Option("--bind", help="Bind the runtime role to the tenant (--tenant): no SQL it sends reaches another."),
+    ] = False,
+    user: Annotated[
+        str | None, typer.Option("--user", help="With --bind: bind it to this user of the tenant too.")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Change roles that exist with other attributes or privileges.")
     ] = False,
@@ -414,9 +424,18 @@ def roles_create(
     Refuses to change a role that already exists otherwise (a superuser, say) without --force."""
     from .roles import create_roles
 
-    roles = _run(ctx, lambda s: create_roles(s, owner=owner, runtime=runtime, force=force))
+    if user is not None and not bind:
+        raise typer.BadParameter("--user binds the role to a user: give --bind too", param_hint="--user")
+
+    def setup(s: PostgresSessionStore) -> Awaitable[Roles]:
+        return create_roles(s, owner=owner, runtime=runtime, tenant=s.tenant if bind else None, user=user, force=force)
+
+    roles = _run(ctx, setup)
     for name in (roles.owner, roles.runtime):
         out.print(f"{'created' if name in roles.created else 'updated'} role {safe(name, oneline=True)}")
+    if roles.tenant is not None:
+        scope = f"tenant {roles.tenant}" + ("" if roles.user is None else f", user {roles.user}")
+        out.print(f"role {safe(roles.runtime, oneline=True)} is bound to {safe(scope, oneline=True)}")
     out.print("set their passwords with ALTER ROLE ... PASSWORD, or use your server's authentication")
 
 
