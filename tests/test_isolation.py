@@ -30,6 +30,8 @@ from convostore.keys import create_key
 from convostore.openai_agents import PostgresSession
 from convostore.roles import create_roles
 
+from .conftest import DISTRIBUTED
+
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
@@ -44,6 +46,8 @@ def _set_up_roles(
 ) -> Iterator[tuple[str, str]]:
     """The schema migrated, tenant A and B seeded, and (owner URL, runtime URL), the runtime
     role bound to *tenant* (and *user*) if given."""
+    if tenant is not None and DISTRIBUTED:
+        pytest.skip("tenant-bound roles are refused on distributed tables (see the test that says so)")
     suffix = uuid.uuid4().hex[:8]
     owner, runtime = f"cs_owner_{suffix}", f"cs_app_{suffix}"
 
@@ -726,6 +730,28 @@ async def test_a_role_bound_to_a_user_sees_and_acts_for_that_user_only(
     async with PostgresSessionStore(database_url, schema=schema_name, tenant="A") as admin:
         assert [m.content for m in await admin.get_messages("carol-own")] == ["carol's secret"]
         assert await admin.get_session("carol-2") is None
+
+
+async def test_binding_a_role_is_refused_on_distributed_tables_and_distributing_with_bound_roles(
+    database_url: str, schema_name: str
+) -> None:
+    """Citus copies a restrictive policy to the shards as a permissive one, which would widen a
+    bound role: on distributed tables binding is refused, and a schema with bound roles is not
+    distributed."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, runtime = f"cs_owner_{suffix}", f"cs_app_{suffix}"
+    try:
+        async with PostgresSessionStore(database_url, schema=schema_name) as admin:
+            if DISTRIBUTED:
+                with pytest.raises(convostore.ConfigurationError, match="permissive"):
+                    await create_roles(admin, owner=owner, runtime=runtime, tenant="A")
+                assert await _policies_of(database_url, schema_name, runtime) == []
+            else:
+                await create_roles(admin, owner=owner, runtime=runtime, tenant="A")
+                with pytest.raises(convostore.MigrationError, match="tenant-bound roles"):
+                    await admin.distribute()
+    finally:
+        await _drop(database_url, schema_name, (runtime, owner))
 
 
 def test_the_cli_binds_a_role_and_refuses_to_rebind_it_without_force(database_url: str, schema_name: str) -> None:

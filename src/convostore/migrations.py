@@ -670,6 +670,11 @@ async def migration_status(conn: Connection, schema: str) -> list[MigrationStatu
 
 # -- scale-out ----------------------------------------------------------------------------------
 
+BOUND_ROLES_ON_CITUS = (
+    "they rest on restrictive row-level security policies, which Citus (13.2) copies to the shards "
+    "as permissive ones, widening them instead: tenant-bound roles are not offered on distributed tables"
+)
+
 _DISTRIBUTED_FUNCTIONS = {
     "convostore_append": "p_route",
     "convostore_append_sharded": "p_route",
@@ -703,6 +708,11 @@ async def distribute(conn: Connection, schema: str) -> Distribution:
     """
     quoted = quote_ident(schema)
     sessions = f"{quoted}.agent_sessions"
+    bindings = f"{quoted}.convostore_bound_roles"
+    if await conn.fetchval("SELECT to_regclass($1)", bindings) and await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {bindings})"
+    ):
+        raise MigrationError(f"schema {schema!r} has tenant-bound roles: {BOUND_ROLES_ON_CITUS}")
     if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
         raise MigrationError("the database has no citus extension: distributing needs a Citus coordinator")
     if await conn.fetchval("SELECT to_regclass($1)", sessions) is None:

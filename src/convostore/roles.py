@@ -34,7 +34,10 @@ functions it may call act as it, so a call naming another tenant finds nothing a
 nothing. The binding is recorded in ``convostore_bound_roles`` (the role may read its own
 row, not write it); a store on a bound role refuses a call for another tenant or user with
 :class:`~convostore.errors.AccessDenied` before sending it. Binding a role that exists
-unbound, or bound otherwise, is a change: refused without ``force``.
+unbound, or bound otherwise, is a change: refused without ``force``. Not on distributed
+tables: Citus copies restrictive policies to the shards as permissive ones (seen on 13.2.2),
+which would widen the role instead; binding is refused there, and so is distributing a
+schema with bound roles.
 
 Neither role gets a password here: set them with ``ALTER ROLE ... PASSWORD`` (or your
 secret manager), or use the server's other authentication methods.
@@ -49,7 +52,9 @@ from . import _validate as check
 from ._rls import literal
 from ._sql import quote_ident
 from ._types import Connection
+from .citus._setup import is_distributed
 from .errors import ConfigurationError, RoleConflict, SchemaNotReady
+from .migrations import BOUND_ROLES_ON_CITUS
 from .store import PostgresSessionStore
 
 _TABLES = (
@@ -216,6 +221,8 @@ async def create_roles(
     async def setup(conn: Connection) -> tuple[str, ...]:
         if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.convostore_migrations") is None:
             raise SchemaNotReady(f"schema {store.schema!r} is not migrated: run `convostore migrate` first")
+        if binding is not None and await is_distributed(conn, f"{schema}.agent_sessions"):
+            raise ConfigurationError(f"cannot bind {runtime!r} to a tenant: {BOUND_ROLES_ON_CITUS}")
         created = []
         async with conn.transaction():
             existing = {r["rolname"]: r for r in await conn.fetch(_EXISTING, [owner, runtime], store.schema)}
