@@ -4,7 +4,8 @@ tests against convostore's adapters (see ``conformance/README.md``).
 * ``adk``: ADK's session-service contract suite from an adk-python source tree, taken from
   ``--adk-tests PATH``, else ``$CONVOSTORE_ADK_TESTS``, else ``.cache/adk-python-tests`` if
   present. google-adk's sdist on PyPI ships no tests, so without a tree the suite is skipped
-  with a message saying so (exit status 0).
+  with a message saying so (exit status 77, :data:`SKIPPED`, which ``./dev test`` reports as
+  a skipped stage).
 * ``langchain``: the chat-history tests of the langchain-core and langchain-postgres source
   distributions, downloaded with pip (first run only), sha256-checked and extracted under
   ``.cache/framework-conformance/``; one pytest run per sdist, from its root.
@@ -158,6 +159,10 @@ def _env(url: str) -> dict[str, str]:
     return env
 
 
+SKIPPED = 77
+"""The exit status of a run that found no tests to run (automake's and meson's "skipped")."""
+
+
 def run_adk(args: list[str]) -> int:
     root, source = adk_tests_root(args)
     if root is None or not (root / ADK_TARGETS[0]).is_file():
@@ -169,7 +174,7 @@ def run_adk(args: list[str]) -> int:
             f"${ADK_TESTS_ENV} (see conformance/README.md).",
             file=sys.stderr,
         )
-        return 0
+        return SKIPPED
     _require_version("google-adk", ADK_VERSION)
     _require_modules(["pytest_timeout", "pytest_asyncio", "sqlalchemy", "aiosqlite"])
     url, db_source = database_url()
