@@ -329,3 +329,71 @@ def test_routed_pools_close_with_their_event_loops(database_url: str, schema_nam
     assert asyncio.run(connections()) == 0
     assert [m.content for m in asyncio.run(store.get_messages("lifecycle"))] == ["first", "second", "third"]
     asyncio.run(store.close())
+
+
+async def _node_of(store: PostgresSessionStore, sid: str) -> tuple[int, int]:
+    """The sessions shard holding *sid*, and the port of the node holding it."""
+    row = await store.pool.fetchrow(
+        "SELECT p.shardid, p.nodeport FROM pg_dist_shard_placement p "
+        "WHERE p.shardid = get_shard_id_for_distribution_column($1::regclass, $2::text)",
+        f'"{store.schema}".agent_sessions',
+        sid,
+    )
+    assert row is not None
+    return row["shardid"], row["nodeport"]
+
+
+async def test_the_shard_writes_are_taken_only_where_they_are_sound(
+    store: PostgresSessionStore, database_url: str
+) -> None:
+    """convostore_hold_shards, on the node holding the shard, answers true only under READ
+    COMMITTED, on a tested Citus version and with the shard's lock granted within its
+    lock_timeout; it refuses shards of other tables; every other case takes the distributed
+    path, and the appends are stored all the same."""
+    if not store._scope.runner.distributed:
+        pytest.skip("needs distributed tables (CONVOSTORE_DISTRIBUTE=1 on a Citus coordinator)")
+    sid = (await store.create_session("u", "a")).id
+    shard, port = await _node_of(store, sid)
+    messages = await store.pool.fetchval(
+        "SELECT get_shard_id_for_distribution_column($1::regclass, $2::text)",
+        f'"{store.schema}".conversation_messages',
+        sid,
+    )
+    parts = urlsplit(database_url)
+    node_url = parts._replace(netloc=f"{parts.username or 'postgres'}@{parts.hostname}:{port}").geturl()
+    hold = f'SELECT "{store.schema}".convostore_hold_shards($1::bigint[])'
+    node = await asyncpg.connect(node_url, server_settings={"statement_timeout": "60s"})
+    holder = await asyncpg.connect(node_url)
+    try:
+        assert await node.fetchval(hold, [shard]) is True
+        for isolation in ("repeatable read", "serializable"):
+            async with node.transaction(isolation=isolation.replace(" ", "_")):  # type: ignore[arg-type]
+                assert await node.fetchval(hold, [shard]) is False, isolation
+        async with node.transaction():
+            await node.execute("SET LOCAL convostore.citus_shard_writes = '99.0-1'")  # a version not tested
+            assert await node.fetchval(hold, [shard]) is False
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="only shards of"):
+            await node.fetchval(hold, [messages])
+        # A move holds the shard's metadata lock exclusively: the shortcut gives up after its
+        # lock_timeout (not the statement's) and the append waits on the distributed path.
+        async with holder.transaction():
+            await holder.execute("SELECT lock_shard_metadata(7, $1::bigint[])", [shard])
+            assert await node.fetchval(hold, [shard]) is False
+            pending = asyncio.ensure_future(store.add_message(sid, "user", "during the move"))
+            await asyncio.sleep(0)
+        assert (await pending).seq == 1
+    finally:
+        await node.close()
+        await holder.close()
+    # Under a role's or database's REPEATABLE READ default, appends still store once, in order.
+    async with PostgresSessionStore(
+        database_url,
+        schema=store.schema,
+        route_to_nodes=True,
+        connect_kwargs={"server_settings": {"default_transaction_isolation": "repeatable read"}},
+    ) as repeatable:
+        await asyncio.gather(*(repeatable.add_message(sid, "user", f"rr {i}") for i in range(20)))
+        contents = [m.content for m in await repeatable.get_messages(sid)]
+    assert contents[0] == "during the move"
+    assert sorted(contents[1:]) == sorted(f"rr {i}" for i in range(20))
+    assert [m.seq for m in await store.get_messages(sid)] == list(range(1, 22))
