@@ -179,3 +179,27 @@ def test_the_cli_builds_and_drops_the_index(database_url: str, schema_name: str)
     assert runner.invoke(app, ["search", "refund policy"], env=env).exit_code == 0
     assert "dropped" in runner.invoke(app, ["search-index", "drop"], env=env).output
     assert runner.invoke(app, ["search-index", "status"], env=env).exit_code == 3
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["without the index", "with the index"])
+async def test_a_word_right_after_or_before_a_nul_is_found(store: PostgresSessionStore, indexed: bool) -> None:
+    if indexed:
+        assert await store.create_search_index() is True
+    session = await store.create_session("u", "a")
+    text = "abc\x00secretword and tail\x00end, 100%\x00percent"
+    await store.add_message(session.id, "tool", text, tool_call_id="c1")
+    for word in ("secretword", "abc", "tail", "end", "percent"):
+        hits = await store.search(word)
+        assert [(h.session_id, h.seq) for h in hits] == [(session.id, 1)], word
+    assert [m.content for m in await store.get_messages(session.id)] == [text]
+
+
+async def test_rows_escaped_the_earlier_way_still_read_back(store: PostgresSessionStore) -> None:
+    session = await store.create_session("u", "a")
+    await store.add_message(session.id, "user", "placeholder")
+    await store.pool.execute(
+        f'UPDATE "{store.schema}".conversation_messages SET content = $1 WHERE session_id = $2',
+        "\ue000a%00b%2500",
+        session.id,
+    )
+    assert [m.content for m in await store.get_messages(session.id)] == ["a\x00b%00"]

@@ -5,8 +5,13 @@ does contain NUL bytes (binary dumps, C strings), so convostore stores such stri
 escape of its own instead of refusing or silently dropping them:
 
 * a string that contains U+0000, or that starts with the marker U+E000 (a private-use
-  code point), is stored as ``U+E000 + s.replace("%", "%25").replace("\\0", "%00")``;
+  code point), is stored as ``U+E000 + s.replace("%", "%25").replace("\\0", "% 00 ")``;
 * every other string is stored as it is.
+
+A NUL's escape is spaced so that full-text search still parses the words around it as
+words (``abc%00secret`` would be read as the words ``abc`` and ``00secret``). Every ``%`` of
+an escaped string starts an escape, so decoding is unambiguous; rows written before with the
+escape ``%00`` still decode.
 
 Decoding reverses it for any string starting with the marker. The rule applies to the
 ``content`` column and to every key and string value inside JSON columns, so ordinary
@@ -28,29 +33,38 @@ from .errors import InvalidInput, InvalidType
 
 MARKER = "\ue000"
 _NUL = "\x00"
+_NUL_ESCAPE = "% 00 "  # spaced: search reads the words on either side as words
 _JSON_NUL = "\\u0000"
 
 
 def encode_text(value: str) -> str:
     """Return *value* in its stored form (escaped only if it holds NUL or starts with the marker)."""
     if _NUL in value or value.startswith(MARKER):
-        return MARKER + value.replace("%", "%25").replace(_NUL, "%00")
+        return MARKER + value.replace("%", "%25").replace(_NUL, _NUL_ESCAPE)
     return value
 
 
 def decode_text(value: str) -> str:
     """Inverse of :func:`encode_text`."""
     if value.startswith(MARKER):
-        return value[1:].replace("%00", _NUL).replace("%25", "%")
+        return value[1:].replace(_NUL_ESCAPE, _NUL).replace("%00", _NUL).replace("%25", "%")
     return value
+
+
+def utf8_size(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> int:
+    """The bytes *value* takes in UTF-8; raises *error* if it holds a lone surrogate (it
+    cannot be stored as UTF-8). ASCII text is neither encoded nor checked: no need."""
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} holds a lone surrogate at index {exc.start}; it cannot be stored") from exc
 
 
 def check_utf8(value: str, what: str, error: type[InvalidInput] = InvalidInput) -> None:
     """Raise *error* if *value* holds a lone surrogate (it cannot be stored as UTF-8)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise error(f"{what} holds a lone surrogate at index {exc.start}; it cannot be stored") from exc
+    utf8_size(value, what, error)
 
 
 def _prepare(value: Any, nonce: str, exact: dict[str, str]) -> Any:
@@ -103,6 +117,13 @@ def dump_json(
     (``jsonb`` rejects them), lone surrogates, nesting too deep to serialise; *type_error*
     (also a ``TypeError``) for objects of a type JSON cannot hold at all.
     """
+    return dump_json_sized(value, what, error, type_error)[0]
+
+
+def dump_json_sized(
+    value: Any, what: str, error: type[InvalidInput] = InvalidInput, type_error: type[InvalidInput] = InvalidType
+) -> tuple[str, int]:
+    """:func:`dump_json`, with the size of the text in UTF-8 bytes."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except TypeError as exc:
@@ -120,8 +141,7 @@ def dump_json(
         text = json.dumps(_prepare(value, nonce, exact), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         for token, digits in exact.items():
             text = text.replace(f'"{token}"', digits)
-    check_utf8(text, what, error)
-    return text
+    return text, utf8_size(text, what, error)
 
 
 def load_json(text: str | None) -> Any:
